@@ -1,0 +1,52 @@
+# pretrain: `make demo` runs the whole job end to end, `make test` the whole suite.
+# Both create and reuse .venv, installing everything in the order it needs:
+# torch (pinned CPU build) first, then DeepSpeed without build isolation
+# (its build imports torch), then the project and the rest.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+# Versions have one source, pyproject.toml.
+TORCH     := $(shell grep -oE '"torch==[^"]+"' pyproject.toml | tr -d '"')
+DEEPSPEED := $(shell grep -oE '"deepspeed==[^"]+"' pyproject.toml | tr -d '"')
+DEMO_RUN  := demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO      := --config configs/demo.yaml tracking.run_name=$(DEMO_RUN)
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test mlflow-ui clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q --no-build-isolation $(DEEPSPEED)
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+install: $(STAMP) ## create .venv and install everything (skipped when up to date)
+
+demo: $(STAMP) ## the main job end to end on the embedded corpus: data, 2-process training, export, generate
+	$(VENV)/bin/pretrain data build $(DEMO)
+	$(VENV)/bin/pretrain train $(DEMO)
+	$(VENV)/bin/pretrain export $(DEMO)
+	$(VENV)/bin/pretrain generate $(DEMO) --prompt "Return the" --max-new-tokens 48
+	@echo
+	@echo "Outputs of this demo:"
+	@echo "  shards and manifest:  outputs/data/stdlib/"
+	@echo "  run folder:           outputs/runs/$(DEMO_RUN)/  (checkpoints/, config.yaml, summary.json)"
+	@echo "  exported model:       outputs/runs/$(DEMO_RUN)/export/"
+	@echo "  MLflow run '$(DEMO_RUN)' in experiment 'demo' (mlflow.db): make mlflow-ui, then open http://127.0.0.1:5000"
+
+test: $(STAMP) ## the whole test suite
+	$(PY) -m pytest
+
+mlflow-ui: $(STAMP) ## open the MLflow UI on the local store (mlflow.db) at http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean: ## remove outputs and the local MLflow store (keeps .venv)
+	rm -rf outputs mlflow.db mlruns

@@ -1,0 +1,167 @@
+"""`pretrain`: one command per stage, all driven by the same config.
+
+    pretrain data build --config configs/demo.yaml
+    pretrain train      --config configs/demo.yaml train.lr=3e-4
+    pretrain export     --config configs/demo.yaml
+    pretrain generate   --config configs/demo.yaml --prompt "Return the"
+    pretrain submit     --config configs/demo.yaml --detach
+
+Every subcommand takes `--config FILE` and dotted `key.path=value` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from data_pipeline.errors import DataError
+from pretrain.config import Config, load_config, save_config
+from pretrain.errors import PretrainError
+
+EPILOG = "Overrides: dotted key paths after the options, e.g. train.lr=3e-4 model.n_layer=4."
+
+
+def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--config", help="YAML config file (may `extends:` another); defaults when omitted")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pretrain",
+        description="Pretrain GPT-style language models: data -> train -> export -> generate.",
+        epilog=EPILOG,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="build tokenized Arrow shards from raw text (Ray Data)")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    build = _with_config(data_commands.add_parser("build", help="clean, tokenize and shard a corpus", epilog=EPILOG))
+    build.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else in-process Ray)")
+
+    train = _with_config(commands.add_parser("train", help="train a GPT with DeepSpeed, tracked in MLflow", epilog=EPILOG))
+    train.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+
+    export = _with_config(commands.add_parser("export", help="turn a checkpoint into a model folder", epilog=EPILOG))
+    export.add_argument("--run-dir", type=Path, help="run folder (default: checkpoint.root/tracking.run_name)")
+    export.add_argument("--tag", help="checkpoint tag (default: the latest)")
+    export.add_argument("--out", type=Path, help="output folder (default: <run folder>/export)")
+
+    generate = _with_config(commands.add_parser("generate", help="continue a prompt with an exported model", epilog=EPILOG))
+    generate.add_argument("--model", type=Path, help="exported folder (default: <run folder>/export)")
+    generate.add_argument("--prompt", default="The", help="text to continue")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    generate.add_argument("--top-k", type=int, default=50)
+    generate.add_argument("--seed", type=int, default=0)
+
+    submit = _with_config(commands.add_parser("submit", help="run the training job on a target (launch.target)", epilog=EPILOG))
+    submit.add_argument("--detach", action="store_true", help="return at once; the job logs to <run folder>/job.log")
+    submit.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    return parser
+
+
+def cmd_data_build(args: argparse.Namespace, config: Config) -> int:
+    from data_pipeline.build import build_dataset
+
+    manifest = build_dataset(config.data, config.to_dict(), ray_address=args.ray_address)
+    totals, stats = manifest["totals"], manifest["stats"]
+    print(
+        f"documents: {stats['documents_after_cleaning']} after cleaning, "
+        f"{stats['documents_after_dedup']} after deduplication"
+    )
+    for split, total in totals.items():
+        print(f"{split}: {total['documents']} documents, {total['tokens']:,} tokens in {total['shards']} shard(s)")
+    print(f"shards, tokenizer and manifest: {Path(config.data.output_dir).resolve()}")
+    return 0
+
+
+def _in_launched_rank() -> bool:
+    return "LOCAL_RANK" in os.environ
+
+
+def cmd_train(args: argparse.Namespace, config: Config) -> int:
+    if _in_launched_rank() or config.world_size == 1:
+        from pretrain.train import train
+
+        train(config, resume=args.resume)
+        if not _in_launched_rank():
+            print_run_outputs(config)
+        return 0
+    return launch_job(args, config, detach=False)
+
+
+def launch_job(args: argparse.Namespace, config: Config, detach: bool) -> int:
+    from launch.local import run_local
+
+    if config.launch.nnodes > 1:
+        raise PretrainError("launch.nnodes > 1: multi-node jobs are not available yet (issue #6); set launch.nnodes=1")
+    # The ranks read the fully resolved config, so they run exactly what was validated here.
+    resolved = save_config(config, config.run_dir / "config.yaml")
+    worker_args = ["train", "--config", str(resolved)] + (["--resume"] if args.resume else [])
+    log_file = config.run_dir / "job.log" if detach else None
+    process = run_local(config.launch.nproc_per_node, "pretrain.cli", worker_args, log_file)
+    if detach:
+        print(f"started {config.launch.nproc_per_node} rank(s), process {process.pid}; log: {log_file.resolve()}")
+        return 0
+    returncode = process.wait()
+    if returncode == 0:
+        print_run_outputs(config)
+    return returncode
+
+
+def print_run_outputs(config: Config) -> None:
+    summary = json.loads((config.run_dir / "summary.json").read_text())
+    print(f"final train loss {summary['train_loss']:.4f}, validation loss {summary['val_loss']:.4f}")
+    print(f"run folder:  {config.run_dir.resolve()}")
+    print(f"checkpoint:  {summary['checkpoint']}")
+    print(f"MLflow run:  {summary['mlflow_run_id']} in experiment {config.tracking.experiment!r} at {config.tracking.uri}")
+
+
+def cmd_submit(args: argparse.Namespace, config: Config) -> int:
+    return launch_job(args, config, detach=args.detach)
+
+
+def cmd_export(args: argparse.Namespace, config: Config) -> int:
+    from pretrain.export import export
+
+    run_dir = args.run_dir or config.run_dir
+    out_dir = export(run_dir, args.out or run_dir / "export", args.tag)
+    print(f"exported model folder: {out_dir.resolve()}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, config: Config) -> int:
+    from pretrain.model_folder import load_model_folder
+    from pretrain.generate import generate_text
+
+    model, tokenizer = load_model_folder(args.model or config.run_dir / "export")
+    print(generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
+    return 0
+
+
+COMMANDS = {
+    "data": cmd_data_build,
+    "train": cmd_train,
+    "submit": cmd_submit,
+    "export": cmd_export,
+    "generate": cmd_generate,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        return COMMANDS[args.command](args, config)
+    except (PretrainError, DataError) as err:
+        print(f"pretrain {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

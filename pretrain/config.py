@@ -1,0 +1,222 @@
+"""The one source of truth for a job's settings: a typed schema, loaded from YAML.
+
+    config = load_config("configs/demo.yaml", ["train.lr=3e-4", "model.n_layer=4"])
+
+A YAML file may `extends:` another (a path relative to it, or a list of them);
+later files and then the overrides win, key by key. Every problem (an unknown
+key, a wrong type, values that do not fit together) is reported before any work
+starts, in one ConfigError that names each key path, its value and what is
+allowed. The DeepSpeed JSON is generated from this schema
+(`pretrain.deepspeed_config`), never written by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from data_pipeline.config import DataConfig
+from model import GPTConfig
+from pretrain.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(Section):
+    seed: int = 1337
+    max_steps: int = Field(1000, ge=1)
+    seq_len: int = Field(256, ge=1, description="tokens per training sequence")
+    micro_batch_size: int = Field(8, ge=1, description="sequences per rank per forward/backward")
+    global_batch_size: int = Field(
+        8, ge=1, description="sequences per optimizer step, all ranks: micro x grad-accumulation x data-parallel"
+    )
+    lr: float = Field(6e-4, gt=0, description="peak learning rate")
+    min_lr: float = Field(6e-5, ge=0, description="learning rate at the end of the decay")
+    warmup_steps: int = Field(100, ge=0)
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.1, ge=0, description="applied to weight matrices only")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    activation_checkpointing: bool = False
+    log_interval: int = Field(10, ge=1, description="steps between metric logs")
+    eval_interval: int = Field(100, ge=1, description="steps between validation runs")
+    eval_batches: int = Field(10, ge=1, description="micro-batches per rank in one validation run")
+    sample_prompt: str = Field("The", description="prompt of the sample generated at the end")
+    sample_tokens: int = Field(64, ge=1)
+
+
+class ParallelConfig(Section):
+    zero_stage: int = Field(1, ge=0, le=3, description="DeepSpeed ZeRO stage")
+    tensor_parallel_size: int = Field(1, ge=1, description="DeepSpeed AutoTP degree")
+
+
+class CheckpointConfig(Section):
+    root: str = Field("outputs/runs", description="run folders are <root>/<tracking.run_name>")
+    every_steps: int = Field(0, ge=0, description="save every N steps; 0 saves only at the end")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept in the run folder")
+
+
+class TrackingConfig(Section):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI: sqlite:///file.db or http://host:port")
+    experiment: str = "pretrain"
+    run_name: str = "run"
+
+
+class LaunchConfig(Section):
+    target: Literal["local"] = "local"
+    nnodes: int = Field(1, ge=1)
+    nproc_per_node: int = Field(1, ge=1, description="processes (ranks) per node")
+
+
+class Config(Section):
+    model: GPTConfig = Field(default_factory=GPTConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+
+    @property
+    def world_size(self) -> int:
+        return self.launch.nnodes * self.launch.nproc_per_node
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.parallel.tensor_parallel_size
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.train.global_batch_size // (self.train.micro_batch_size * self.dp_size)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.checkpoint.root) / self.tracking.run_name
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def consistency_problems(config: Config) -> list[str]:
+    """Values that are each valid but do not fit together."""
+    problems = []
+    train, tp = config.train, config.parallel.tensor_parallel_size
+    if config.world_size % tp:
+        problems.append(
+            f"parallel.tensor_parallel_size = {tp}: must divide the world size "
+            f"(launch.nnodes x launch.nproc_per_node = {config.world_size})"
+        )
+    elif config.model.n_head % tp:
+        problems.append(f"parallel.tensor_parallel_size = {tp}: must divide model.n_head ({config.model.n_head})")
+    elif train.global_batch_size % (train.micro_batch_size * config.dp_size):
+        problems.append(
+            f"train.global_batch_size = {train.global_batch_size}: must be a multiple of "
+            f"train.micro_batch_size ({train.micro_batch_size}) x data-parallel size ({config.dp_size})"
+        )
+    if train.seq_len > config.model.max_seq_len:
+        problems.append(
+            f"train.seq_len = {train.seq_len}: must not exceed model.max_seq_len ({config.model.max_seq_len})"
+        )
+    if train.min_lr > train.lr:
+        problems.append(f"train.min_lr = {train.min_lr}: must not exceed train.lr ({train.lr})")
+    if train.warmup_steps > train.max_steps:
+        problems.append(
+            f"train.warmup_steps = {train.warmup_steps}: must not exceed train.max_steps ({train.max_steps})"
+        )
+    if config.data.tokenizer.path is None and config.model.vocab_size < config.data.tokenizer.vocab_size:
+        problems.append(
+            f"model.vocab_size = {config.model.vocab_size}: must be at least "
+            f"data.tokenizer.vocab_size ({config.data.tokenizer.vocab_size})"
+        )
+    return problems
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load a config file (defaults when None), apply `key.path=value` overrides, validate."""
+    raw = _load_yaml(Path(path), seen=()) if path else {}
+    for override in overrides:
+        _apply_override(raw, override)
+    origin = f"{path or 'defaults'}" + (" with overrides" if overrides else "")
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"invalid config ({origin}):\n" + "\n".join(_describe(e) for e in err.errors())) from None
+    problems = consistency_problems(config)
+    if problems:
+        raise ConfigError(f"invalid config ({origin}):\n" + "\n".join(f"  {p}" for p in problems))
+    return config
+
+
+def save_config(config: Config, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...]) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: `extends` loops back to this file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML:\n{err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, train:, ...)")
+    parents = raw.pop("extends", [])
+    merged: dict = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        _deep_merge(merged, _load_yaml(path.parent / parent, seen + (path.resolve(),)))
+    return _deep_merge(merged, raw)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: write it as key.path=value, for example train.lr=3e-4")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+    # Lists and mappings are parsed as YAML; scalars stay text and the schema
+    # converts them, so `run_name=123` stays a name and `lr=3e-4` a float.
+    parsed = yaml.safe_load(text) if text.strip() else text
+    node[leaf] = parsed if isinstance(parsed, (list, dict)) or parsed is None else text
+
+
+def _describe(error: dict) -> str:
+    path = ".".join(str(part) for part in error["loc"])
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        allowed = ", ".join(_allowed_keys(error["loc"][:-1]))
+        return f"  {path}: unknown key; allowed here: {allowed}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"  {path or '(top level)'} = {error['input']!r}: {message}"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    schema: Any = Config
+    for part in loc:
+        schema = schema.model_fields[part].annotation
+    if dataclasses.is_dataclass(schema):
+        return [f.name for f in dataclasses.fields(schema)]
+    return list(schema.model_fields)

@@ -1,0 +1,39 @@
+"""From a sharded DeepSpeed checkpoint to a self-contained model folder (see model_folder.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+from data_pipeline.shards import TOKENIZER_NAME
+from model import GPT
+from pretrain import checkpoint
+from pretrain.config import Config, load_config
+from pretrain.errors import CheckpointError
+from pretrain.model_folder import write_model_folder
+
+
+def consolidated_state_dict(config: Config, run_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+    """The full fp32 weights, gathered from the shards of every rank, in one process."""
+    directory = checkpoint.checkpoint_dir(run_dir)
+    if config.parallel.zero_stage == 0:
+        # Without ZeRO every rank holds the whole model; rank 0's file has it.
+        states = torch.load(directory / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        return states["module"]
+    return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag)
+
+
+def export(run_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir}: not a run folder (no config.yaml); pass the folder `pretrain train` printed")
+    config = load_config(config_path)
+    tag = tag or checkpoint.latest_tag(run_dir)
+    if tag is None or not (checkpoint.checkpoint_dir(run_dir) / tag).is_dir():
+        raise CheckpointError(f"{checkpoint.checkpoint_dir(run_dir)}: no checkpoint {tag or ''} to export")
+    model = GPT(config.model)
+    model.load_state_dict(consolidated_state_dict(config, run_dir, tag))  # strict: the weights are complete
+    info = {"run_dir": str(run_dir.resolve()), "checkpoint_tag": tag}
+    return write_model_folder(model, run_dir / TOKENIZER_NAME, out_dir, info)

@@ -1,0 +1,44 @@
+"""Optimizer parameter groups and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from torch import nn
+
+from pretrain.config import TrainConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices only: not on norms, biases or embeddings (as in GPT-2 and Llama)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_matrix = param.ndim >= 2 and "embed" not in name
+        (decay if is_matrix else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_multiplier(train: TrainConfig) -> Callable[[int], float]:
+    """Linear warmup to the peak, then cosine or linear decay to `min_lr` at `max_steps`.
+
+    Returns a factor of the peak learning rate, as torch's LambdaLR expects.
+    """
+    floor = train.min_lr / train.lr
+
+    def multiplier(step: int) -> float:
+        if step < train.warmup_steps:
+            return (step + 1) / train.warmup_steps
+        if train.decay == "constant":
+            return 1.0
+        progress = min(1.0, (step - train.warmup_steps) / max(1, train.max_steps - train.warmup_steps))
+        if train.decay == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return floor + (1 - floor) * (1 - progress)
+
+    return multiplier

@@ -1,0 +1,260 @@
+"""The training loop: a GPT on a DeepSpeed engine, fed by the shard loader, tracked in MLflow.
+
+Runs in every rank of a job (started by `launch/` through torchrun, or as a
+single process). Rank 0 alone prints and talks to MLflow; collective calls
+(loss averaging, evaluation, checkpoints) are made by all ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+
+from data_pipeline.loader import BatchLoader, TokenSequences
+from data_pipeline.shards import MANIFEST_NAME, TOKENIZER_NAME, read_manifest
+from data_pipeline.tokenizer import load_tokenizer
+from model import GPT
+from pretrain import checkpoint
+from pretrain.config import Config, save_config
+from pretrain.deepspeed_config import deepspeed_config
+from pretrain.errors import CheckpointError, ConfigError
+from pretrain.generate import generate_text
+from pretrain.optim import lr_multiplier, param_groups
+from pretrain.tracking import Tracker
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    tokens_seen: int = 0
+    train_loss: float = float("nan")
+    val_loss: float = float("nan")
+    history: list[dict] = field(default_factory=list)
+
+
+def init_distributed() -> None:
+    """Join the job's process group; a single process outside a launcher forms a group of one."""
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_engine(config: Config, model: GPT):
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=torch.optim.AdamW(
+            param_groups(model, config.train.weight_decay),
+            lr=config.train.lr,
+            betas=(config.train.beta1, config.train.beta2),
+        ),
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config.train)),
+        config=deepspeed_config(config),
+    )
+    return engine
+
+
+def check_job(config: Config, manifest: dict) -> None:
+    world_size = dist.get_world_size()
+    if world_size != config.world_size:
+        raise ConfigError(
+            f"launch.nproc_per_node x launch.nnodes = {config.world_size}, but the job has {world_size} "
+            f"processes; start it with `pretrain train`, which launches the right number"
+        )
+    if config.parallel.tensor_parallel_size > 1:
+        raise ConfigError(
+            "parallel.tensor_parallel_size > 1: tensor-parallel training is not available yet (issue #5); set it to 1"
+        )
+    vocab = manifest["tokenizer"]["vocab_size"]
+    if config.model.vocab_size < vocab:
+        raise ConfigError(
+            f"model.vocab_size = {config.model.vocab_size}: smaller than the dataset's tokenizer ({vocab}); "
+            f"set model.vocab_size={vocab} or more"
+        )
+
+
+def mean_over_ranks(value: torch.Tensor) -> float:
+    value = value.detach().float().cpu().clone()
+    dist.all_reduce(value)
+    return value.item() / dist.get_world_size()
+
+
+def evaluate(engine, val: TokenSequences, config: Config) -> float:
+    """Mean loss over the same held-out micro-batches every time."""
+    loader = BatchLoader(
+        val, config.train.micro_batch_size, config.train.eval_batches, dist.get_rank(), config.dp_size, config.train.seed
+    )
+    engine.eval()
+    with torch.no_grad():
+        losses = [engine(*to_device(batch, engine.device))[1] for batch in loader.next_step()]
+    engine.train()
+    return mean_over_ranks(torch.stack(losses).mean())
+
+
+def to_device(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(torch.from_numpy(array).to(device, non_blocking=True) for array in batch)
+
+
+def train(config: Config, resume: bool = False) -> Progress:
+    init_distributed()
+    rank = dist.get_rank()
+    data_dir = Path(config.data.output_dir)
+    manifest = read_manifest(data_dir)
+    check_job(config, manifest)
+    torch.manual_seed(config.train.seed)  # every rank starts from the same weights
+    model = GPT(config.model)
+    model.activation_checkpointing = config.train.activation_checkpointing
+    engine = build_engine(config, model)
+    loader = BatchLoader(
+        TokenSequences(data_dir, "train", config.train.seq_len, manifest),
+        config.train.micro_batch_size,
+        config.grad_accum_steps,
+        rank,
+        config.dp_size,
+        config.train.seed,
+    )
+    val = TokenSequences(data_dir, "val", config.train.seq_len, manifest)
+    progress, run_id = Progress(), None
+    if resume:
+        state = checkpoint.load(engine, config.run_dir)
+        loader.load_state_dict(state["loader"])
+        progress.step, progress.tokens_seen, run_id = state["step"], state["tokens_seen"], state["mlflow_run_id"]
+    elif checkpoint.latest_tag(config.run_dir):
+        raise CheckpointError(
+            f"{config.run_dir}: this run folder already holds checkpoints; pass --resume to continue it, "
+            f"or choose another tracking.run_name"
+        )
+    tracker = start_tracking(config, data_dir, run_id) if rank == 0 else None
+    try:
+        run_loop(config, engine, loader, val, progress, tracker)
+        finish(config, engine, loader, progress, tracker, manifest)
+    except BaseException:
+        if tracker:
+            tracker.finish("FAILED")
+        raise
+    return progress
+
+
+def start_tracking(config: Config, data_dir: Path, run_id: str | None) -> Tracker:
+    tracker = Tracker(config, run_id)
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = save_config(config, run_dir / "config.yaml")
+    ds_path = run_dir / "deepspeed_config.json"
+    ds_path.write_text(json.dumps(deepspeed_config(config), indent=2) + "\n")
+    # The run folder carries its tokenizer, so export does not depend on the data folder.
+    tokenizer_path = shutil.copyfile(data_dir / TOKENIZER_NAME, run_dir / TOKENIZER_NAME)
+    for path in (config_path, ds_path, data_dir / MANIFEST_NAME, tokenizer_path):
+        tracker.log_artifact(path)
+    return tracker
+
+
+def run_loop(config: Config, engine, loader: BatchLoader, val: TokenSequences, progress: Progress, tracker) -> None:
+    train = config.train
+    tokens_per_step = train.global_batch_size * train.seq_len
+    interval_start, interval_steps = time.perf_counter(), 0
+    while progress.step < train.max_steps:
+        loss_sum = torch.zeros((), device=engine.device)
+        micro_batches = loader.next_step()
+        for batch in micro_batches:
+            _, loss = engine(*to_device(batch, engine.device))
+            engine.backward(loss)
+            engine.step()  # steps the optimizer at the gradient-accumulation boundary only
+            loss_sum += loss.detach()
+        progress.step += 1
+        progress.tokens_seen += tokens_per_step
+        interval_steps += 1
+        last = progress.step == train.max_steps
+        metrics = {}
+        if progress.step % train.log_interval == 0 or last:
+            # The only host-device synchronization of the step, once per log interval.
+            progress.train_loss = mean_over_ranks(loss_sum / len(micro_batches))
+            elapsed = time.perf_counter() - interval_start
+            metrics |= {
+                "loss": progress.train_loss,
+                "lr": engine.get_lr()[0],
+                "tokens_per_s": interval_steps * tokens_per_step / elapsed,
+                "step_time_s": elapsed / interval_steps,
+                "tokens_seen": progress.tokens_seen,
+            }
+            interval_start, interval_steps = time.perf_counter(), 0
+        if progress.step % train.eval_interval == 0 or last:
+            progress.val_loss = evaluate(engine, val, config)
+            metrics["val_loss"] = progress.val_loss
+        if metrics:
+            report(progress, metrics, tracker, train.max_steps)
+        if config.checkpoint.every_steps and progress.step % config.checkpoint.every_steps == 0 and not last:
+            save_checkpoint(config, engine, loader, progress, tracker)
+
+
+def report(progress: Progress, metrics: dict, tracker, max_steps: int) -> None:
+    progress.history.append({"step": progress.step} | metrics)
+    if tracker is None:
+        return
+    tracker.log_metrics(metrics, progress.step)
+    tracker.flush()
+    parts = [f"step {progress.step:>6}/{max_steps}"]
+    if "loss" in metrics:
+        parts += [f"loss {metrics['loss']:.4f}", f"lr {metrics['lr']:.2e}", f"{metrics['tokens_per_s']:,.0f} tok/s"]
+    if "val_loss" in metrics:
+        parts.append(f"val_loss {metrics['val_loss']:.4f}")
+    print(" | ".join(parts), flush=True)
+
+
+def save_checkpoint(config: Config, engine, loader: BatchLoader, progress: Progress, tracker) -> Path:
+    client_state = {
+        "step": progress.step,
+        "tokens_seen": progress.tokens_seen,
+        "loader": loader.state_dict(),
+        "config": config.to_dict(),
+        "data_fingerprint": loader.sequences.fingerprint,
+        "mlflow_run_id": tracker.run_id if tracker else None,
+    }
+    return checkpoint.save(engine, config.run_dir, progress.step, client_state, config.checkpoint.keep_last)
+
+
+def finish(config: Config, engine, loader: BatchLoader, progress: Progress, tracker, manifest: dict) -> None:
+    saved = save_checkpoint(config, engine, loader, progress, tracker)
+    tokenizer = load_tokenizer(Path(config.data.output_dir) / TOKENIZER_NAME)
+    # Every rank generates: under ZeRO-3 the forward pass gathers weights collectively.
+    sample = generate_text(
+        engine.module, tokenizer, config.train.sample_prompt, config.train.sample_tokens, seed=config.train.seed
+    )
+    if tracker is None:
+        return
+    summary = {
+        "mlflow_run_id": tracker.run_id,
+        "steps": progress.step,
+        "tokens_seen": progress.tokens_seen,
+        "train_loss": progress.train_loss,
+        "val_loss": progress.val_loss,
+        "checkpoint": str(saved),
+        "data_fingerprint": manifest["fingerprint"],
+        "sample": sample,
+    }
+    summary_path = config.run_dir / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    tracker.log_text(sample, "samples/final.txt")
+    tracker.log_artifact(summary_path)
+    tracker.finish()
+    print(f"sample: {sample!r}", flush=True)

@@ -17,7 +17,6 @@ the number of workers, and doubles as a shuffle of the corpus.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -25,6 +24,7 @@ import unicodedata
 from functools import partial
 from itertools import chain
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -97,17 +97,25 @@ def _cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _read_documents(config: DataConfig) -> ray.data.Dataset:
+def _input_files(config: DataConfig) -> tuple[list[str], Callable[[str], Iterator[dict]]]:
+    """The files to read and the function that turns one into documents."""
+    if config.tokenizer.path and not Path(config.tokenizer.path).is_file():
+        raise DataError(f"data.tokenizer.path: {config.tokenizer.path} does not exist; give a tokenizer.json or null")
     if config.sources:
-        files = expand_sources(config.sources)
-        reader = partial(file_documents, text_field=config.text_field)
-    else:
-        files = stdlib_files()
-        reader = stdlib_docstrings
+        return expand_sources(config.sources), partial(file_documents, text_field=config.text_field)
+    return stdlib_files(), stdlib_docstrings
+
+
+def _documents(files: list[str], reader: Callable[[str], Iterator[dict]], config: DataConfig) -> ray.data.Dataset:
+    """Clean documents, one copy of each, sorted by content hash."""
     # A few files per task: enough tasks to keep every CPU busy, few enough to not drown in scheduling.
     blocks = min(len(files), 8 * _cluster_cpus())
     items = ray.data.from_items([{"path": path} for path in files], override_num_blocks=blocks)
-    return items.flat_map(lambda row: list(reader(row["path"])))
+    cleaned = items.flat_map(lambda row: list(reader(row["path"]))).map_batches(
+        clean_batch, fn_kwargs={"min_chars": config.min_chars, "val_fraction": config.val_fraction}
+    )
+    partitions = 2 * _cluster_cpus()
+    return cleaned.groupby("doc_hash", num_partitions=partitions).map_groups(first_of_group).sort("doc_hash")
 
 
 def _tokenizer(config: DataConfig, documents: ray.data.Dataset, out_dir: Path) -> Path:
@@ -125,30 +133,42 @@ def _tokenizer(config: DataConfig, documents: ray.data.Dataset, out_dir: Path) -
     return path
 
 
+def _write_shards(tokenized: ray.data.Dataset, out_dir: Path, dtype: pa.DataType, config: DataConfig):
+    """Write both splits in document order; return their shard records and the documents seen before dedup."""
+    target = int(config.shard_size_mb * 1e6)
+    writers = {split: ShardWriter(out_dir, split, dtype, target) for split in ("train", "val")}
+    documents_before_dedup = 0
+    for batch in tokenized.iter_batches(batch_format="pyarrow", batch_size=None):
+        documents_before_dedup += pa.compute.sum(batch["copies"]).as_py() or 0
+        for split, writer in writers.items():
+            writer.add(batch.filter(pa.compute.equal(batch["split"], split)))
+    for writer in writers.values():
+        writer.flush()
+    if not writers["val"].records:
+        raise DataError("data.val_fraction: the validation split is empty; raise data.val_fraction or add data")
+    return writers["train"].records + writers["val"].records, documents_before_dedup
+
+
+def _start_ray(ray_address: str | None) -> None:
+    ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    # Task-based sort shuffles start in milliseconds; actor-based hash shuffles
+    # spend tens of seconds starting aggregators, which dominates small builds.
+    context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+
+
 def build_dataset(config: DataConfig, resolved_config: dict, ray_address: str | None = None) -> dict:
     """Build shards and manifest in `config.output_dir`; return the manifest."""
     started = time.time()
+    files, reader = _input_files(config)  # bad sources fail here, before any work
     out_dir = Path(config.output_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    _start_ray(ray_address)
     try:
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True
-        # Task-based sort shuffles start in milliseconds; actor-based hash shuffles
-        # spend tens of seconds starting aggregators, which dominates small builds.
-        context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-        cleaned = _read_documents(config).map_batches(
-            clean_batch, fn_kwargs={"min_chars": config.min_chars, "val_fraction": config.val_fraction}
-        )
-        partitions = 2 * _cluster_cpus()
-        documents = (
-            cleaned.groupby("doc_hash", num_partitions=partitions)
-            .map_groups(first_of_group)
-            .sort("doc_hash")
-            .materialize()
-        )
+        documents = _documents(files, reader, config).materialize()
         tokenizer_path = _tokenizer(config, documents, out_dir)
         tokenizer = load_tokenizer(tokenizer_path)
         dtype = token_dtype(tokenizer.get_vocab_size())
@@ -160,32 +180,25 @@ def build_dataset(config: DataConfig, resolved_config: dict, ray_address: str | 
             batch_size=256,
             batch_format="pyarrow",
         )
-        target = int(config.shard_size_mb * 1e6)
-        writers = {split: ShardWriter(out_dir, split, dtype, target) for split in ("train", "val")}
-        documents_after_cleaning = 0
-        for batch in tokenized.iter_batches(batch_format="pyarrow", batch_size=None):
-            documents_after_cleaning += pa.compute.sum(batch["copies"]).as_py() or 0
-            for split, writer in writers.items():
-                writer.add(batch.filter(pa.compute.equal(batch["split"], split)))
-        for writer in writers.values():
-            writer.flush()
+        records, documents_before_dedup = _write_shards(tokenized, out_dir, dtype, config)
         stats = {
-            "documents_after_cleaning": documents_after_cleaning,
+            "documents_after_cleaning": documents_before_dedup,
             "documents_after_dedup": documents.count(),
             "seconds": round(time.time() - started, 1),
         }
+    except ray.exceptions.RayTaskError as err:
+        # A DataError raised in a Ray task (a bad input line): report it, not Ray's traceback.
+        if isinstance(err.cause, DataError):
+            raise err.cause from None
+        raise
     finally:
         ray.shutdown()
-    if not writers["val"].records:
-        raise DataError("data.val_fraction: the validation split is empty; raise data.val_fraction or add data")
     tokenizer_info = {
         "file": TOKENIZER_NAME,
         "sha256": file_sha256(tokenizer_path),
         "vocab_size": tokenizer.get_vocab_size(),
         "eot_id": end_of_text_id(tokenizer),
     }
-    records = writers["train"].records + writers["val"].records
     manifest = build_manifest(records, tokenizer_info, dtype, stats, resolved_config)
     write_manifest(out_dir, manifest)
-    (out_dir / "config.json").write_text(json.dumps(resolved_config, indent=2) + "\n")
     return manifest

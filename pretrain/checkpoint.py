@@ -55,13 +55,23 @@ def latest_tag(run_dir: Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-def load(engine, run_dir: Path) -> dict:
-    """Load the latest checkpoint into the engine; return its client state."""
-    tag = latest_tag(run_dir)
-    if tag is None:
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """A new run must not overwrite another's checkpoints; a resumed one needs one."""
+    if resume and latest_tag(run_dir) is None:
         raise CheckpointError(
             f"{checkpoint_dir(run_dir)}: no checkpoint to resume from; run without --resume to start afresh"
         )
+    if not resume and latest_tag(run_dir) is not None:
+        raise CheckpointError(
+            f"{run_dir}: this run folder already holds checkpoints; pass --resume to continue it, "
+            f"or choose another tracking.run_name"
+        )
+
+
+def load(engine, run_dir: Path) -> dict:
+    """Load the latest checkpoint into the engine; return its client state."""
+    check_run_dir(run_dir, resume=True)
+    tag = latest_tag(run_dir)
     _, client_state = engine.load_checkpoint(str(checkpoint_dir(run_dir)), tag=tag)
     if client_state is None:
         raise CheckpointError(f"{checkpoint_dir(run_dir) / tag}: the checkpoint could not be loaded")

@@ -97,7 +97,9 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
 
 def launch_job(args: argparse.Namespace, config: Config, detach: bool) -> int:
     from launch.local import run_local
+    from pretrain.checkpoint import check_run_dir
 
+    check_run_dir(config.run_dir, args.resume)  # before starting any process
     if config.launch.nnodes > 1:
         raise PretrainError("launch.nnodes > 1: multi-node jobs are not available yet (issue #6); set launch.nnodes=1")
     # The ranks read the fully resolved config, so they run exactly what was validated here.

@@ -28,7 +28,7 @@ from model import GPT
 from pretrain import checkpoint
 from pretrain.config import Config, save_config
 from pretrain.deepspeed_config import deepspeed_config
-from pretrain.errors import CheckpointError, ConfigError
+from pretrain.errors import ConfigError
 from pretrain.generate import generate_text
 from pretrain.optim import lr_multiplier, param_groups
 from pretrain.tracking import Tracker
@@ -45,12 +45,12 @@ class Progress:
 
 def init_distributed() -> None:
     """Join the job's process group; a single process outside a launcher forms a group of one."""
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    if dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "RANK" not in os.environ:
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)  # adopts an existing group
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
 
@@ -116,11 +116,12 @@ def to_device(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train(config: Config, resume: bool = False) -> Progress:
-    init_distributed()
-    rank = dist.get_rank()
     data_dir = Path(config.data.output_dir)
     manifest = read_manifest(data_dir)
+    init_distributed()
+    rank = dist.get_rank()
     check_job(config, manifest)
+    checkpoint.check_run_dir(config.run_dir, resume)
     torch.manual_seed(config.train.seed)  # every rank starts from the same weights
     model = GPT(config.model)
     model.activation_checkpointing = config.train.activation_checkpointing
@@ -139,11 +140,6 @@ def train(config: Config, resume: bool = False) -> Progress:
         state = checkpoint.load(engine, config.run_dir)
         loader.load_state_dict(state["loader"])
         progress.step, progress.tokens_seen, run_id = state["step"], state["tokens_seen"], state["mlflow_run_id"]
-    elif checkpoint.latest_tag(config.run_dir):
-        raise CheckpointError(
-            f"{config.run_dir}: this run folder already holds checkpoints; pass --resume to continue it, "
-            f"or choose another tracking.run_name"
-        )
     tracker = start_tracking(config, data_dir, run_id) if rank == 0 else None
     try:
         run_loop(config, engine, loader, val, progress, tracker)

@@ -1,0 +1,75 @@
+"""The `pretrain` command: help for every stage, and errors as messages, not tracebacks."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pretrain.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBCOMMANDS = [["data", "build"], ["train"], ["export"], ["generate"], ["submit"]]
+
+
+def test_console_script_help_lists_every_stage():
+    script = Path(sys.executable).parent / "pretrain"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
+    for command in ("data", "train", "export", "generate", "submit"):
+        assert command in result.stdout
+    assert "train.lr=3e-4" in result.stdout
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS, ids=lambda c: " ".join(c))
+def test_every_subcommand_has_help_with_config_and_overrides(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config" in out and "KEY=VALUE" in out
+
+
+def test_invalid_config_is_one_message_and_exit_1(capsys):
+    code = main(["train", "--config", str(ROOT / "configs" / "demo.yaml"), "model.n_head=3", "train.bogus=1"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("pretrain train: error: invalid config")
+    assert "model" in err and "n_head (3) must divide n_embd (128)" in err
+    assert "train.bogus: unknown key" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_subcommand_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fly"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'fly'" in capsys.readouterr().err
+
+
+def test_generate_without_an_export_says_what_to_pass(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path)]) == 1
+    assert f"{tmp_path}: no model.safetensors; pass a folder written by `pretrain export`" in capsys.readouterr().err
+
+
+def test_export_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["export", "--run-dir", str(tmp_path)]) == 1
+    assert "not a run folder (no config.yaml)" in capsys.readouterr().err
+
+
+def test_train_without_data_says_how_to_build_it(tmp_path, capsys):
+    code = main(["train", f"data.output_dir={tmp_path / 'none'}", f"checkpoint.root={tmp_path}"])
+    assert code == 1
+    assert "no manifest; build the dataset first with `pretrain data`" in capsys.readouterr().err
+
+
+def test_resume_without_a_checkpoint(tmp_path, capsys):
+    code = main(["submit", "--resume", "--config", str(ROOT / "configs" / "demo.yaml"), f"checkpoint.root={tmp_path}"])
+    assert code == 1
+    assert "no checkpoint to resume from; run without --resume" in capsys.readouterr().err
+
+
+def test_bad_data_source_is_named_before_ray_starts(tmp_path, capsys):
+    code = main(["data", "build", f"data.sources=[{tmp_path}/missing.jsonl]", f"data.output_dir={tmp_path}/out"])
+    assert code == 1
+    assert "missing.jsonl' does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

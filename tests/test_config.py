@@ -1,0 +1,145 @@
+"""Config loading, `extends`, overrides, and one clear error for each kind of invalid config."""
+
+from pathlib import Path
+
+import pytest
+
+from pretrain.config import Config, load_config, save_config
+from pretrain.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file():
+    config = load_config()
+    assert config == Config()
+    assert config.world_size == 1
+
+
+def test_demo_config_extends_base():
+    config = load_config(CONFIGS / "demo.yaml")
+    assert config.launch.nproc_per_node == 2  # from demo.yaml
+    assert config.train.precision == "fp32"  # from base.yaml
+    assert config.model.n_embd == 128
+    assert config.grad_accum_steps == 1
+
+
+def test_child_file_overrides_parent_key_by_key(tmp_path):
+    write(tmp_path / "parent.yaml", "model:\n  n_layer: 2\n  n_head: 2\ntrain:\n  lr: 0.1\n")
+    child = write(tmp_path / "child.yaml", "extends: parent.yaml\nmodel:\n  n_layer: 3\n")
+    config = load_config(child)
+    assert (config.model.n_layer, config.model.n_head, config.train.lr) == (3, 2, 0.1)
+
+
+def test_overrides_are_typed_by_the_schema():
+    config = load_config(
+        CONFIGS / "demo.yaml",
+        ["train.lr=3e-4", "model.n_layer=6", "tracking.run_name=123", "data.sources=[a.jsonl, b.txt]", "model.bias=false"],
+    )
+    assert config.train.lr == pytest.approx(3e-4)
+    assert config.model.n_layer == 6
+    assert config.tracking.run_name == "123"
+    assert config.data.sources == ["a.jsonl", "b.txt"]
+    assert config.model.bias is False
+
+
+def test_saved_config_loads_back_identical(tmp_path):
+    config = load_config(CONFIGS / "demo.yaml", ["train.max_steps=70"])
+    assert load_config(save_config(config, tmp_path / "resolved.yaml")) == config
+
+
+def error_of(path=None, overrides=()) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, list(overrides))
+    return str(info.value)
+
+
+def test_unknown_key_names_path_and_allowed_keys():
+    message = error_of(overrides=["train.learning_rate=0.1"])
+    assert "train.learning_rate: unknown key" in message
+    assert "lr" in message and "warmup_steps" in message
+
+
+def test_unknown_model_key_lists_model_fields():
+    message = error_of(overrides=["model.layers=4"])
+    assert "model.layers: unknown key" in message
+    assert "n_layer" in message
+
+
+def test_wrong_type_names_path_and_value():
+    message = error_of(overrides=["train.max_steps=lots"])
+    assert "train.max_steps = 'lots'" in message
+    assert "valid integer" in message
+
+
+def test_out_of_range_value():
+    message = error_of(overrides=["parallel.zero_stage=4"])
+    assert "parallel.zero_stage = '4'" in message
+    assert "less than or equal to 3" in message
+
+
+def test_literal_lists_allowed_values():
+    message = error_of(overrides=["model.pos_encoding=alibi"])
+    assert "model.pos_encoding = 'alibi'" in message
+    assert "'learned', 'sinusoidal' or 'rope'" in message
+
+
+def test_heads_must_divide_width():
+    message = error_of(overrides=["model.n_embd=100", "model.n_head=3"])
+    assert "model" in message and "n_head (3) must divide n_embd (100)" in message
+    assert "allowed n_head values: [1, 2, 4, 5, 10, 20, 25, 50, 100]" in message
+
+
+def test_tensor_parallel_must_divide_world_size():
+    message = error_of(overrides=["launch.nproc_per_node=2", "parallel.tensor_parallel_size=3", "model.n_head=12"])
+    assert "parallel.tensor_parallel_size = 3: must divide the world size" in message
+
+
+def test_tensor_parallel_must_divide_heads():
+    message = error_of(overrides=["launch.nproc_per_node=4", "parallel.tensor_parallel_size=4", "model.n_head=6", "model.n_embd=48"])
+    assert "parallel.tensor_parallel_size = 4: must divide model.n_head (6)" in message
+
+
+def test_batch_sizes_must_multiply_out():
+    message = error_of(
+        overrides=["launch.nproc_per_node=2", "train.micro_batch_size=4", "train.global_batch_size=12"]
+    )
+    assert "train.global_batch_size = 12: must be a multiple of train.micro_batch_size (4) x data-parallel size (2)" in message
+
+
+def test_all_problems_reported_at_once():
+    message = error_of(overrides=["train.seq_len=4096", "train.min_lr=1", "train.lr=0.1"])
+    assert "train.seq_len = 4096: must not exceed model.max_seq_len (1024)" in message
+    assert "train.min_lr = 1.0: must not exceed train.lr (0.1)" in message
+
+
+def test_vocab_must_hold_the_tokenizer():
+    message = error_of(overrides=["model.vocab_size=1000", "data.tokenizer.vocab_size=2000"])
+    assert "model.vocab_size = 1000: must be at least data.tokenizer.vocab_size (2000)" in message
+
+
+def test_bad_override_syntax():
+    assert "write it as key.path=value" in error_of(overrides=["train.lr"])
+
+
+def test_override_into_a_value_is_refused():
+    assert "train.lr = {'x': '1'}: Input should be a valid number" in error_of(overrides=["train.lr.x=1"])
+    assert "override 'train.lr.x=1': lr is not a section" in error_of(CONFIGS / "demo.yaml", ["train.lr.x=1"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    assert "config file not found" in error_of(tmp_path / "nope.yaml")
+    bad = write(tmp_path / "bad.yaml", "model: [unclosed\n")
+    assert f"{bad}: not valid YAML" in error_of(bad)
+    assert "top level must be a mapping" in error_of(write(tmp_path / "list.yaml", "- 1\n"))
+
+
+def test_extends_loop_is_reported(tmp_path):
+    write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    write(tmp_path / "b.yaml", "extends: a.yaml\n")
+    assert "loops back" in error_of(tmp_path / "a.yaml")

@@ -1,0 +1,131 @@
+"""The GPT: shapes, causality, positional encodings, names for AutoTP, learning, generation."""
+
+import math
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+from model.gpt import sinusoidal_table
+
+TINY = dict(vocab_size=97, max_seq_len=32, n_layer=2, n_head=4, n_embd=32)
+VARIANTS = [
+    dict(pos_encoding="learned", norm="layernorm", mlp="gelu", bias=True),
+    dict(pos_encoding="sinusoidal", norm="layernorm", mlp="gelu", bias=True),
+    dict(pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v["pos_encoding"])
+def test_logits_shape_and_loss_at_init(variant):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY, **variant))
+    ids, targets = torch.randint(0, 97, (2, 3, 16))
+    logits, loss = model(ids, targets)
+    assert logits.shape == (3, 16, 97)
+    # Small initial weights give a near-uniform distribution: loss close to ln(vocab).
+    assert abs(loss.item() - math.log(97)) < 0.3
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v["pos_encoding"])
+def test_attention_is_causal(variant):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY, **variant)).eval()
+    ids = torch.randint(0, 97, (1, 12))
+    changed = ids.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1) % 97
+    before, _ = model(ids)
+    after, _ = model(changed)
+    torch.testing.assert_close(before[:, :8], after[:, :8])
+    assert not torch.allclose(before[:, 8:], after[:, 8:])
+
+
+def test_sinusoidal_table_matches_the_paper():
+    table = sinusoidal_table(50, 16)
+    for pos in (0, 7, 49):
+        for i in range(8):
+            angle = pos / 10000 ** (2 * i / 16)
+            assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def test_parameter_names_follow_llama_for_autotp_and_export():
+    names = set(dict(GPT(GPTConfig(**TINY, **VARIANTS[2])).named_parameters()))
+    for expected in (
+        "embed_tokens.weight",
+        "layers.0.self_attn.q_proj.weight",
+        "layers.1.self_attn.o_proj.weight",
+        "layers.0.mlp.gate_proj.weight",
+        "layers.0.mlp.up_proj.weight",
+        "layers.0.mlp.down_proj.weight",
+        "layers.0.input_layernorm.weight",
+        "layers.0.post_attention_layernorm.weight",
+        "norm.weight",
+        "lm_head.weight",
+    ):
+        assert expected in names
+
+
+def test_tied_head_shares_the_embedding():
+    model = GPT(GPTConfig(**TINY))
+    assert model.lm_head.weight is model.embed_tokens.weight
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters())
+
+
+def test_residual_projections_are_scaled_by_depth():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**TINY, "n_embd": 256, "n_head": 4, "n_layer": 8}))
+    expected = 0.02 / math.sqrt(2 * 8)
+    assert model.layers[0].self_attn.o_proj.weight.std().item() == pytest.approx(expected, rel=0.05)
+    assert model.layers[0].self_attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY))
+    ids = torch.randint(0, 97, (2, 16))
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        model.activation_checkpointing = checkpointing
+        model(ids, ids)[1].backward()
+        grads.append(model.layers[0].mlp.up_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_a_few_steps_overfit_one_batch():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ids = torch.randint(0, 97, (4, 17))
+    first = None
+    for _ in range(30):
+        _, loss = model(ids[:, :-1], ids[:, 1:])
+        first = first or loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first / 3
+
+
+def test_greedy_generation_is_deterministic_and_stops():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY)).eval()
+    prompt = torch.tensor([[1, 2, 3]])
+    out = model.generate(prompt, 10, temperature=0)
+    assert out.shape == (1, 13)
+    assert torch.equal(out, model.generate(prompt, 10, temperature=0))
+    assert torch.equal(out[:, :3], prompt)
+    stop = int(out[0, 3])
+    assert model.generate(prompt, 10, temperature=0, stop_token=stop).shape == (1, 4)
+
+
+def test_too_long_input_is_refused():
+    model = GPT(GPTConfig(**TINY))
+    with pytest.raises(ValueError, match="exceeds max_seq_len 32"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_invalid_head_count_says_what_is_allowed():
+    with pytest.raises(ValueError, match=r"n_head \(5\) must divide n_embd \(32\)"):
+        GPTConfig(n_embd=32, n_head=5)

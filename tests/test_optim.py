@@ -1,0 +1,57 @@
+"""Learning-rate schedule, weight-decay groups and the generated DeepSpeed config."""
+
+import pytest
+
+from model import GPT, GPTConfig
+from pretrain.config import load_config
+from pretrain.deepspeed_config import deepspeed_config
+from pretrain.optim import lr_multiplier, param_groups
+
+
+def schedule(**train):
+    config = load_config(overrides=[f"train.{key}={value}" for key, value in train.items()])
+    multiplier = lr_multiplier(config.train)
+    return [config.train.lr * multiplier(step) for step in range(config.train.max_steps + 1)]
+
+
+def test_warmup_then_cosine_to_min_lr():
+    lrs = schedule(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110, decay="cosine")
+    assert lrs[0] == pytest.approx(0.1)  # first step of a 10-step warmup
+    assert lrs[9] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the decay
+    assert lrs[110] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_linear_and_constant_decay():
+    linear = schedule(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=100, decay="linear")
+    assert linear[25] == pytest.approx(0.75)
+    assert schedule(lr=0.5, warmup_steps=0, max_steps=10, decay="constant", min_lr=0) == [0.5] * 11
+
+
+def test_weight_decay_on_matrices_only():
+    model = GPT(GPTConfig(vocab_size=64, max_seq_len=16, n_layer=1, n_head=2, n_embd=16))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert "layers.0.self_attn.q_proj.weight" in decayed
+    assert not any("embed" in n or "norm" in n or n.endswith("bias") for n in decayed)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+
+
+def test_deepspeed_json_follows_the_config():
+    config = load_config(
+        overrides=[
+            "launch.nproc_per_node=2", "train.micro_batch_size=4", "train.global_batch_size=32",
+            "parallel.zero_stage=2", "train.precision=bf16", "train.grad_clip=0.5",
+        ]
+    )
+    ds = deepspeed_config(config)
+    assert ds["train_batch_size"] == 32
+    assert ds["train_micro_batch_size_per_gpu"] == 4
+    assert ds["gradient_accumulation_steps"] == 4  # 32 / (4 x 2 ranks)
+    assert ds["zero_optimization"] == {"stage": 2}
+    assert ds["bf16"] == {"enabled": True}
+    assert ds["gradient_clipping"] == 0.5
+    assert "tensor_parallel" not in ds

@@ -153,6 +153,8 @@ def _start_ray(ray_address: str | None) -> None:
     ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
+    # A DataError raised while reading (a bad input line) reaches the caller as itself.
+    context.raise_original_map_exception = True
     # Task-based sort shuffles start in milliseconds; actor-based hash shuffles
     # spend tens of seconds starting aggregators, which dominates small builds.
     context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
@@ -186,11 +188,6 @@ def build_dataset(config: DataConfig, resolved_config: dict, ray_address: str | 
             "documents_after_dedup": documents.count(),
             "seconds": round(time.time() - started, 1),
         }
-    except ray.exceptions.RayTaskError as err:
-        # A DataError raised in a Ray task (a bad input line): report it, not Ray's traceback.
-        if isinstance(err.cause, DataError):
-            raise err.cause from None
-        raise
     finally:
         ray.shutdown()
     tokenizer_info = {

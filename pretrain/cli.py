@@ -155,8 +155,20 @@ COMMANDS = {
 }
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse options; overrides may stand anywhere after the subcommand, also between options."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    late_overrides = [arg for arg in extras if "=" in arg and not arg.startswith("-")]
+    unknown = [arg for arg in extras if arg not in late_overrides]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *late_overrides]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
         return COMMANDS[args.command](args, config)

@@ -73,3 +73,17 @@ def test_bad_data_source_is_named_before_ray_starts(tmp_path, capsys):
     assert code == 1
     assert "missing.jsonl' does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_overrides_may_follow_options(capsys):
+    code = main(["train", "--resume", "train.bogus=1", "--config", str(ROOT / "configs" / "demo.yaml"), "model.x=2"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "train.bogus: unknown key" in err and "model.x: unknown key" in err
+
+
+def test_unknown_option_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--fast"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --fast" in capsys.readouterr().err

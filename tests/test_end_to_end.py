@@ -77,7 +77,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(job):
     assert run.data.tags["world_size"] == "2"
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
     assert len(losses) == 6  # every 5 steps of 30
-    assert losses[-1] < losses[0] - 1.0
+    assert losses[-1] < losses[0] - 0.5
     val = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in sorted(val, key=lambda m: m.step)] == [15, 30]
     assert client.get_metric_history(run.info.run_id, "tokens_per_s")[0].value > 0

@@ -15,9 +15,14 @@ from pathlib import Path
 def torchrun_command(nproc_per_node: int, module: str, args: list[str]) -> list[str]:
     """`python -m torch.distributed.run` on this host; `--standalone` picks a free rendezvous port."""
     return [
-        sys.executable, "-m", "torch.distributed.run",
-        "--standalone", f"--nproc-per-node={nproc_per_node}",
-        "-m", module, *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc_per_node}",
+        "-m",
+        module,
+        *args,
     ]
 
 

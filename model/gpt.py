@@ -51,9 +51,7 @@ class GPTConfig:
                 f"allowed n_head values: {_divisors(self.n_embd)}"
             )
         if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2 != 0:
-            raise ValueError(
-                f"rope needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}"
-            )
+            raise ValueError(f"rope needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
 
     @property
     def head_dim(self) -> int:
@@ -137,9 +135,7 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         # softmax(QK^T / sqrt(d)) V with the causal mask, through PyTorch's
         # fused kernels (flash / memory-efficient on GPU).
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         return self.o_proj(y.transpose(1, 2).reshape(batch, seq, width))
 
 
@@ -182,9 +178,7 @@ class GPT(nn.Module):
         elif config.pos_encoding == "sinusoidal":
             # A fixed table, not a parameter: a buffer moves with .to() but is
             # never trained. Not persistent: it is recomputed from the config.
-            self.register_buffer(
-                "sinusoids", sinusoidal_table(config.max_seq_len, config.n_embd), persistent=False
-            )
+            self.register_buffer("sinusoids", sinusoidal_table(config.max_seq_len, config.n_embd), persistent=False)
         self.embed_dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = make_norm(config)

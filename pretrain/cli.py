@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     build = _with_config(data_commands.add_parser("build", help="clean, tokenize and shard a corpus", epilog=EPILOG))
     build.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else in-process Ray)")
 
-    train = _with_config(commands.add_parser("train", help="train a GPT with DeepSpeed, tracked in MLflow", epilog=EPILOG))
+    train = _with_config(
+        commands.add_parser("train", help="train a GPT with DeepSpeed, tracked in MLflow", epilog=EPILOG)
+    )
     train.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
 
     export = _with_config(commands.add_parser("export", help="turn a checkpoint into a model folder", epilog=EPILOG))
@@ -51,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tag", help="checkpoint tag (default: the latest)")
     export.add_argument("--out", type=Path, help="output folder (default: <run folder>/export)")
 
-    generate = _with_config(commands.add_parser("generate", help="continue a prompt with an exported model", epilog=EPILOG))
+    generate = _with_config(
+        commands.add_parser("generate", help="continue a prompt with an exported model", epilog=EPILOG)
+    )
     generate.add_argument("--model", type=Path, help="exported folder (default: <run folder>/export)")
     generate.add_argument("--prompt", default="The", help="text to continue")
     generate.add_argument("--max-new-tokens", type=int, default=64)
@@ -59,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-k", type=int, default=50)
     generate.add_argument("--seed", type=int, default=0)
 
-    submit = _with_config(commands.add_parser("submit", help="run the training job on a target (launch.target)", epilog=EPILOG))
+    submit = _with_config(
+        commands.add_parser("submit", help="run the training job on a target (launch.target)", epilog=EPILOG)
+    )
     submit.add_argument("--detach", action="store_true", help="return at once; the job logs to <run folder>/job.log")
     submit.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     return parser
@@ -111,9 +117,10 @@ def launch_job(args: argparse.Namespace, config: Config, detach: bool) -> int:
         print(f"started {config.launch.nproc_per_node} rank(s), process {process.pid}; log: {log_file.resolve()}")
         return 0
     returncode = process.wait()
-    if returncode == 0:
-        print_run_outputs(config)
-    return returncode
+    if returncode != 0:
+        raise PretrainError(f"the job failed (exit code {returncode}); the failing rank's error is printed above")
+    print_run_outputs(config)
+    return 0
 
 
 def print_run_outputs(config: Config) -> None:
@@ -121,7 +128,9 @@ def print_run_outputs(config: Config) -> None:
     print(f"final train loss {summary['train_loss']:.4f}, validation loss {summary['val_loss']:.4f}")
     print(f"run folder:  {config.run_dir.resolve()}")
     print(f"checkpoint:  {summary['checkpoint']}")
-    print(f"MLflow run:  {summary['mlflow_run_id']} in experiment {config.tracking.experiment!r} at {config.tracking.uri}")
+    print(
+        f"MLflow run:  {summary['mlflow_run_id']} in experiment {config.tracking.experiment!r} at {config.tracking.uri}"
+    )
 
 
 def cmd_submit(args: argparse.Namespace, config: Config) -> int:
@@ -138,8 +147,8 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, config: Config) -> int:
-    from pretrain.model_folder import load_model_folder
     from pretrain.generate import generate_text
+    from pretrain.model_folder import load_model_folder
 
     model, tokenizer = load_model_folder(args.model or config.run_dir / "export")
     print(generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))

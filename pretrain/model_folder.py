@@ -1,9 +1,9 @@
 """The exported model folder: what `pretrain export` writes and `pretrain generate` reads.
 
-    model.safetensors   full weights, parameter names as in model/ (a tied head is stored once)
-    config.json         the model config (model.GPTConfig)
-    tokenizer.json      the tokenizer the model was trained with
-    export_info.json    the run, checkpoint and parameter count it came from
+model.safetensors   full weights, parameter names as in model/ (a tied head is stored once)
+config.json         the model config (model.GPTConfig)
+tokenizer.json      the tokenizer the model was trained with
+export_info.json    the run, checkpoint and parameter count it came from
 """
 
 from __future__ import annotations
@@ -49,5 +49,7 @@ def load_model_folder(folder: Path) -> tuple[GPT, Tokenizer]:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {"lm_head.weight"} if model.config.tie_embeddings else set()
     if set(missing) - tied or unexpected:
-        raise CheckpointError(f"{folder}: weights do not match config.json (missing {missing}, unexpected {unexpected})")
+        raise CheckpointError(
+            f"{folder}: weights do not match config.json (missing {missing}, unexpected {unexpected})"
+        )
     return model.eval(), load_tokenizer(folder / TOKENIZER_NAME)

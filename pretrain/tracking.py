@@ -47,9 +47,7 @@ class Tracker:
         try:
             experiment = self.client.get_experiment_by_name(config.tracking.experiment)
             experiment_id = (
-                experiment.experiment_id
-                if experiment
-                else self.client.create_experiment(config.tracking.experiment)
+                experiment.experiment_id if experiment else self.client.create_experiment(config.tracking.experiment)
             )
         except mlflow.exceptions.MlflowException as err:
             raise ConfigError(

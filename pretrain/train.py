@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import shutil
+import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import deepspeed
 import torch
 import torch.distributed as dist
-from deepspeed.accelerator import get_accelerator
 
 from data_pipeline.loader import BatchLoader, TokenSequences
 from data_pipeline.shards import MANIFEST_NAME, TOKENIZER_NAME, read_manifest
@@ -41,6 +41,10 @@ class Progress:
     train_loss: float = float("nan")
     val_loss: float = float("nan")
     history: list[dict] = field(default_factory=list)
+
+
+# DeepSpeed's ZeRO calls a torch collective that torch has renamed; the warning says nothing to our users.
+warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
 
 
 def init_distributed() -> None:
@@ -102,7 +106,12 @@ def mean_over_ranks(value: torch.Tensor) -> float:
 def evaluate(engine, val: TokenSequences, config: Config) -> float:
     """Mean loss over the same held-out micro-batches every time."""
     loader = BatchLoader(
-        val, config.train.micro_batch_size, config.train.eval_batches, dist.get_rank(), config.dp_size, config.train.seed
+        val,
+        config.train.micro_batch_size,
+        config.train.eval_batches,
+        dist.get_rank(),
+        config.dp_size,
+        config.train.seed,
     )
     engine.eval()
     with torch.no_grad():
@@ -168,6 +177,9 @@ def start_tracking(config: Config, data_dir: Path, run_id: str | None) -> Tracke
 def run_loop(config: Config, engine, loader: BatchLoader, val: TokenSequences, progress: Progress, tracker) -> None:
     train = config.train
     tokens_per_step = train.global_batch_size * train.seq_len
+    if progress.step == 0:
+        # The untrained model's validation loss: the point the curve falls from.
+        report(progress, {"val_loss": evaluate(engine, val, config)}, tracker, train.max_steps)
     interval_start, interval_steps = time.perf_counter(), 0
     while progress.step < train.max_steps:
         loss_sum = torch.zeros((), device=engine.device)

@@ -39,13 +39,24 @@ def test_child_file_overrides_parent_key_by_key(tmp_path):
 def test_overrides_are_typed_by_the_schema():
     config = load_config(
         CONFIGS / "demo.yaml",
-        ["train.lr=3e-4", "model.n_layer=6", "tracking.run_name=123", "data.sources=[a.jsonl, b.txt]", "model.bias=false"],
+        [
+            "train.lr=3e-4",
+            "model.n_layer=6",
+            "tracking.run_name=123",
+            "data.sources=[a.jsonl, b.txt]",
+            "model.bias=false",
+        ],
     )
     assert config.train.lr == pytest.approx(3e-4)
     assert config.model.n_layer == 6
     assert config.tracking.run_name == "123"
     assert config.data.sources == ["a.jsonl", "b.txt"]
     assert config.model.bias is False
+
+
+def test_readme_override_example_is_valid():
+    config = load_config(CONFIGS / "demo.yaml", ["train.lr=3e-4", "model.n_layer=6", "launch.nproc_per_node=1"])
+    assert (config.train.lr, config.model.n_layer, config.world_size, config.grad_accum_steps) == (3e-4, 6, 1, 2)
 
 
 def test_saved_config_loads_back_identical(tmp_path):
@@ -101,15 +112,18 @@ def test_tensor_parallel_must_divide_world_size():
 
 
 def test_tensor_parallel_must_divide_heads():
-    message = error_of(overrides=["launch.nproc_per_node=4", "parallel.tensor_parallel_size=4", "model.n_head=6", "model.n_embd=48"])
+    message = error_of(
+        overrides=["launch.nproc_per_node=4", "parallel.tensor_parallel_size=4", "model.n_head=6", "model.n_embd=48"]
+    )
     assert "parallel.tensor_parallel_size = 4: must divide model.n_head (6)" in message
 
 
 def test_batch_sizes_must_multiply_out():
-    message = error_of(
-        overrides=["launch.nproc_per_node=2", "train.micro_batch_size=4", "train.global_batch_size=12"]
+    message = error_of(overrides=["launch.nproc_per_node=2", "train.micro_batch_size=4", "train.global_batch_size=12"])
+    assert (
+        "train.global_batch_size = 12: must be a multiple of train.micro_batch_size (4) x data-parallel size (2)"
+        in message
     )
-    assert "train.global_batch_size = 12: must be a multiple of train.micro_batch_size (4) x data-parallel size (2)" in message
 
 
 def test_all_problems_reported_at_once():

@@ -5,10 +5,16 @@ DeepSpeed training (gloo, ZeRO-1) -> MLflow run read back -> export -> generatio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
+
+from data_pipeline.loader import BatchLoader, TokenSequences
+from pretrain.config import load_config
+from pretrain.model_folder import load_model_folder
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +35,8 @@ def job(tmp_path_factory):
     """Build, train, export: the demo's stages on the tiny config, in a fresh folder."""
     work = tmp_path_factory.mktemp("job")
     config = [
-        "--config", str(ROOT / "configs" / "tiny.yaml"),
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
         f"data.output_dir={work / 'data'}",
         f"checkpoint.root={work / 'runs'}",
         f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
@@ -47,7 +54,7 @@ def job(tmp_path_factory):
 def mlflow_run(job):
     client = MlflowClient(f"sqlite:///{job['work'] / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'tiny'")
     assert len(runs) == 1
     return client, runs[0]
 
@@ -78,8 +85,9 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(job):
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
     assert len(losses) == 6  # every 5 steps of 30
     assert losses[-1] < losses[0] - 0.5
-    val = client.get_metric_history(run.info.run_id, "val_loss")
-    assert [m.step for m in sorted(val, key=lambda m: m.step)] == [15, 30]
+    val = sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)
+    assert [m.step for m in val] == [0, 15, 30]
+    assert val[-1].value < val[0].value - 0.5
     assert client.get_metric_history(run.info.run_id, "tokens_per_s")[0].value > 0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "deepspeed_config.json", "manifest.json", "tokenizer.json", "summary.json"} <= artifacts
@@ -94,6 +102,61 @@ def test_export_folder_and_generation(job):
     generated = pretrain("generate", *job["config"], "--prompt", "Return the", "--temperature", "0", cwd=job["work"])
     assert generated.stdout.startswith("Return the")
     assert len(generated.stdout.strip()) > len("Return the")
+
+
+def test_exported_model_reproduces_the_validation_loss(job):
+    """The export is exact: the folder's model gives the loss the trainer measured on the same batches."""
+    run_dir = job["work"] / "runs" / "tiny"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = load_config(run_dir / "config.yaml")
+    model, _ = load_model_folder(run_dir / "export")
+    val = TokenSequences(job["work"] / "data", "val", config.train.seq_len)
+    losses = []
+    for rank in range(config.dp_size):
+        loader = BatchLoader(
+            val, config.train.micro_batch_size, config.train.eval_batches, rank, config.dp_size, config.train.seed
+        )
+        with torch.no_grad():
+            losses += [model(torch.from_numpy(x), torch.from_numpy(y))[1] for x, y in loader.next_step()]
+    assert torch.stack(losses).mean().item() == pytest.approx(summary["val_loss"], abs=1e-4)
+
+
+def test_single_process_without_zero_and_with_accumulation(job):
+    single = [
+        *job["config"],
+        "tracking.run_name=single",
+        "launch.nproc_per_node=1",
+        "parallel.zero_stage=0",
+        "train.max_steps=4",
+        "train.warmup_steps=2",
+        "train.global_batch_size=16",
+    ]
+    trained = pretrain("train", *single, cwd=job["work"])
+    assert "step      4/4" in trained.stdout
+    summary = json.loads((job["work"] / "runs" / "single" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["tokens_seen"] == 4 * 16 * 64
+    pretrain("export", *single, cwd=job["work"])
+    model, _ = load_model_folder(job["work"] / "runs" / "single" / "export")
+    assert model.config.n_layer == 2
+
+
+def test_detached_submit_runs_to_completion(job):
+    submitted = pretrain(
+        "submit",
+        *job["config"],
+        "--detach",
+        "tracking.run_name=detached",
+        "train.max_steps=5",
+        "train.warmup_steps=1",
+        cwd=job["work"],
+    )
+    run_dir = job["work"] / "runs" / "detached"
+    assert f"log: {run_dir / 'job.log'}" in submitted.stdout
+    deadline = time.time() + 600
+    while not (run_dir / "summary.json").exists():
+        assert time.time() < deadline, (run_dir / "job.log").read_text()[-3000:]
+        time.sleep(2)
+    assert "step      5/5" in (run_dir / "job.log").read_text()
 
 
 def test_a_finished_run_is_not_overwritten(job):

@@ -43,8 +43,12 @@ def test_weight_decay_on_matrices_only():
 def test_deepspeed_json_follows_the_config():
     config = load_config(
         overrides=[
-            "launch.nproc_per_node=2", "train.micro_batch_size=4", "train.global_batch_size=32",
-            "parallel.zero_stage=2", "train.precision=bf16", "train.grad_clip=0.5",
+            "launch.nproc_per_node=2",
+            "train.micro_batch_size=4",
+            "train.global_batch_size=32",
+            "parallel.zero_stage=2",
+            "train.precision=bf16",
+            "train.grad_clip=0.5",
         ]
     )
     ds = deepspeed_config(config)

@@ -91,23 +91,20 @@ def _in_launched_rank() -> bool:
 
 
 def cmd_train(args: argparse.Namespace, config: Config) -> int:
-    if _in_launched_rank() or config.world_size == 1:
+    if _in_launched_rank():
         from pretrain.train import train
 
         train(config, resume=args.resume)
-        if not _in_launched_rank():
-            print_run_outputs(config)
         return 0
     return launch_job(args, config, detach=False)
 
 
 def launch_job(args: argparse.Namespace, config: Config, detach: bool) -> int:
+    """Start the job's ranks with torchrun (one process too: DeepSpeed expects a launcher's environment)."""
     from launch.local import run_local
-    from pretrain.checkpoint import check_run_dir
+    from pretrain.preflight import check_job
 
-    check_run_dir(config.run_dir, args.resume)  # before starting any process
-    if config.launch.nnodes > 1:
-        raise PretrainError("launch.nnodes > 1: multi-node jobs are not available yet (issue #6); set launch.nnodes=1")
+    check_job(config, args.resume)
     # The ranks read the fully resolved config, so they run exactly what was validated here.
     resolved = save_config(config, config.run_dir / "config.yaml")
     worker_args = ["train", "--config", str(resolved)] + (["--resume"] if args.resume else [])

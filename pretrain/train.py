@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from data_pipeline.loader import BatchLoader, TokenSequences
-from data_pipeline.shards import MANIFEST_NAME, TOKENIZER_NAME, read_manifest
+from data_pipeline.shards import MANIFEST_NAME, TOKENIZER_NAME
 from data_pipeline.tokenizer import load_tokenizer
 from model import GPT
 from pretrain import checkpoint
@@ -31,6 +29,7 @@ from pretrain.deepspeed_config import deepspeed_config
 from pretrain.errors import ConfigError
 from pretrain.generate import generate_text
 from pretrain.optim import lr_multiplier, param_groups
+from pretrain.preflight import check_job
 from pretrain.tracking import Tracker
 
 
@@ -48,20 +47,10 @@ warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is depreca
 
 
 def init_distributed() -> None:
-    """Join the job's process group; a single process outside a launcher forms a group of one."""
-    if dist.is_initialized():
-        return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if "RANK" not in os.environ:
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)  # adopts an existing group
+    """Join the job's process group, set up by the launcher (torchrun) through the environment."""
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def build_engine(config: Config, model: GPT):
@@ -78,22 +67,12 @@ def build_engine(config: Config, model: GPT):
     return engine
 
 
-def check_job(config: Config, manifest: dict) -> None:
+def check_world_size(config: Config) -> None:
     world_size = dist.get_world_size()
     if world_size != config.world_size:
         raise ConfigError(
             f"launch.nproc_per_node x launch.nnodes = {config.world_size}, but the job has {world_size} "
             f"processes; start it with `pretrain train`, which launches the right number"
-        )
-    if config.parallel.tensor_parallel_size > 1:
-        raise ConfigError(
-            "parallel.tensor_parallel_size > 1: tensor-parallel training is not available yet (issue #5); set it to 1"
-        )
-    vocab = manifest["tokenizer"]["vocab_size"]
-    if config.model.vocab_size < vocab:
-        raise ConfigError(
-            f"model.vocab_size = {config.model.vocab_size}: smaller than the dataset's tokenizer ({vocab}); "
-            f"set model.vocab_size={vocab} or more"
         )
 
 
@@ -125,12 +104,11 @@ def to_device(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train(config: Config, resume: bool = False) -> Progress:
+    manifest = check_job(config, resume)
     data_dir = Path(config.data.output_dir)
-    manifest = read_manifest(data_dir)
     init_distributed()
     rank = dist.get_rank()
-    check_job(config, manifest)
-    checkpoint.check_run_dir(config.run_dir, resume)
+    check_world_size(config)
     torch.manual_seed(config.train.seed)  # every rank starts from the same weights
     model = GPT(config.model)
     model.activation_checkpointing = config.train.activation_checkpointing

@@ -152,3 +152,20 @@ def test_manifest_fingerprint_tracks_content(tmp_path):
     other = write_dataset(tmp_path / "c", documents[:-1] + [[9] * 20])
     assert first["fingerprint"] == same["fingerprint"] != other["fingerprint"]
     assert json.loads((tmp_path / "a" / MANIFEST_NAME).read_text())["totals"]["val"]["documents"] == 3
+
+
+def test_preflight_refuses_a_dataset_with_a_larger_vocabulary(dataset, tmp_path):
+    from pretrain.config import load_config
+    from pretrain.errors import ConfigError
+    from pretrain.preflight import check_job
+
+    config = load_config(
+        overrides=[
+            f"data.output_dir={dataset}",
+            "model.vocab_size=512",
+            "data.tokenizer.vocab_size=400",
+            f"checkpoint.root={tmp_path}",
+        ]
+    )
+    with pytest.raises(ConfigError, match=r"model.vocab_size = 512: smaller than the dataset's tokenizer \(1000\)"):
+        check_job(config, resume=False)

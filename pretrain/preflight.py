@@ -1,0 +1,34 @@
+"""Checks that a training job can start, made before any process is launched.
+
+They are cheap (files and the config, no torch.distributed), so `pretrain train`
+runs them in the launching process and a mistake costs no process start-up;
+each rank runs them again, since a rank can also be started by another launcher.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from data_pipeline.shards import read_manifest
+from pretrain.checkpoint import check_run_dir
+from pretrain.config import Config
+from pretrain.errors import ConfigError
+
+
+def check_job(config: Config, resume: bool) -> dict:
+    """Raise a clear error if the job cannot start; return the dataset's manifest."""
+    if config.launch.nnodes > 1:
+        raise ConfigError("launch.nnodes > 1: multi-node jobs are not available yet (issue #6); set launch.nnodes=1")
+    if config.parallel.tensor_parallel_size > 1:
+        raise ConfigError(
+            "parallel.tensor_parallel_size > 1: tensor-parallel training is not available yet (issue #5); set it to 1"
+        )
+    check_run_dir(config.run_dir, resume)
+    manifest = read_manifest(Path(config.data.output_dir))
+    vocab = manifest["tokenizer"]["vocab_size"]
+    if config.model.vocab_size < vocab:
+        raise ConfigError(
+            f"model.vocab_size = {config.model.vocab_size}: smaller than the dataset's tokenizer ({vocab}); "
+            f"set model.vocab_size={vocab} or more"
+        )
+    return manifest

@@ -10,6 +10,9 @@ import pytest
 from data_pipeline.errors import DataError
 from data_pipeline.loader import BatchLoader, TokenSequences
 from data_pipeline.shards import MANIFEST_NAME, ShardWriter, build_manifest, read_manifest, write_manifest
+from pretrain.config import load_config
+from pretrain.errors import ConfigError
+from pretrain.preflight import check_job
 
 SEQ_LEN = 8
 
@@ -155,10 +158,6 @@ def test_manifest_fingerprint_tracks_content(tmp_path):
 
 
 def test_preflight_refuses_a_dataset_with_a_larger_vocabulary(dataset, tmp_path):
-    from pretrain.config import load_config
-    from pretrain.errors import ConfigError
-    from pretrain.preflight import check_job
-
     config = load_config(
         overrides=[
             f"data.output_dir={dataset}",

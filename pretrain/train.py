@@ -12,7 +12,7 @@ import logging
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import deepspeed
@@ -39,7 +39,6 @@ class Progress:
     tokens_seen: int = 0
     train_loss: float = float("nan")
     val_loss: float = float("nan")
-    history: list[dict] = field(default_factory=list)
 
 
 # DeepSpeed's ZeRO calls a torch collective that torch has renamed; the warning says nothing to our users.
@@ -138,18 +137,35 @@ def train(config: Config, resume: bool = False) -> Progress:
     return progress
 
 
-def start_tracking(config: Config, data_dir: Path, run_id: str | None) -> Tracker:
-    tracker = Tracker(config, run_id)
+def write_run_files(config: Config, data_dir: Path) -> list[Path]:
+    """The run folder's record of what ran: the resolved config, the DeepSpeed JSON and the tokenizer."""
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = save_config(config, run_dir / "config.yaml")
     ds_path = run_dir / "deepspeed_config.json"
     ds_path.write_text(json.dumps(deepspeed_config(config), indent=2) + "\n")
     # The run folder carries its tokenizer, so export does not depend on the data folder.
     tokenizer_path = shutil.copyfile(data_dir / TOKENIZER_NAME, run_dir / TOKENIZER_NAME)
-    for path in (config_path, ds_path, data_dir / MANIFEST_NAME, tokenizer_path):
+    return [save_config(config, run_dir / "config.yaml"), ds_path, tokenizer_path]
+
+
+def start_tracking(config: Config, data_dir: Path, run_id: str | None) -> Tracker:
+    """Start (or, with `run_id`, continue) the MLflow run and log what defines it."""
+    tracker = Tracker(config, run_id)
+    for path in [*write_run_files(config, data_dir), data_dir / MANIFEST_NAME]:
         tracker.log_artifact(path)
     return tracker
+
+
+def train_step(engine, loader: BatchLoader) -> torch.Tensor:
+    """One optimizer step over this rank's micro-batches; the mean loss, left on the device."""
+    micro_batches = loader.next_step()
+    loss_sum = torch.zeros((), device=engine.device)
+    for batch in micro_batches:
+        _, loss = engine(*to_device(batch, engine.device))
+        engine.backward(loss)
+        engine.step()  # steps the optimizer at the gradient-accumulation boundary only
+        loss_sum += loss.detach()
+    return loss_sum / len(micro_batches)
 
 
 def run_loop(config: Config, engine, loader: BatchLoader, val: TokenSequences, progress: Progress, tracker) -> None:
@@ -158,32 +174,29 @@ def run_loop(config: Config, engine, loader: BatchLoader, val: TokenSequences, p
     if progress.step == 0:
         # The untrained model's validation loss: the point the curve falls from.
         report(progress, {"val_loss": evaluate(engine, val, config)}, tracker, train.max_steps)
-    interval_start, interval_steps = time.perf_counter(), 0
+    interval_steps, interval_seconds = 0, 0.0  # training time only: evaluation and saving excluded
     while progress.step < train.max_steps:
-        loss_sum = torch.zeros((), device=engine.device)
-        micro_batches = loader.next_step()
-        for batch in micro_batches:
-            _, loss = engine(*to_device(batch, engine.device))
-            engine.backward(loss)
-            engine.step()  # steps the optimizer at the gradient-accumulation boundary only
-            loss_sum += loss.detach()
+        started = time.perf_counter()
+        loss = train_step(engine, loader)
         progress.step += 1
         progress.tokens_seen += tokens_per_step
-        interval_steps += 1
         last = progress.step == train.max_steps
+        log_now = progress.step % train.log_interval == 0 or last
+        if log_now:
+            # The only host-device synchronization of a step, once per log interval.
+            progress.train_loss = mean_over_ranks(loss)
+        interval_steps += 1
+        interval_seconds += time.perf_counter() - started
         metrics = {}
-        if progress.step % train.log_interval == 0 or last:
-            # The only host-device synchronization of the step, once per log interval.
-            progress.train_loss = mean_over_ranks(loss_sum / len(micro_batches))
-            elapsed = time.perf_counter() - interval_start
-            metrics |= {
+        if log_now:
+            metrics = {
                 "loss": progress.train_loss,
                 "lr": engine.get_lr()[0],
-                "tokens_per_s": interval_steps * tokens_per_step / elapsed,
-                "step_time_s": elapsed / interval_steps,
+                "tokens_per_s": interval_steps * tokens_per_step / interval_seconds,
+                "step_time_s": interval_seconds / interval_steps,
                 "tokens_seen": progress.tokens_seen,
             }
-            interval_start, interval_steps = time.perf_counter(), 0
+            interval_steps, interval_seconds = 0, 0.0
         if progress.step % train.eval_interval == 0 or last:
             progress.val_loss = evaluate(engine, val, config)
             metrics["val_loss"] = progress.val_loss
@@ -194,7 +207,6 @@ def run_loop(config: Config, engine, loader: BatchLoader, val: TokenSequences, p
 
 
 def report(progress: Progress, metrics: dict, tracker, max_steps: int) -> None:
-    progress.history.append({"step": progress.step} | metrics)
     if tracker is None:
         return
     tracker.log_metrics(metrics, progress.step)

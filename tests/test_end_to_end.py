@@ -129,14 +129,19 @@ def test_single_process_without_zero_and_with_accumulation(job):
         "parallel.zero_stage=0",
         "train.max_steps=4",
         "train.warmup_steps=2",
-        "train.global_batch_size=16",
+        "train.global_batch_size=16",  # 2 accumulation steps of 8
+        "checkpoint.every_steps=1",
+        "checkpoint.keep_last=2",
     ]
     trained = pretrain("train", *single, cwd=job["work"])
     assert "step      4/4" in trained.stdout
-    summary = json.loads((job["work"] / "runs" / "single" / "summary.json").read_text())
+    run_dir = job["work"] / "runs" / "single"
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["tokens_seen"] == 4 * 16 * 64
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
+    assert kept == ["step_00000003", "step_00000004"]
     pretrain("export", *single, cwd=job["work"])
-    model, _ = load_model_folder(job["work"] / "runs" / "single" / "export")
+    model, _ = load_model_folder(run_dir / "export")
     assert model.config.n_layer == 2
 
 

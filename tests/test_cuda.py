@@ -1,0 +1,66 @@
+"""The model on a CUDA GPU: bf16 forward/backward through the fused attention kernels, and generation.
+
+Skipped (with the reason shown) on machines without a GPU, such as CI.
+"""
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from data_pipeline.tokenizer import train_tokenizer
+from model import GPT, GPTConfig
+from pretrain.generate import generate_text
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CONFIGS = {
+    "gpt2-style": GPTConfig(vocab_size=512, max_seq_len=256, n_layer=2, n_head=4, n_embd=256),
+    "llama-style": GPTConfig(
+        vocab_size=512,
+        max_seq_len=256,
+        n_layer=2,
+        n_head=4,
+        n_embd=256,
+        pos_encoding="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        bias=False,
+        tie_embeddings=False,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_bf16_training_step_on_the_flash_kernel(name):
+    torch.manual_seed(0)
+    model = GPT(CONFIGS[name]).cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    ids = torch.randint(0, 512, (4, 257), device="cuda")
+    losses = []
+    # Only the flash kernel allowed: the step fails if SDPA cannot use it.
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.autocast("cuda", dtype=torch.bfloat16):
+        for _ in range(5):
+            _, loss = model(ids[:, :-1], ids[:, 1:])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+
+
+def test_cuda_and_cpu_agree_in_fp32():
+    torch.manual_seed(0)
+    model = GPT(CONFIGS["llama-style"]).eval()
+    ids = torch.randint(0, 512, (2, 64))
+    cpu_logits, _ = model(ids)
+    cuda_logits, _ = model.cuda()(ids.cuda())
+    torch.testing.assert_close(cuda_logits.cpu(), cpu_logits, atol=2e-3, rtol=1e-3)
+
+
+def test_generation_on_the_gpu():
+    tokenizer = train_tokenizer(["the cat sat on the mat"] * 50, vocab_size=300)
+    model = GPT(CONFIGS["gpt2-style"]).cuda()
+    text = generate_text(model, tokenizer, "the cat", max_new_tokens=8, seed=0)
+    assert text.startswith("the cat")
+    assert text == generate_text(model, tokenizer, "the cat", max_new_tokens=8, seed=0)

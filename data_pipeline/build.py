@@ -47,6 +47,7 @@ _CONTROL = {c: None for c in range(32) if c not in (9, 10)} | {127: None}
 
 
 def clean_batch(batch: dict[str, np.ndarray], min_chars: int, val_fraction: float) -> dict[str, np.ndarray]:
+    """Normalize, drop short documents, and give each its content hash and split."""
     texts, sources, hashes, splits = [], [], [], []
     for text, source in zip(batch["text"], batch["source"]):
         # Lone surrogates make a whole tokenizer batch fail: replace them.

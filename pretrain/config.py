@@ -210,7 +210,10 @@ def _describe(error: dict) -> str:
         allowed = ", ".join(_allowed_keys(error["loc"][:-1]))
         return f"  {path}: unknown key; allowed here: {allowed}"
     message = error["msg"].removeprefix("Value error, ")
-    return f"  {path or '(top level)'} = {error['input']!r}: {message}"
+    if error["type"] == "value_error" and isinstance(error["input"], dict):
+        # A check across a whole section (the message names the keys): the section is not worth printing.
+        return f"  {path or '(top level)'}: {message}"
+    return f"  {path} = {error['input']!r}: {message}"
 
 
 def _allowed_keys(loc: tuple) -> list[str]:

@@ -34,7 +34,7 @@ def test_invalid_config_is_one_message_and_exit_1(capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert err.startswith("pretrain train: error: invalid config")
-    assert "model" in err and "n_head (3) must divide n_embd (128)" in err
+    assert "  model: n_head (3) must divide n_embd (128)" in err
     assert "train.bogus: unknown key" in err
     assert "Traceback" not in err
 

@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 import unicodedata
+from fnmatch import fnmatch
 from functools import partial
 from itertools import chain
 from pathlib import Path
@@ -34,6 +35,7 @@ from data_pipeline.config import DataConfig
 from data_pipeline.corpus import expand_sources, file_documents, stdlib_docstrings, stdlib_files
 from data_pipeline.errors import DataError
 from data_pipeline.shards import (
+    DATASET_FILES,
     TOKENIZER_NAME,
     ShardWriter,
     build_manifest,
@@ -161,14 +163,29 @@ def _start_ray(ray_address: str | None) -> None:
     context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
 
 
+def _fresh_output_dir(out_dir: Path) -> Path:
+    """An empty output folder. A previous build is replaced; a folder holding anything else is left alone."""
+    if out_dir.exists():
+        foreign = [p.name for p in out_dir.iterdir() if not _matches_any(p.name, DATASET_FILES)]
+        if foreign:
+            raise DataError(
+                f"data.output_dir: {out_dir} holds files that are not a dataset's ({', '.join(sorted(foreign)[:5])}); "
+                f"choose an empty or new folder"
+            )
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    return out_dir
+
+
+def _matches_any(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch(name, pattern) for pattern in patterns)
+
+
 def build_dataset(config: DataConfig, resolved_config: dict, ray_address: str | None = None) -> dict:
     """Build shards and manifest in `config.output_dir`; return the manifest."""
     started = time.time()
     files, reader = _input_files(config)  # bad sources fail here, before any work
-    out_dir = Path(config.output_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    out_dir = _fresh_output_dir(Path(config.output_dir))
     _start_ray(ray_address)
     try:
         documents = _documents(files, reader, config).materialize()

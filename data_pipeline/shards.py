@@ -27,6 +27,8 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
 SPLITS = ("train", "val")
+# What a dataset folder holds, finished or half-written: a rebuild may replace these and nothing else.
+DATASET_FILES = ("*.arrow", "*.arrow.tmp", MANIFEST_NAME, MANIFEST_NAME + ".tmp", TOKENIZER_NAME)
 
 
 def token_dtype(vocab_size: int) -> pa.DataType:

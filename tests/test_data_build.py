@@ -67,9 +67,9 @@ def test_manifest_records_tokenizer_and_config(built):
     assert read_manifest(out_dir) == manifest
 
 
-def test_rebuild_gives_identical_shards(built, tmp_path):
-    _, corpus, _, manifest = built
-    again = build(corpus, tmp_path / "again")
+def test_rebuild_replaces_the_dataset_with_identical_shards(built):
+    _, corpus, out_dir, manifest = built
+    again = build(corpus, out_dir)
     assert again["fingerprint"] == manifest["fingerprint"]
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in manifest["shards"]]
 
@@ -78,6 +78,16 @@ def test_every_input_layout_is_read(corpus_dir, tmp_path):
     manifest = build(corpus_dir, tmp_path / "out")
     assert manifest["stats"]["documents_after_cleaning"] == 402
     assert manifest["stats"]["documents_after_dedup"] == 400
+
+
+def test_a_folder_that_is_not_a_dataset_is_never_replaced(built, tmp_path):
+    _, corpus, _, _ = built
+    out_dir = tmp_path / "project"
+    out_dir.mkdir()
+    (out_dir / "notes.txt").write_text("precious")
+    with pytest.raises(DataError, match=r"project holds files that are not a dataset's \(notes.txt\)"):
+        build(corpus, out_dir)
+    assert (out_dir / "notes.txt").read_text() == "precious"
 
 
 def test_bad_json_line_names_file_and_line(tmp_path):

@@ -5,6 +5,7 @@
     pretrain export     --config configs/demo.yaml
     pretrain generate   --config configs/demo.yaml --prompt "Return the"
     pretrain submit     --config configs/demo.yaml --detach
+    pretrain config     --config configs/demo.yaml train.lr=3e-4   # the resolved config
 
 Every subcommand takes `--config FILE` and dotted `key.path=value` overrides.
 """
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
     generate.add_argument("--top-k", type=int, default=50)
     generate.add_argument("--seed", type=int, default=0)
+
+    _with_config(
+        commands.add_parser(
+            "config", help="print the fully resolved config: every key, with defaults filled in", epilog=EPILOG
+        )
+    )
 
     submit = _with_config(
         commands.add_parser("submit", help="run the training job on a target (launch.target)", epilog=EPILOG)
@@ -152,7 +159,13 @@ def cmd_generate(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace, config: Config) -> int:
+    print(config.to_yaml(), end="")
+    return 0
+
+
 COMMANDS = {
+    "config": cmd_config,
     "data": cmd_data_build,
     "train": cmd_train,
     "submit": cmd_submit,

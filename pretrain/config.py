@@ -104,6 +104,9 @@ class Config(Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
 
 def consistency_problems(config: Config) -> list[str]:
     """Values that are each valid but do not fit together."""
@@ -157,7 +160,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 def save_config(config: Config, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    path.write_text(config.to_yaml())
     return path
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from pretrain.cli import main
+from pretrain.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBCOMMANDS = [["data", "build"], ["train"], ["export"], ["generate"], ["submit"]]
+SUBCOMMANDS = [["data", "build"], ["train"], ["export"], ["generate"], ["submit"], ["config"]]
 
 
 def test_console_script_help_lists_every_stage():
@@ -27,6 +28,15 @@ def test_every_subcommand_has_help_with_config_and_overrides(command, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--config" in out and "KEY=VALUE" in out
+
+
+def test_config_prints_the_resolved_config_that_loads_back(tmp_path, capsys):
+    assert main(["config", "--config", str(ROOT / "configs" / "demo.yaml"), "train.lr=3e-4"]) == 0
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    config = load_config(printed)
+    assert config == load_config(ROOT / "configs" / "demo.yaml", ["train.lr=3e-4"])
+    assert "rope_theta: 10000.0" in printed.read_text()  # defaults are spelled out
 
 
 def test_invalid_config_is_one_message_and_exit_1(capsys):

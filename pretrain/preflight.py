@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data_pipeline.errors import DataError
+from data_pipeline.loader import TokenSequences
 from data_pipeline.shards import read_manifest
 from pretrain.checkpoint import check_run_dir
 from pretrain.config import Config
@@ -31,4 +33,24 @@ def check_job(config: Config, resume: bool) -> dict:
             f"model.vocab_size = {config.model.vocab_size}: smaller than the dataset's tokenizer ({vocab}); "
             f"set model.vocab_size={vocab} or more"
         )
+    check_split_sizes(config, manifest)
     return manifest
+
+
+def check_split_sizes(config: Config, manifest: dict) -> None:
+    """Each split must hold at least one batch of the sequences this config cuts from it."""
+    data_dir, train = Path(config.data.output_dir), config.train
+    needs = {
+        "train": (train.global_batch_size, "lower train.global_batch_size or train.seq_len, or add data"),
+        "val": (
+            train.micro_batch_size * train.eval_batches * config.dp_size,
+            "lower train.eval_batches or train.seq_len, or raise data.val_fraction",
+        ),
+    }
+    for split, (needed, fix) in needs.items():
+        available = len(TokenSequences(data_dir, split, train.seq_len, manifest))
+        if available < needed:
+            raise DataError(
+                f"{data_dir}: the {split} split has {available} sequences of {train.seq_len + 1} tokens, "
+                f"fewer than one batch of {needed}; {fix}"
+            )

@@ -168,3 +168,31 @@ def test_preflight_refuses_a_dataset_with_a_larger_vocabulary(dataset, tmp_path)
     )
     with pytest.raises(ConfigError, match=r"model.vocab_size = 512: smaller than the dataset's tokenizer \(1000\)"):
         check_job(config, resume=False)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["train.global_batch_size=4096"],
+            r"the train split has \d+ sequences of 9 tokens, fewer than one batch of 4096",
+        ),
+        (["train.eval_batches=500"], r"the val split has \d+ sequences .* raise data.val_fraction"),
+    ],
+    ids=["train", "val"],
+)
+def test_preflight_refuses_splits_smaller_than_a_batch(dataset, tmp_path, overrides, message):
+    config = load_config(
+        overrides=[
+            f"data.output_dir={dataset}",
+            "model.vocab_size=1000",
+            "data.tokenizer.vocab_size=1000",
+            "train.seq_len=8",
+            "train.micro_batch_size=4",
+            "train.global_batch_size=4",
+            f"checkpoint.root={tmp_path}",
+            *overrides,
+        ]
+    )
+    with pytest.raises(DataError, match=message):
+        check_job(config, resume=False)

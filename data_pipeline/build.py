@@ -102,8 +102,6 @@ def _cluster_cpus() -> int:
 
 def _input_files(config: DataConfig) -> tuple[list[str], Callable[[str], Iterator[dict]]]:
     """The files to read and the function that turns one into documents."""
-    if config.tokenizer.path and not Path(config.tokenizer.path).is_file():
-        raise DataError(f"data.tokenizer.path: {config.tokenizer.path} does not exist; give a tokenizer.json or null")
     if config.sources:
         return expand_sources(config.sources), partial(file_documents, text_field=config.text_field)
     return stdlib_files(), stdlib_docstrings
@@ -184,7 +182,10 @@ def _matches_any(name: str, patterns: tuple[str, ...]) -> bool:
 def build_dataset(config: DataConfig, resolved_config: dict, ray_address: str | None = None) -> dict:
     """Build shards and manifest in `config.output_dir`; return the manifest."""
     started = time.time()
-    files, reader = _input_files(config)  # bad sources fail here, before any work
+    # Bad inputs fail here, before any work.
+    if config.tokenizer.path and not Path(config.tokenizer.path).is_file():
+        raise DataError(f"data.tokenizer.path: {config.tokenizer.path} does not exist; give a tokenizer.json or null")
+    files, reader = _input_files(config)
     out_dir = _fresh_output_dir(Path(config.output_dir))
     _start_ray(ray_address)
     try:

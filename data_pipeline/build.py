@@ -1,220 +1,191 @@
-"""The data build: raw corpus -> clean, deduplicated documents -> BPE tokenizer -> Arrow shards.
+"""The data build: raw corpora -> clean, deduplicated documents -> BPE tokenizer -> Arrow shards.
 
-A Ray Data pipeline. On a laptop it runs on an in-process Ray; given
-`ray_address` (or `RAY_ADDRESS`) the same code runs on a Ray cluster.
+A Ray Data pipeline over work units (runs of input files, see `sources.py`).
+On a laptop it runs on an in-process Ray; given `ray_address` (or
+`RAY_ADDRESS`) the same code runs on a Ray cluster, whose workers must see
+the output folder (a shared filesystem).
 
-    files --read (one task per file)--> documents
-          --clean (NFC, strip, minimum length, content hash, split)-->
-          --deduplicate (whole corpus, by content hash)--> sorted by hash
-          --train tokenizer on a deterministic sample-->
-          --tokenize (actor pool: the tokenizer loads once per actor)-->
-          --write shards + manifest (last)
+    plan    the units, from the config and the files alone
+    scan    Ray tasks: read, clean, hash; count rejects and filters
+    dedup   the driver keeps the first copy of each hash, corpus-wide
+    sample  Ray tasks: the tokenizer's training texts (the smallest hashes)
+    write   actor pool: read, clean, tokenize, write each unit's shards
+    finish  rejects file, manifest (last)
 
-Sorting by content hash gives every build the same document order whatever
-the number of workers, and doubles as a shuffle of the corpus.
+Everything a pass finishes is recorded under `_build/` in the output folder:
+a build that is killed resumes where it stopped, and writes the same bytes
+as one that was not.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 import shutil
 import time
-import unicodedata
 from fnmatch import fnmatch
-from functools import partial
-from itertools import chain
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
-import pyarrow as pa
 import ray
 
+import data_pipeline
+from data_pipeline.cleaning import HASH_BYTES
 from data_pipeline.config import DataConfig
-from data_pipeline.corpus import expand_sources, file_documents, stdlib_docstrings, stdlib_files
 from data_pipeline.errors import DataError
-from data_pipeline.shards import (
-    DATASET_FILES,
-    TOKENIZER_NAME,
-    ShardWriter,
-    build_manifest,
-    token_dtype,
-    write_manifest,
+from data_pipeline.manifest import assemble_manifest, write_rejects
+from data_pipeline.shards import DATASET_FILES, TOKENIZER_NAME, write_manifest
+from data_pipeline.sources import WorkUnit, plan_fingerprint, plan_units
+from data_pipeline.tokenizer import load_tokenizer, train_tokenizer
+from data_pipeline.work import (
+    WORK_DIR,
+    TokenizeUnits,
+    dedup_keep_mask,
+    sample_unit,
+    scan_unit,
+    unit_marker,
+    write_json_atomically,
 )
-from data_pipeline.tokenizer import end_of_text_id, file_sha256, load_tokenizer, train_tokenizer
 
-# Control characters other than tab and newline carry no text and confuse tokenizers.
-_CONTROL = {c: None for c in range(32) if c not in (9, 10)} | {127: None}
+PLAN_NAME = "plan.json"
 
 
-def clean_batch(batch: dict[str, np.ndarray], min_chars: int, val_fraction: float) -> dict[str, np.ndarray]:
-    """Normalize, drop short documents, and give each its content hash and split."""
-    texts, sources, hashes, splits = [], [], [], []
-    for text, source in zip(batch["text"], batch["source"]):
-        # Lone surrogates make a whole tokenizer batch fail: replace them.
-        text = text.encode("utf-8", "replace").decode("utf-8")
-        text = unicodedata.normalize("NFC", text).translate(_CONTROL).strip()
-        if len(text) < min_chars:
-            continue
-        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()
-        texts.append(text)
-        sources.append(source)
-        hashes.append(digest)
-        # The split depends on the content alone, so a document never moves between splits.
-        splits.append("val" if int(digest[:8], 16) / 0xFFFFFFFF < val_fraction else "train")
-    return {"text": texts, "source": sources, "doc_hash": hashes, "split": splits}
+def build_dataset(config: DataConfig, resolved_config: dict, ray_address: str | None = None) -> dict:
+    """Build (or finish building) shards and manifest in `config.output_dir`; return the manifest."""
+    started = time.time()
+    if config.tokenizer.path and not Path(config.tokenizer.path).is_file():
+        raise DataError(f"data.tokenizer.path: {config.tokenizer.path} does not exist; give a tokenizer.json or null")
+    units = plan_units(config)  # bad sources fail here, before any work
+    out_dir = Path(config.output_dir)
+    resumed = _prepare_output_dir(out_dir, units, config)
+    _start_ray(ray_address)
+    try:
+        scans = _scan(units, config, out_dir)
+        keep = _split_by_unit(dedup_keep_mask(b"".join(s["hashes"] for s in scans), config.cleaning.deduplicate), scans)
+        tokenizer_path = _tokenizer(units, scans, keep, config, out_dir)
+        _write_units(units, keep, config, tokenizer_path, out_dir)
+    finally:
+        ray.shutdown()
+    markers = [json.loads(unit_marker(out_dir, unit.index).read_text()) for unit in units]
+    write_rejects(out_dir, [s["rejects"] for s in scans])
+    stats = {"seconds": round(time.time() - started, 1), "resumed": resumed, "units": len(units)}
+    manifest = assemble_manifest(units, scans, markers, load_tokenizer(tokenizer_path), tokenizer_path, stats)
+    manifest["config"] = resolved_config
+    write_manifest(out_dir, manifest)
+    shutil.rmtree(out_dir / WORK_DIR)
+    return manifest
 
 
-def first_of_group(group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Keep one copy of identical documents, and count the copies."""
-    kept = {name: column[:1] for name, column in group.items()}
-    kept["copies"] = np.array([len(group["doc_hash"])])
-    return kept
+def _prepare_output_dir(out_dir: Path, units: list[WorkUnit], config: DataConfig) -> bool:
+    """Resume the unfinished build of the same plan, or start from an empty folder; True when resuming.
 
-
-class TokenizeBatch:
-    """A Ray Data callable class: each actor parses the tokenizer once, then encodes batches."""
-
-    def __init__(self, tokenizer_path: str, dtype: str):
-        self.tokenizer = load_tokenizer(tokenizer_path)
-        self.eot = end_of_text_id(self.tokenizer)
-        self.dtype = np.dtype(dtype)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        encodings = self.tokenizer.encode_batch(batch.column("text").to_pylist(), add_special_tokens=False)
-        # Every document ends with end-of-text, so packed sequences mark their boundaries.
-        # Built as an Arrow list column directly: one values buffer plus offsets.
-        offsets = np.zeros(len(encodings) + 1, dtype=np.int32)
-        np.cumsum([len(e.ids) + 1 for e in encodings], out=offsets[1:])
-        values = np.fromiter(
-            chain.from_iterable(e.ids + [self.eot] for e in encodings), dtype=self.dtype, count=int(offsets[-1])
-        )
-        tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-        return pa.table(
-            {"tokens": tokens, "source": batch["source"], "split": batch["split"], "copies": batch["copies"]}
-        )
-
-
-def _cluster_cpus() -> int:
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-def _input_files(config: DataConfig) -> tuple[list[str], Callable[[str], Iterator[dict]]]:
-    """The files to read and the function that turns one into documents."""
-    if config.sources:
-        return expand_sources(config.sources), partial(file_documents, text_field=config.text_field)
-    return stdlib_files(), stdlib_docstrings
-
-
-def _documents(files: list[str], reader: Callable[[str], Iterator[dict]], config: DataConfig) -> ray.data.Dataset:
-    """Clean documents, one copy of each, sorted by content hash."""
-    # A few files per task: enough tasks to keep every CPU busy, few enough to not drown in scheduling.
-    blocks = min(len(files), 8 * _cluster_cpus())
-    items = ray.data.from_items([{"path": path} for path in files], override_num_blocks=blocks)
-    cleaned = items.flat_map(lambda row: list(reader(row["path"]))).map_batches(
-        clean_batch, fn_kwargs={"min_chars": config.min_chars, "val_fraction": config.val_fraction}
-    )
-    partitions = 2 * _cluster_cpus()
-    return cleaned.groupby("doc_hash", num_partitions=partitions).map_groups(first_of_group).sort("doc_hash")
-
-
-def _tokenizer(config: DataConfig, documents: ray.data.Dataset, out_dir: Path) -> Path:
-    path = out_dir / TOKENIZER_NAME
-    if config.tokenizer.path:
-        shutil.copyfile(config.tokenizer.path, path)
-        load_tokenizer(path)
-        return path
-    # The documents are sorted by content hash, so the first N are a
-    # deterministic, unbiased sample.
-    sample = documents.limit(config.tokenizer.sample_documents).take_all()
-    if not sample:
-        raise DataError("data.sources: no document is left after cleaning; check the sources and data.min_chars")
-    train_tokenizer((row["text"] for row in sample), config.tokenizer.vocab_size).save(str(path))
-    return path
-
-
-def _write_shards(tokenized: ray.data.Dataset, out_dir: Path, dtype: pa.DataType, config: DataConfig):
-    """Write both splits in document order; return their shard records and the documents seen before dedup."""
-    target = int(config.shard_size_mb * 1e6)
-    writers = {split: ShardWriter(out_dir, split, dtype, target) for split in ("train", "val")}
-    documents_before_dedup = 0
-    for batch in tokenized.iter_batches(batch_format="pyarrow", batch_size=None):
-        documents_before_dedup += pa.compute.sum(batch["copies"]).as_py() or 0
-        for split, writer in writers.items():
-            writer.add(batch.filter(pa.compute.equal(batch["split"], split)))
-    for writer in writers.values():
-        writer.flush()
-    if not writers["val"].records:
-        raise DataError("data.val_fraction: the validation split is empty; raise data.val_fraction or add data")
-    return writers["train"].records + writers["val"].records, documents_before_dedup
-
-
-def _start_ray(ray_address: str | None) -> None:
-    ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True
-    # A DataError raised while reading (a bad input line) reaches the caller as itself.
-    context.raise_original_map_exception = True
-    # Task-based sort shuffles start in milliseconds; actor-based hash shuffles
-    # spend tens of seconds starting aggregators, which dominates small builds.
-    context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-
-
-def _fresh_output_dir(out_dir: Path) -> Path:
-    """An empty output folder. A previous build is replaced; a folder holding anything else is left alone."""
+    A previous dataset is replaced; a folder holding anything else is left alone.
+    """
+    fingerprint = plan_fingerprint(units, config)
+    plan_path = out_dir / WORK_DIR / PLAN_NAME
+    if plan_path.is_file() and json.loads(plan_path.read_text()).get("fingerprint") == fingerprint:
+        return True
     if out_dir.exists():
-        foreign = [p.name for p in out_dir.iterdir() if not _matches_any(p.name, DATASET_FILES)]
+        foreign = [p.name for p in out_dir.iterdir() if not any(fnmatch(p.name, pat) for pat in DATASET_FILES)]
         if foreign:
             raise DataError(
                 f"data.output_dir: {out_dir} holds files that are not a dataset's ({', '.join(sorted(foreign)[:5])}); "
                 f"choose an empty or new folder"
             )
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    return out_dir
+    (out_dir / WORK_DIR).mkdir(parents=True)
+    write_json_atomically(plan_path, {"fingerprint": fingerprint, "units": [u.to_dict() for u in units]})
+    return False
 
 
-def _matches_any(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch(name, pattern) for pattern in patterns)
+def _start_ray(ray_address: str | None) -> None:
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    # On a cluster the workers import this package from the driver's copy, installed or not.
+    runtime_env = {"py_modules": [os.path.dirname(data_pipeline.__file__)]} if address else None
+    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    # A DataError raised by a worker (a source that cannot be opened) reaches the caller as itself.
+    context.raise_original_map_exception = True
 
 
-def build_dataset(config: DataConfig, resolved_config: dict, ray_address: str | None = None) -> dict:
-    """Build shards and manifest in `config.output_dir`; return the manifest."""
-    started = time.time()
-    # Bad inputs fail here, before any work.
-    if config.tokenizer.path and not Path(config.tokenizer.path).is_file():
-        raise DataError(f"data.tokenizer.path: {config.tokenizer.path} does not exist; give a tokenizer.json or null")
-    files, reader = _input_files(config)
-    out_dir = _fresh_output_dir(Path(config.output_dir))
-    _start_ray(ray_address)
-    try:
-        documents = _documents(files, reader, config).materialize()
-        tokenizer_path = _tokenizer(config, documents, out_dir)
-        tokenizer = load_tokenizer(tokenizer_path)
-        dtype = token_dtype(tokenizer.get_vocab_size())
-        tokenized = documents.map_batches(
-            TokenizeBatch,
-            fn_constructor_kwargs={"tokenizer_path": str(tokenizer_path), "dtype": str(dtype)},
-            # Leave a CPU for reading and writing: a pool that takes them all starves the pipeline.
-            concurrency=max(1, _cluster_cpus() - 1),
-            batch_size=256,
-            batch_format="pyarrow",
-        )
-        records, documents_before_dedup = _write_shards(tokenized, out_dir, dtype, config)
-        stats = {
-            "documents_after_cleaning": documents_before_dedup,
-            "documents_after_dedup": documents.count(),
-            "seconds": round(time.time() - started, 1),
-        }
-    finally:
-        ray.shutdown()
-    tokenizer_info = {
-        "file": TOKENIZER_NAME,
-        "sha256": file_sha256(tokenizer_path),
-        "vocab_size": tokenizer.get_vocab_size(),
-        "eot_id": end_of_text_id(tokenizer),
-    }
-    manifest = build_manifest(records, tokenizer_info, dtype, stats, resolved_config)
-    write_manifest(out_dir, manifest)
-    return manifest
+def _cluster_cpus() -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _unit_rows(units: list[WorkUnit], **columns: list) -> ray.data.Dataset:
+    rows = [{"unit": json.dumps(u.to_dict()), **{k: v[i] for k, v in columns.items()}} for i, u in enumerate(units)]
+    return ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+
+
+def _scan(units: list[WorkUnit], config: DataConfig, out_dir: Path) -> list[dict]:
+    """Every unit's scan result, from `_build/` where an earlier attempt saved it, else computed and saved."""
+    work = out_dir / WORK_DIR
+    todo = [u for u in units if not (work / f"scan-{u.index:05d}.json").is_file()]
+    if todo:
+        results = _unit_rows(todo).map(scan_unit, fn_kwargs={"config": config.model_dump()})
+        for row in results.iter_rows():
+            (work / f"scan-{row['index']:05d}.hashes").write_bytes(row["hashes"])
+            scan = {"counts": json.loads(row["counts"]), "rejects": json.loads(row["rejects"])}
+            write_json_atomically(work / f"scan-{row['index']:05d}.json", scan)  # last: marks the scan done
+    scans = []
+    for unit in units:
+        scan = json.loads((work / f"scan-{unit.index:05d}.json").read_text())
+        scan["hashes"] = (work / f"scan-{unit.index:05d}.hashes").read_bytes()
+        scans.append(scan)
+    return scans
+
+
+def _split_by_unit(mask: np.ndarray, scans: list[dict]) -> list[np.ndarray]:
+    bounds = np.cumsum([0] + [len(s["hashes"]) // HASH_BYTES for s in scans])
+    return [mask[bounds[i] : bounds[i + 1]] for i in range(len(scans))]
+
+
+def _tokenizer(units: list[WorkUnit], scans: list[dict], keep: list[np.ndarray], config: DataConfig, out_dir: Path):
+    """Load the configured tokenizer, or train one on the kept documents with the smallest hashes."""
+    path = out_dir / TOKENIZER_NAME
+    if path.is_file():  # saved by an earlier attempt of this build
+        return path
+    temporary = path.with_name(TOKENIZER_NAME + ".tmp")
+    if config.tokenizer.path:
+        load_tokenizer(config.tokenizer.path)
+        shutil.copyfile(config.tokenizer.path, temporary)
+    else:
+        # Hashes are uniform: the smallest N are a deterministic, unbiased sample.
+        keys = [np.frombuffer(s["hashes"], dtype=">u8")[::2] for s in scans]
+        kept = np.concatenate([k[m] for k, m in zip(keys, keep)]) if keys else np.array([], dtype=np.uint64)
+        if len(kept) == 0:
+            raise DataError("data.sources: no document is left after cleaning; check the sources and data.cleaning")
+        limit = np.sort(kept)[min(len(kept), config.tokenizer.sample_documents) - 1]
+        wanted = [(k <= limit) & m for k, m in zip(keys, keep)]
+        chosen = [i for i, w in enumerate(wanted) if w.any()]
+        rows = _unit_rows([units[i] for i in chosen], sample=[np.packbits(wanted[i]).tobytes() for i in chosen])
+        texts, hashes = [], []
+        for row in rows.map(sample_unit, fn_kwargs={"config": config.model_dump()}).iter_rows():
+            texts.extend(json.loads(row["texts"]))
+            hashes.append(row["hashes"])
+        order = np.argsort(np.frombuffer(b"".join(hashes), dtype=f"V{HASH_BYTES}"), kind="stable")
+        train_tokenizer((texts[i] for i in order), config.tokenizer.vocab_size).save(str(temporary))
+    os.replace(temporary, path)
+    return path
+
+
+def _write_units(units, keep: list[np.ndarray], config: DataConfig, tokenizer_path: Path, out_dir: Path) -> None:
+    """Tokenize and write every unit without a completion marker."""
+    todo = [u for u in units if not unit_marker(out_dir, u.index).is_file()]
+    if not todo:
+        return
+    rows = _unit_rows(todo, keep=[np.packbits(keep[u.index]).tobytes() for u in todo])
+    written = rows.map_batches(
+        TokenizeUnits,
+        fn_constructor_kwargs={
+            "config": config.model_dump(),
+            "tokenizer_path": str(tokenizer_path.resolve()),
+            "out_dir": str(out_dir.resolve()),
+        },
+        batch_size=1,
+        # The tokenizer already uses every core of its node; more actors than CPUs only add memory.
+        concurrency=max(1, min(len(todo), _cluster_cpus())),
+    )
+    for _ in written.iter_rows():
+        pass  # each actor writes its unit's marker itself, so progress survives a driver that dies

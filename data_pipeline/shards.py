@@ -1,13 +1,16 @@
 """The on-disk format: Arrow IPC shards of tokenized documents, and the manifest.
 
-A shard is an uncompressed Arrow IPC file with one record batch whose
-`tokens` column is a list of token ids per document. An Arrow list column
-is one contiguous values buffer (all tokens of the shard, memory-mappable
-with zero copies) plus an offsets buffer (where each document starts), which
-is exactly what a reader that cuts fixed-length training sequences needs.
+A shard is an uncompressed Arrow IPC file with one record batch and one
+column, `tokens`: a list of token ids per document. An Arrow list column is
+one contiguous values buffer (all tokens of the shard, memory-mappable with
+zero copies) plus an offsets buffer (where each document starts), which is
+exactly what a reader that cuts fixed-length training sequences needs.
+Compression would force a copy on read, so there is none.
 
-The manifest (`manifest.json`) is written last: a folder without one is
-not a finished dataset.
+Shards are named `{split}-{source}-{unit:05d}-{part:02d}.arrow` after the
+input they come from, written under a temporary name and renamed when
+complete. The manifest (`manifest.json`) is written last: a folder without
+one is not a finished dataset.
 """
 
 from __future__ import annotations
@@ -15,20 +18,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from data_pipeline.errors import DataError
 from data_pipeline.tokenizer import file_sha256
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
+REJECTS_NAME = "rejects.jsonl"
 SPLITS = ("train", "val")
 # What a dataset folder holds, finished or half-written: a rebuild may replace these and nothing else.
-DATASET_FILES = ("*.arrow", "*.arrow.tmp", MANIFEST_NAME, MANIFEST_NAME + ".tmp", TOKENIZER_NAME)
+DATASET_FILES = ("*.arrow", "*.arrow.tmp", "*.json", "*.json.tmp", REJECTS_NAME, "_build")
 
 
 def token_dtype(vocab_size: int) -> pa.DataType:
@@ -36,89 +40,84 @@ def token_dtype(vocab_size: int) -> pa.DataType:
 
 
 def shard_schema(dtype: pa.DataType) -> pa.Schema:
-    return pa.schema([("tokens", pa.list_(dtype)), ("source", pa.string())])
-
-
-@dataclass
-class ShardRecord:
-    file: str
-    split: str
-    documents: int
-    tokens: int
-    bytes: int
-    sha256: str
+    return pa.schema([("tokens", pa.list_(dtype))])
 
 
 class ShardWriter:
-    """Collects tokenized documents of one split and writes them in shards of about `target_bytes`."""
+    """Writes one split of one work unit as shards of about `target_bytes`."""
 
-    def __init__(self, out_dir: Path, split: str, dtype: pa.DataType, target_bytes: int):
-        self.out_dir, self.split, self.target_bytes = out_dir, split, target_bytes
-        self.schema = shard_schema(dtype)
-        self.pending: list[pa.Table] = []
+    def __init__(self, out_dir: Path, split: str, source: str, unit: int, dtype: pa.DataType, target_bytes: int):
+        self.out_dir, self.split, self.source, self.unit = out_dir, split, source, unit
+        self.dtype, self.target_bytes = dtype, target_bytes
+        self.pending: list[np.ndarray] = []
         self.pending_bytes = 0
-        self.records: list[ShardRecord] = []
+        self.records: list[dict] = []
 
-    def add(self, table: pa.Table) -> None:
-        if table.num_rows == 0:
-            return
-        self.pending.append(table.select(self.schema.names).cast(self.schema))
-        self.pending_bytes += self.pending[-1].nbytes
-        if self.pending_bytes >= self.target_bytes:
+    def add(self, documents: list[np.ndarray]) -> None:
+        self.pending.extend(documents)
+        self.pending_bytes += sum(d.nbytes for d in documents)
+        # Arrow list offsets are 32-bit: a shard holds fewer than 2**31 tokens.
+        if self.pending_bytes >= min(self.target_bytes, (2**31 - 1) * self.dtype.byte_width // 2):
             self.flush()
+
+    def close(self) -> None:
+        self.flush()
 
     def flush(self) -> None:
         if not self.pending:
             return
-        # One record batch per shard keeps all of its tokens in one buffer.
-        batch = pa.concat_tables(self.pending).combine_chunks().to_batches()[0]
-        path = self.out_dir / f"{self.split}-{len(self.records):05d}.arrow"
-        temporary = path.with_suffix(".arrow.tmp")
-        with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_file(sink, self.schema) as writer:
-            writer.write_batch(batch)
+        offsets = np.zeros(len(self.pending) + 1, dtype=np.int32)
+        np.cumsum([len(d) for d in self.pending], out=offsets[1:])
+        tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(self.pending), self.dtype))
+        schema = shard_schema(self.dtype)
+        name = f"{self.split}-{self.source}-{self.unit:05d}-{len(self.records):02d}.arrow"
+        path = self.out_dir / name
+        temporary = path.with_name(name + ".tmp")
+        with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            writer.write_batch(pa.record_batch([tokens], schema=schema))
         os.replace(temporary, path)  # a half-written shard never carries a shard's name
         self.records.append(
-            ShardRecord(
-                file=path.name,
-                split=self.split,
-                documents=batch.num_rows,
-                tokens=len(batch.column("tokens").values),
-                bytes=path.stat().st_size,
-                sha256=file_sha256(path),
-            )
+            {
+                "file": name,
+                "source": self.source,
+                "split": self.split,
+                "documents": len(self.pending),
+                "tokens": int(offsets[-1]),
+                "bytes": path.stat().st_size,
+                "sha256": file_sha256(path),
+            }
         )
         self.pending, self.pending_bytes = [], 0
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> Path:
     path = out_dir / MANIFEST_NAME
-    temporary = path.with_suffix(".json.tmp")
+    temporary = path.with_name(MANIFEST_NAME + ".tmp")
     temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(temporary, path)
     return path
 
 
-def build_manifest(
-    records: list[ShardRecord], tokenizer_info: dict, dtype: pa.DataType, stats: dict, config: dict
-) -> dict:
-    shards = [asdict(r) for r in records]
-    totals = {
+def split_totals(shards: list[dict]) -> dict:
+    return {
         split: {
-            "shards": sum(1 for r in records if r.split == split),
-            "documents": sum(r.documents for r in records if r.split == split),
-            "tokens": sum(r.tokens for r in records if r.split == split),
+            "shards": sum(1 for s in shards if s["split"] == split),
+            "documents": sum(s["documents"] for s in shards if s["split"] == split),
+            "tokens": sum(s["tokens"] for s in shards if s["split"] == split),
         }
         for split in SPLITS
     }
+
+
+def core_manifest(shards: list[dict], tokenizer_info: dict, dtype: pa.DataType) -> dict:
+    """What a reader needs: format, tokenizer, token type, shards, totals and the content fingerprint."""
     return {
         "format_version": FORMAT_VERSION,
         "tokenizer": tokenizer_info,
         "dtype": str(dtype),
         "shards": shards,
-        "totals": totals,
-        "stats": stats,
+        "totals": split_totals(shards),
         "fingerprint": fingerprint(shards, tokenizer_info["sha256"]),
-        "config": config,
     }
 
 
@@ -131,19 +130,23 @@ def fingerprint(shards: list[dict], tokenizer_sha256: str) -> str:
 
 
 def read_manifest(data_dir: str | Path) -> dict:
-    """Read the manifest and check the files it names exist with the recorded sizes."""
+    """Read the manifest and check each shard it names: present, of the recorded size and schema."""
     data_dir = Path(data_dir)
     path = data_dir / MANIFEST_NAME
     if not path.is_file():
         raise DataError(
-            f"{path}: no manifest; build the dataset first with `pretrain data` "
+            f"{path}: no manifest; build the dataset first with `pretrain data build` "
             f"(or point data.output_dir at a built dataset)"
         )
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err}); rebuild the dataset") from err
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(
             f"{path}: format version {manifest.get('format_version')} is not {FORMAT_VERSION}; rebuild the dataset"
         )
+    expected = shard_schema(pa.type_for_alias(manifest["dtype"]))
     for shard in manifest["shards"]:
         shard_path = data_dir / shard["file"]
         if not shard_path.is_file():
@@ -154,4 +157,28 @@ def read_manifest(data_dir: str | Path) -> dict:
                 f"{shard_path}: {size} bytes, the manifest says {shard['bytes']}; "
                 f"the shard is truncated or altered, rebuild the dataset"
             )
+        try:
+            schema = pa.ipc.open_file(pa.memory_map(str(shard_path))).schema
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"{shard_path}: not a readable Arrow file ({err}); rebuild the dataset") from err
+        if not schema.equals(expected):
+            raise DataError(
+                f"{shard_path}: schema ({_describe(schema)}) is not ({_describe(expected)}); rebuild the dataset"
+            )
+    return manifest
+
+
+def _describe(schema: pa.Schema) -> str:
+    return ", ".join(f"{field.name}: {field.type}" for field in schema)
+
+
+def verify_dataset(data_dir: str | Path) -> dict:
+    """Everything `read_manifest` checks, plus every shard's and the tokenizer's checksum."""
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    files = [(s["file"], s["sha256"]) for s in manifest["shards"]]
+    files.append((manifest["tokenizer"]["file"], manifest["tokenizer"]["sha256"]))
+    for name, expected in files:
+        if file_sha256(data_dir / name) != expected:
+            raise DataError(f"{data_dir / name}: checksum differs from the manifest; the file was altered, rebuild")
     return manifest

@@ -1,6 +1,8 @@
 """`pretrain`: one command per stage, all driven by the same config.
 
     pretrain data build --config configs/demo.yaml
+    pretrain data inspect --config configs/demo.yaml
+    pretrain data verify --dir outputs/data/stdlib
     pretrain train      --config configs/demo.yaml train.lr=3e-4
     pretrain export     --config configs/demo.yaml
     pretrain generate   --config configs/demo.yaml --prompt "Return the"
@@ -43,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     build = _with_config(data_commands.add_parser("build", help="clean, tokenize and shard a corpus", epilog=EPILOG))
     build.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else in-process Ray)")
+    for action, help_text in (
+        ("inspect", "totals, per-source counts, length and token-frequency summaries, decoded samples"),
+        ("verify", "check every shard against the manifest: presence, size, schema and checksum"),
+    ):
+        checker = _with_config(data_commands.add_parser(action, help=help_text, epilog=EPILOG))
+        checker.add_argument("--dir", type=Path, help="dataset folder (default: data.output_dir)")
 
     train = _with_config(
         commands.add_parser("train", help="train a GPT with DeepSpeed, tracked in MLflow", epilog=EPILOG)
@@ -78,18 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_data_build(args: argparse.Namespace, config: Config) -> int:
-    from data_pipeline.build import build_dataset
+def cmd_data(args: argparse.Namespace, config: Config) -> int:
+    from data_pipeline.report import build_summary, inspect_dataset
+    from data_pipeline.shards import read_manifest, verify_dataset
 
-    manifest = build_dataset(config.data, config.to_dict(), ray_address=args.ray_address)
-    totals, stats = manifest["totals"], manifest["stats"]
-    print(
-        f"documents: {stats['documents_after_cleaning']} after cleaning, "
-        f"{stats['documents_after_dedup']} after deduplication"
-    )
-    for split, total in totals.items():
-        print(f"{split}: {total['documents']} documents, {total['tokens']:,} tokens in {total['shards']} shard(s)")
-    print(f"shards, tokenizer and manifest: {Path(config.data.output_dir).resolve()}")
+    data_dir = getattr(args, "dir", None) or Path(config.data.output_dir)
+    if args.data_command == "build":
+        from data_pipeline.build import build_dataset
+
+        manifest = build_dataset(config.data, config.to_dict(), ray_address=args.ray_address)
+        print(build_summary(manifest))
+        print(f"shards, tokenizer, manifest and rejects: {data_dir.resolve()}")
+    elif args.data_command == "inspect":
+        print(inspect_dataset(data_dir, read_manifest(data_dir)))
+    else:
+        manifest = verify_dataset(data_dir)
+        print(f"{data_dir}: {len(manifest['shards'])} shards and the tokenizer match the manifest's checksums")
     return 0
 
 
@@ -166,7 +178,7 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
 
 COMMANDS = {
     "config": cmd_config,
-    "data": cmd_data_build,
+    "data": cmd_data,
     "train": cmd_train,
     "submit": cmd_submit,
     "export": cmd_export,

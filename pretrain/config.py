@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
 from data_pipeline.config import DataConfig
 from model import GPTConfig
@@ -46,6 +46,10 @@ class TrainConfig(Section):
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
     precision: Literal["fp32", "bf16"] = "fp32"
     activation_checkpointing: bool = False
+    mixture: dict[str, PositiveFloat] = Field(
+        default_factory=dict,
+        description="sample the dataset's sources by weight, e.g. {web: 0.7, code: 0.3}; empty: all sequences alike",
+    )
     log_interval: int = Field(10, ge=1, description="steps between metric logs")
     eval_interval: int = Field(100, ge=1, description="steps between validation runs")
     eval_batches: int = Field(10, ge=1, description="micro-batches per rank in one validation run")

@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_pipeline.errors import DataError
-from data_pipeline.loader import TokenSequences
-from data_pipeline.shards import read_manifest
+from data_pipeline.loader import TokenSequences, check_mixture
+from data_pipeline.shards import TOKENIZER_NAME, read_manifest
+from data_pipeline.tokenizer import file_sha256
 from pretrain.checkpoint import check_run_dir
 from pretrain.config import Config
 from pretrain.errors import ConfigError
@@ -33,8 +34,19 @@ def check_job(config: Config, resume: bool) -> dict:
             f"model.vocab_size = {config.model.vocab_size}: smaller than the dataset's tokenizer ({vocab}); "
             f"set model.vocab_size={vocab} or more"
         )
+    check_tokenizer(config, manifest)
     check_split_sizes(config, manifest)
     return manifest
+
+
+def check_tokenizer(config: Config, manifest: dict) -> None:
+    """A run keeps the tokenizer it started with; shards tokenized by another one would be noise to it."""
+    own = config.run_dir / TOKENIZER_NAME
+    if own.is_file() and file_sha256(own) != manifest["tokenizer"]["sha256"]:
+        raise DataError(
+            f"{config.data.output_dir}: the shards were tokenized with another tokenizer than this run's ({own}); "
+            f"point data.output_dir at the dataset the run started with, or start a new run"
+        )
 
 
 def check_split_sizes(config: Config, manifest: dict) -> None:
@@ -47,8 +59,10 @@ def check_split_sizes(config: Config, manifest: dict) -> None:
             "lower train.eval_batches or train.seq_len, or raise data.val_fraction",
         ),
     }
+    check_mixture(train.mixture, manifest, data_dir)
     for split, (needed, fix) in needs.items():
-        available = len(TokenSequences(data_dir, split, train.seq_len, manifest))
+        sources = set(train.mixture) if split == "train" and train.mixture else None
+        available = len(TokenSequences(data_dir, split, train.seq_len, manifest, sources))
         if available < needed:
             raise DataError(
                 f"{data_dir}: the {split} split has {available} sequences of {train.seq_len + 1} tokens, "

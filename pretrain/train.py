@@ -19,7 +19,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from data_pipeline.loader import BatchLoader, TokenSequences
+from data_pipeline.loader import BatchLoader
 from data_pipeline.shards import MANIFEST_NAME, TOKENIZER_NAME
 from data_pipeline.tokenizer import load_tokenizer
 from model import GPT
@@ -81,19 +81,12 @@ def mean_over_ranks(value: torch.Tensor) -> float:
     return value.item() / dist.get_world_size()
 
 
-def evaluate(engine, val: TokenSequences, config: Config) -> float:
+def evaluate(engine, val: BatchLoader) -> float:
     """Mean loss over the same held-out micro-batches every time."""
-    loader = BatchLoader(
-        val,
-        config.train.micro_batch_size,
-        config.train.eval_batches,
-        dist.get_rank(),
-        config.dp_size,
-        config.train.seed,
-    )
+    val.consumed = 0
     engine.eval()
     with torch.no_grad():
-        losses = [engine(*to_device(batch, engine.device))[1] for batch in loader.next_step()]
+        losses = [engine(*to_device(batch, engine.device))[1] for batch in val.next_step()]
     engine.train()
     return mean_over_ranks(torch.stack(losses).mean())
 
@@ -113,14 +106,28 @@ def train(config: Config, resume: bool = False) -> Progress:
     model.activation_checkpointing = config.train.activation_checkpointing
     engine = build_engine(config, model)
     loader = BatchLoader(
-        TokenSequences(data_dir, "train", config.train.seq_len, manifest),
+        data_dir,
+        "train",
+        config.train.seq_len,
         config.train.micro_batch_size,
         config.grad_accum_steps,
         rank,
         config.dp_size,
         config.train.seed,
+        mixture=config.train.mixture,
+        manifest=manifest,
     )
-    val = TokenSequences(data_dir, "val", config.train.seq_len, manifest)
+    val = BatchLoader(
+        data_dir,
+        "val",
+        config.train.seq_len,
+        config.train.micro_batch_size,
+        config.train.eval_batches,
+        rank,
+        config.dp_size,
+        config.train.seed,
+        manifest=manifest,
+    )
     progress, run_id = Progress(), None
     if resume:
         state = checkpoint.load(engine, config.run_dir)
@@ -168,12 +175,12 @@ def train_step(engine, loader: BatchLoader) -> torch.Tensor:
     return loss_sum / len(micro_batches)
 
 
-def run_loop(config: Config, engine, loader: BatchLoader, val: TokenSequences, progress: Progress, tracker) -> None:
+def run_loop(config: Config, engine, loader: BatchLoader, val: BatchLoader, progress: Progress, tracker) -> None:
     train = config.train
     tokens_per_step = train.global_batch_size * train.seq_len
     if progress.step == 0:
         # The untrained model's validation loss: the point the curve falls from.
-        report(progress, {"val_loss": evaluate(engine, val, config)}, tracker, train.max_steps)
+        report(progress, {"val_loss": evaluate(engine, val)}, tracker, train.max_steps)
     interval_steps, interval_seconds = 0, 0.0  # training time only: evaluation and saving excluded
     while progress.step < train.max_steps:
         started = time.perf_counter()
@@ -198,7 +205,7 @@ def run_loop(config: Config, engine, loader: BatchLoader, val: TokenSequences, p
             }
             interval_steps, interval_seconds = 0, 0.0
         if progress.step % train.eval_interval == 0 or last:
-            progress.val_loss = evaluate(engine, val, config)
+            progress.val_loss = evaluate(engine, val)
             metrics["val_loss"] = progress.val_loss
         if metrics:
             report(progress, metrics, tracker, train.max_steps)
@@ -225,7 +232,7 @@ def save_checkpoint(config: Config, engine, loader: BatchLoader, progress: Progr
         "tokens_seen": progress.tokens_seen,
         "loader": loader.state_dict(),
         "config": config.to_dict(),
-        "data_fingerprint": loader.sequences.fingerprint,
+        "data_fingerprint": loader.fingerprint,
         "mlflow_run_id": tracker.run_id if tracker else None,
     }
     return checkpoint.save(engine, config.run_dir, progress.step, client_state, config.checkpoint.keep_last)

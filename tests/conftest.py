@@ -12,11 +12,47 @@ from pathlib import Path
 
 import pytest
 
-WORDS = (
-    "the model reads a token and predicts the next one from all that came before it "
-    "attention weighs every earlier position while the feed forward network mixes features "
-    "residual connections carry the signal through deep stacks of identical blocks"
-).split()
+WORDS = [
+    "the",
+    "model",
+    "reads",
+    "a",
+    "token",
+    "and",
+    "predicts",
+    "the",
+    "next",
+    "one",
+    "from",
+    "all",
+    "that",
+    "came",
+    "before",
+    "it",
+    "attention",
+    "weighs",
+    "every",
+    "earlier",
+    "position",
+    "while",
+    "the",
+    "feed",
+    "forward",
+    "network",
+    "mixes",
+    "features",
+    "residual",
+    "connections",
+    "carry",
+    "the",
+    "signal",
+    "through",
+    "deep",
+    "stacks",
+    "of",
+    "identical",
+    "blocks",
+]
 
 
 def synthetic_documents(count: int, seed: int = 0) -> list[str]:

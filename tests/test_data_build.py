@@ -4,11 +4,11 @@ import json
 
 import pyarrow as pa
 import pytest
+from data_pipeline.corpus import expand_sources
 from tokenizers import Tokenizer
 
 from data_pipeline.build import build_dataset
 from data_pipeline.config import DataConfig
-from data_pipeline.corpus import expand_sources
 from data_pipeline.errors import DataError
 from data_pipeline.shards import read_manifest
 from data_pipeline.tokenizer import END_OF_TEXT, file_sha256
@@ -30,8 +30,7 @@ def built(tmp_path_factory, make_documents):
     corpus.mkdir()
     documents = make_documents(300)
     with open(corpus / "docs.jsonl", "w") as f:
-        for text in documents + documents[:5]:
-            f.write(json.dumps({"text": text}) + "\n")
+        f.writelines(json.dumps({"text": text}) + "\n" for text in documents + documents[:5])
     return documents, corpus, root / "out", build(corpus, root / "out")
 
 

@@ -13,7 +13,9 @@ not_a_string, truncated_file.
 from __future__ import annotations
 
 import ast
+import gzip
 import inspect
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,9 +50,13 @@ def read_records(input_file: InputFile, text_field: str = "text", text_unit: str
     return reader()
 
 
-def _open_stream(uri: str) -> pa.NativeFile:
+def _open_stream(uri: str) -> io.RawIOBase | pa.NativeFile:
+    """The file's decompressed bytes. gzip goes through Python's decoder, which hands out every byte it
+    could decode before a truncation; pyarrow's (used for zstd) fails a whole 64 KB block."""
     fs, path = filesystem(uri)
     try:
+        if path.endswith(".gz"):
+            return gzip.GzipFile(fileobj=fs.open_input_stream(path, compression=None))
         return fs.open_input_stream(path, compression="detect")
     except (OSError, pa.ArrowInvalid) as err:
         raise DataError(f"{uri}: cannot be opened ({err}); fix it or remove it from data.sources") from err
@@ -58,23 +64,28 @@ def _open_stream(uri: str) -> pa.NativeFile:
 
 def _lines(uri: str) -> Iterator[tuple[int, bytes] | Reject]:
     """The file's lines as bytes, numbered from 1; a truncated compressed file ends with a reject."""
-    remainder, line_number = b"", 0
+    partial: list[bytes] = []  # the pieces of a line that spans chunks (joined once: no quadratic copying)
+    line_number = 0
     with _open_stream(uri) as stream:
         while True:
             try:
-                chunk = stream.read(CHUNK_BYTES)
-            except OSError as err:
+                chunk = stream.read1(CHUNK_BYTES)  # what is decoded so far, not a full block
+            except (OSError, EOFError) as err:
                 yield Reject(line_number + 1, "truncated_file", f"reading stopped here: {err}")
                 return
             if not chunk:
                 break
-            lines = (remainder + chunk).split(b"\n")
-            remainder = lines.pop()
+            lines = chunk.split(b"\n")
+            if len(lines) == 1:
+                partial.append(chunk)
+                continue
+            lines[0] = b"".join([*partial, lines[0]])
+            partial = [lines.pop()]
             for line in lines:
                 line_number += 1
                 yield line_number, line
-    if remainder:
-        yield line_number + 1, remainder
+    if any(partial):
+        yield line_number + 1, b"".join(partial)
 
 
 def _decode(line: bytes, line_number: int) -> str | Reject:
@@ -129,7 +140,7 @@ def _text_records(uri: str, text_unit: str) -> Iterator[Record]:
     with _open_stream(uri) as stream:
         try:
             data = stream.read()
-        except OSError as err:
+        except (OSError, EOFError) as err:
             yield Reject(1, "truncated_file", f"the file cannot be read to its end: {err}")
             return
     text = _decode(data, 1)

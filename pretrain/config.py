@@ -13,6 +13,7 @@ allowed. The DeepSpeed JSON is generated from this schema
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -226,7 +227,10 @@ def _describe(error: dict) -> str:
 def _allowed_keys(loc: tuple) -> list[str]:
     schema: Any = Config
     for part in loc:
-        schema = schema.model_fields[part].annotation
+        if isinstance(part, int):  # an item of a list: the list's item type
+            schema = typing.get_args(schema)[0]
+        else:
+            schema = schema.model_fields[part].annotation
     if dataclasses.is_dataclass(schema):
         return [f.name for f in dataclasses.fields(schema)]
     return list(schema.model_fields)

@@ -69,7 +69,7 @@ def test_export_of_a_folder_that_is_not_a_run(tmp_path, capsys):
 def test_train_without_data_says_how_to_build_it(tmp_path, capsys):
     code = main(["train", f"data.output_dir={tmp_path / 'none'}", f"checkpoint.root={tmp_path}"])
     assert code == 1
-    assert "no manifest; build the dataset first with `pretrain data`" in capsys.readouterr().err
+    assert "no manifest; build the dataset first with `pretrain data build`" in capsys.readouterr().err
 
 
 def test_resume_without_a_checkpoint(tmp_path, capsys):
@@ -79,7 +79,7 @@ def test_resume_without_a_checkpoint(tmp_path, capsys):
 
 
 def test_bad_data_source_is_named_before_ray_starts(tmp_path, capsys):
-    code = main(["data", "build", f"data.sources=[{tmp_path}/missing.jsonl]", f"data.output_dir={tmp_path}/out"])
+    code = main(["data", "build", f"data.sources=[{{name: web, paths: [{tmp_path}/missing.jsonl]}}]", f"data.output_dir={tmp_path}/out"])
     assert code == 1
     assert "missing.jsonl' does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

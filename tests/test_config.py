@@ -43,14 +43,14 @@ def test_overrides_are_typed_by_the_schema():
             "train.lr=3e-4",
             "model.n_layer=6",
             "tracking.run_name=123",
-            "data.sources=[a.jsonl, b.txt]",
+            "data.sources=[{name: web, paths: [a.jsonl, b.txt]}]",
             "model.bias=false",
         ],
     )
     assert config.train.lr == pytest.approx(3e-4)
     assert config.model.n_layer == 6
     assert config.tracking.run_name == "123"
-    assert config.data.sources == ["a.jsonl", "b.txt"]
+    assert [(s.name, s.paths) for s in config.data.sources] == [("web", ["a.jsonl", "b.txt"])]
     assert config.model.bias is False
 
 
@@ -144,3 +144,8 @@ def test_extends_loop_is_reported(tmp_path):
     write(tmp_path / "a.yaml", "extends: b.yaml\n")
     write(tmp_path / "b.yaml", "extends: a.yaml\n")
     assert "loops back" in error_of(tmp_path / "a.yaml")
+
+
+def test_unknown_key_in_a_source_lists_the_allowed_ones():
+    with pytest.raises(ConfigError, match=r"data.sources.0.bogus: unknown key; allowed here: name, paths, format"):
+        load_config(overrides=["data.sources=[{name: web, paths: [a.jsonl], bogus: 1}]"])

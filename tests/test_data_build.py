@@ -1,113 +1,266 @@
-"""The Ray Data build on real files: counts, round trip through the tokenizer, determinism, errors."""
+"""The Ray Data build on real, messy files: nothing lost, nothing silent, same bytes however it runs."""
 
+import gzip
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from data_pipeline.corpus import expand_sources
+import yaml
 from tokenizers import Tokenizer
 
 from data_pipeline.build import build_dataset
 from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
-from data_pipeline.shards import read_manifest
+from data_pipeline.shards import read_manifest, verify_dataset
 from data_pipeline.tokenizer import END_OF_TEXT, file_sha256
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def build(corpus_dir, out_dir, **overrides):
-    config = DataConfig(
-        sources=[str(corpus_dir)], output_dir=str(out_dir), tokenizer={"vocab_size": 400}, val_fraction=0.1, **overrides
+def write_corpus(root: Path, documents: list[str]) -> dict[str, list[str]]:
+    """Three sources in every layout, with bad records of every kind; returns the documents each must keep."""
+    web, code, lines = root / "web", root / "code", root / "lines"
+    for folder in (web, code, lines):
+        folder.mkdir(parents=True)
+    with open(web / "a.jsonl", "wb") as f:
+        for text in documents[:150]:
+            f.write(json.dumps({"text": text}).encode() + b"\n")
+        f.write(b'{"text": "malformed\n')  # invalid_json
+        f.write(json.dumps({"body": "no text"}).encode() + b"\n")  # missing_field
+        f.write(json.dumps({"text": ["not", "a", "string"]}).encode() + b"\n")  # not_a_string
+        f.write(b'{"text": "invalid \xff utf-8 in an otherwise fine document"}\n')  # invalid_utf8
+        f.write(json.dumps({"text": "   "}).encode() + b"\n")  # filtered: empty
+        f.write(json.dumps({"text": "short"}).encode() + b"\n")  # filtered: too_short
+        f.write(json.dumps({"text": "lone \ud800 surrogate " + documents[150]}).encode() + b"\n")
+        f.write(json.dumps({"text": documents[0]}).encode() + b"\n")  # duplicate within the source
+    with open(web / "huge.jsonl", "w") as f:  # one 50 MB document: filtered as too_long
+        f.write(json.dumps({"text": "word " * 10_000_000}) + "\n")
+    with pa.CompressedOutputStream(str(web / "b.jsonl.zst"), "zstd") as f:
+        f.write("".join(json.dumps({"text": t}) + "\n" for t in documents[151:250]).encode())
+    data = gzip.compress("".join(json.dumps({"text": t}) + "\n" for t in documents[250:300]).encode())
+    (web / "c.jsonl.gz").write_bytes(data[: len(data) // 2])  # truncated: a prefix survives
+    meta = [{"body": t} for t in documents[300:400]] + [{"body": None}, {"body": documents[1]}]  # null, duplicate
+    pq.write_table(pa.table({"meta": meta}), code / "part-0.parquet")
+    (lines / "one-per-line.txt").write_text("\n".join(documents[400:450]) + "\n")
+    return {
+        "web": documents[:150] + ["lone ? surrogate " + documents[150]] + documents[151:250],
+        "code": documents[300:400],
+        "lines": documents[400:450],
+    }
+
+
+def data_config(root: Path, out_dir: Path) -> dict:
+    return {
+        "sources": [
+            {"name": "web", "paths": [str(root / "web")]},
+            {"name": "code", "paths": [str(root / "code" / "*.parquet")], "text_field": "meta.body"},
+            {"name": "lines", "paths": [f"file://{root / 'lines'}"], "format": "text", "text_unit": "line"},
+        ],
+        "output_dir": str(out_dir),
+        "val_fraction": 0.1,
+        "shard_size_mb": 0.02,  # several units per source
+        "tokenizer": {"vocab_size": 400},
+    }
+
+
+def run_cli(args: list[str], env: dict | None = None, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pretrain.cli", *args], cwd=ROOT, env={**os.environ, **(env or {})}, **popen
     )
-    return build_dataset(config, {"data": config.model_dump()})
+
+
+def write_config_file(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump({"data": data}))
+    return path
+
+
+def shard_bytes(out_dir: Path) -> dict[str, str]:
+    return {p.name: file_sha256(p) for p in sorted(out_dir.glob("*.arrow"))} | {
+        "tokenizer.json": file_sha256(out_dir / "tokenizer.json")
+    }
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, make_documents):
-    root = tmp_path_factory.mktemp("build")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    documents = make_documents(300)
-    with open(corpus / "docs.jsonl", "w") as f:
-        f.writelines(json.dumps({"text": text}) + "\n" for text in documents + documents[:5])
-    return documents, corpus, root / "out", build(corpus, root / "out")
+    root = tmp_path_factory.mktemp("messy")
+    expected = write_corpus(root / "corpus", make_documents(450))
+    config = data_config(root / "corpus", root / "out")
+    manifest = build_dataset(DataConfig(**config), {"data": config})
+    return root, expected, manifest
 
 
-def test_counts_balance(built):
-    documents, _, out_dir, manifest = built
-    stats, totals = manifest["stats"], manifest["totals"]
-    assert stats["documents_after_cleaning"] == len(documents) + 5
-    assert stats["documents_after_dedup"] == len(documents)
-    assert totals["train"]["documents"] + totals["val"]["documents"] == len(documents)
-    assert 0 < totals["val"]["documents"] < len(documents) * 0.25
-
-
-def test_shards_decode_to_the_documents(built):
-    documents, _, out_dir, manifest = built
+def decoded_documents(out_dir: Path, manifest: dict) -> dict[str, list[str]]:
     tokenizer = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
     eot = tokenizer.token_to_id(END_OF_TEXT)
-    decoded = set()
+    found: dict[str, list[str]] = {}
     for shard in manifest["shards"]:
         column = pa.ipc.open_file(pa.memory_map(str(out_dir / shard["file"]))).get_batch(0).column("tokens")
         assert column.type == pa.list_(pa.uint16())
         for tokens in column.to_pylist():
             assert tokens[-1] == eot and eot not in tokens[:-1]
-            decoded.add(tokenizer.decode(tokens[:-1]))
-        assert shard["sha256"] == file_sha256(out_dir / shard["file"])
-    assert decoded == set(documents)
+            found.setdefault(shard["source"], []).append(tokenizer.decode(tokens[:-1]))
+    return found
 
 
-def test_manifest_records_tokenizer_and_config(built):
-    _, _, out_dir, manifest = built
-    assert manifest["tokenizer"]["sha256"] == file_sha256(out_dir / "tokenizer.json")
-    assert manifest["tokenizer"]["vocab_size"] <= 400
-    assert manifest["config"]["data"]["tokenizer"]["vocab_size"] == 400
+def test_every_valid_document_is_written_once_in_its_source(built):
+    root, expected, manifest = built
+    found = decoded_documents(root / "out", manifest)
+    assert sorted(found["code"]) == sorted(expected["code"])  # its copy of a web document is removed
+    assert sorted(found["lines"]) == sorted(expected["lines"])
+    # The truncated .gz file keeps a prefix of its documents.
+    recovered = [t for t in found["web"] if t not in expected["web"]]
+    assert sorted(found["web"]) == sorted(expected["web"] + recovered) and len(recovered) > 5
+    assert all(shard["file"].split("-")[1] == shard["source"] for shard in manifest["shards"])
+
+
+def test_counts_balance_and_every_reject_is_named(built):
+    root, _, manifest = built
+    web = manifest["sources"]["web"]
+    assert web["rejected"] == {
+        "invalid_json": 1,
+        "invalid_utf8": 1,
+        "missing_field": 1,
+        "not_a_string": 1,
+        "truncated_file": 1,
+    }
+    assert web["filtered"] == {"empty": 1, "too_long": 1, "too_short": 1}
+    assert web["duplicates"] == 1 and manifest["sources"]["code"]["duplicates"] == 1
+    assert manifest["sources"]["code"]["rejected"] == {"missing_field": 1}
+    for counts in manifest["sources"].values():
+        filtered = sum(counts["filtered"].values())
+        assert counts["documents_in"] == counts["documents_written"] + counts["duplicates"] + filtered
+        assert counts["records"] == counts["documents_in"] + sum(counts["rejected"].values())
+    rejects = [json.loads(line) for line in (root / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert len(rejects) == sum(manifest["rejected"].values()) == 6
+    first = rejects[0]
+    assert (Path(first["file"]).name, first["line"], first["reason"]) == ("a.jsonl", 151, "invalid_json")
+    assert {(Path(r["file"]).name, r["reason"]) for r in rejects} >= {
+        ("c.jsonl.gz", "truncated_file"),
+        ("part-0.parquet", "missing_field"),
+    }
+
+
+def test_manifest_describes_shards_tokenizer_and_versions(built):
+    root, _, manifest = built
+    out_dir = root / "out"
     assert read_manifest(out_dir) == manifest
+    assert verify_dataset(out_dir)["fingerprint"] == manifest["fingerprint"]
+    assert manifest["tokenizer"]["sha256"] == file_sha256(out_dir / "tokenizer.json")
+    assert manifest["dtype"] == "uint16" and manifest["tokenizer"]["vocab_size"] <= 400
+    assert set(manifest["versions"]) >= {"pyarrow", "tokenizers", "ray", "python"}
+    assert manifest["config"]["data"]["sources"][1]["text_field"] == "meta.body"
+    for shard in manifest["shards"]:
+        assert shard["sha256"] == file_sha256(out_dir / shard["file"])
+        assert shard["bytes"] == (out_dir / shard["file"]).stat().st_size
+    assert len({s["file"].rsplit("-", 2)[0] for s in manifest["shards"]}) == 6, "train and val of 3 sources"
+    assert not (out_dir / "_build").exists()
 
 
-def test_rebuild_replaces_the_dataset_with_identical_shards(built):
-    _, corpus, out_dir, manifest = built
-    again = build(corpus, out_dir)
-    assert again["fingerprint"] == manifest["fingerprint"]
-    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in manifest["shards"]]
+def test_a_build_killed_at_any_point_resumes_to_the_same_bytes(built, tmp_path):
+    root, _, manifest = built
+    config = write_config_file(tmp_path / "data.yaml", data_config(root / "corpus", tmp_path / "out"))
+    markers = tmp_path / "out" / "_build"
+    # Killed during the scan (after its first unit) and again during the write (after its first unit).
+    for marker_glob in ("scan-*.json", "unit-*.json"):
+        job = run_cli(["data", "build", "--config", str(config)], start_new_session=True, stdout=subprocess.DEVNULL)
+        deadline = time.time() + 240
+        while not list(markers.glob(marker_glob)) and job.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert job.poll() is None, "the build finished before it could be killed"
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    finished = run_cli(["data", "build", "--config", str(config)], stdout=subprocess.PIPE, text=True)
+    output, _ = finished.communicate(timeout=600)
+    assert finished.returncode == 0
+    assert "(resumed)" in output
+    assert shard_bytes(tmp_path / "out") == shard_bytes(root / "out")
+    assert read_manifest(tmp_path / "out")["fingerprint"] == manifest["fingerprint"]
 
 
-def test_every_input_layout_is_read(corpus_dir, tmp_path):
-    manifest = build(corpus_dir, tmp_path / "out")
-    assert manifest["stats"]["documents_after_cleaning"] == 402
-    assert manifest["stats"]["documents_after_dedup"] == 400
+def test_a_two_node_ray_cluster_writes_the_same_shards(built, tmp_path):
+    root, _, _ = built
+    ray = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    port = str(_free_port())
+    head = ["start", "--head", "--port", port, "--num-cpus", "1", "--include-dashboard=false"]
+    subprocess.run([ray, *head, "--disable-usage-stats"], env=env, check=True, capture_output=True)
+    try:
+        subprocess.run(
+            [ray, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        config = write_config_file(tmp_path / "data.yaml", data_config(root / "corpus", tmp_path / "out"))
+        job = run_cli(
+            ["data", "build", "--config", str(config), "--ray-address", f"127.0.0.1:{port}"],
+            env={"RAY_AUTH_MODE": "token"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        output, _ = job.communicate(timeout=600)
+        assert job.returncode == 0, output
+        nodes = subprocess.run(
+            [ray, "status", "--address", f"127.0.0.1:{port}"], env=env, capture_output=True, text=True
+        )
+        assert nodes.stdout.count("node_") == 2, nodes.stdout
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+    assert shard_bytes(tmp_path / "out") == shard_bytes(root / "out")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_given_tokenizer_is_used_and_every_layout_read(built, corpus_dir, tmp_path):
+    root, _, _ = built
+    config = DataConfig(
+        sources=[{"name": "mixed", "paths": [str(corpus_dir)]}],
+        output_dir=str(tmp_path / "out"),
+        tokenizer={"path": str(root / "out" / "tokenizer.json")},
+        val_fraction=0.1,
+    )
+    manifest = build_dataset(config, {})
+    assert manifest["tokenizer"]["sha256"] == file_sha256(root / "out" / "tokenizer.json")
+    counts = manifest["sources"]["mixed"]
+    assert (counts["files"], counts["documents_in"], counts["duplicates"], counts["documents_written"]) == (
+        12,
+        402,
+        2,
+        400,
+    )
 
 
 def test_a_folder_that_is_not_a_dataset_is_never_replaced(built, tmp_path):
-    _, corpus, _, _ = built
+    root, _, _ = built
     out_dir = tmp_path / "project"
     out_dir.mkdir()
     (out_dir / "notes.txt").write_text("precious")
+    config = DataConfig(**data_config(root / "corpus", out_dir))
     with pytest.raises(DataError, match=r"project holds files that are not a dataset's \(notes.txt\)"):
-        build(corpus, out_dir)
+        build_dataset(config, {})
     assert (out_dir / "notes.txt").read_text() == "precious"
 
 
-def test_bad_json_line_names_file_and_line(tmp_path):
-    corpus = tmp_path / "bad.jsonl"
-    corpus.write_text('{"text": "a fine first document of enough length"}\n{"text": broken\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
-        build(corpus, tmp_path / "out")
-
-
-def test_wrong_text_field_says_how_to_fix(tmp_path):
-    corpus = tmp_path / "other.jsonl"
-    corpus.write_text('{"body": "a fine first document of enough length"}\n')
-    with pytest.raises(DataError, match=r"other.jsonl:1: no string field 'text'; set data.text_field"):
-        build(corpus, tmp_path / "out")
-
-
-def test_sources_are_checked_before_any_work(tmp_path):
-    with pytest.raises(DataError, match="'nowhere/\\*.jsonl' matches no file"):
-        expand_sources(["nowhere/*.jsonl"])
-    with pytest.raises(DataError, match="does not exist"):
-        expand_sources([str(tmp_path / "missing.jsonl")])
-    (tmp_path / "table.csv").write_text("a,b\n")
-    with pytest.raises(DataError, match="table.csv' is not a supported file"):
-        expand_sources([str(tmp_path / "table.csv")])
+def test_a_source_that_cannot_be_opened_fails_the_build_with_its_name(tmp_path):
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 but not really")
+    config = DataConfig(
+        sources=[{"name": "bad", "paths": [str(tmp_path / "broken.parquet")]}], output_dir=str(tmp_path / "o")
+    )
+    with pytest.raises(DataError, match="broken.parquet: cannot be opened as Parquet"):
+        build_dataset(config, {})

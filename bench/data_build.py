@@ -1,0 +1,135 @@
+"""Benchmark of the data build: throughput against the raw tokenizer, and memory as the corpus grows.
+
+    python bench/data_build.py --mb 200            # throughput (goal: >= 0.8 of raw encode_batch)
+    python bench/data_build.py --mb 50 --memory    # peak memory at 50 MB and 4x that (goal: within 1.5x)
+
+Raw limit: `Tokenizer.encode_batch` over the same documents already in
+memory (parsed before the clock starts), on the same cores. The build runs
+end to end (`pretrain data build` in a fresh process: Ray start, scan,
+deduplication, tokenize, write, manifest) with the same tokenizer given as
+`data.tokenizer.path`, so both sides do the same tokenizing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+from tokenizers import Tokenizer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from corpus import write_corpus  # noqa: E402
+
+from data_pipeline.tokenizer import train_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def raw_limit(files: list[Path], tokenizer: Tokenizer, batch: int = 1024) -> tuple[int, float]:
+    documents = [json.loads(line)["text"] for path in files for line in open(path)]
+    started = time.perf_counter()
+    tokens = 0
+    for i in range(0, len(documents), batch):
+        tokens += sum(len(e.ids) for e in tokenizer.encode_batch(documents[i : i + batch], add_special_tokens=False))
+    return tokens, time.perf_counter() - started
+
+
+def run_build(corpus: Path, tokenizer_path: Path, out_dir: Path, shard_mb: float) -> tuple[dict, float, int]:
+    """Build in a fresh process; return the manifest, the wall time and the peak resident memory of all processes."""
+    config = out_dir.parent / f"{out_dir.name}.yaml"
+    data = {
+        "sources": [{"name": "prose", "paths": [str(corpus)]}],
+        "output_dir": str(out_dir),
+        "shard_size_mb": shard_mb,
+        "tokenizer": {"path": str(tokenizer_path)},
+    }
+    config.write_text(yaml.safe_dump({"data": data}))
+    started = time.perf_counter()
+    job = subprocess.Popen(
+        [sys.executable, "-m", "pretrain.cli", "data", "build", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    peak = 0
+    while job.poll() is None:
+        peak = max(peak, _tree_rss(job.pid))
+        time.sleep(0.2)
+    elapsed = time.perf_counter() - started
+    if job.returncode != 0:
+        raise SystemExit(f"the build failed (exit code {job.returncode})")
+    return json.loads((out_dir / "manifest.json").read_text()), elapsed, peak
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident memory of the build and everything it started (Ray's GCS, raylet and workers)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def throughput(work: Path, mb: float, shard_mb: float) -> None:
+    files = write_corpus(work / "corpus", mb)
+    size = sum(p.stat().st_size for p in files)
+    tokenizer_path = work / "tokenizer.json"
+    sample = [json.loads(line)["text"] for line in open(files[0])]
+    train_tokenizer(sample, 8192).save(str(tokenizer_path))
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    raw_tokens, raw_seconds = raw_limit(files, tokenizer)
+    manifest, seconds, peak = run_build(work / "corpus", tokenizer_path, work / "out", shard_mb)
+    tokens = manifest["totals"]["train"]["tokens"] + manifest["totals"]["val"]["tokens"]
+    documents = manifest["sources"]["prose"]["documents_written"]
+    raw_rate, build_rate = raw_tokens / raw_seconds, (tokens - documents) / seconds  # build adds one EOT per document
+    print(f"machine: {os.cpu_count()} cores; corpus {size / 1e6:.0f} MB in {len(files)} files, {documents:,} documents")
+    print(f"raw encode_batch: {raw_tokens:,} tokens in {raw_seconds:.1f} s = {raw_rate / 1e6:.2f} M tokens/s")
+    print(f"pretrain data build: {tokens - documents:,} tokens in {seconds:.1f} s = {build_rate / 1e6:.2f} M tokens/s")
+    print(f"ratio build / raw: {build_rate / raw_rate:.2f}; peak memory of the build {peak / 2**30:.2f} GiB")
+
+
+def memory(work: Path, mb: float, shard_mb: float) -> None:
+    tokenizer_path = work / "tokenizer.json"
+    results = []
+    for scale in (1, 4):
+        files = write_corpus(work / f"corpus-{scale}", mb * scale)
+        if scale == 1:
+            sample = [json.loads(line)["text"] for line in open(files[0])]
+            train_tokenizer(sample, 8192).save(str(tokenizer_path))
+        manifest, seconds, peak = run_build(work / f"corpus-{scale}", tokenizer_path, work / f"out-{scale}", shard_mb)
+        tokens = manifest["totals"]["train"]["tokens"] + manifest["totals"]["val"]["tokens"]
+        results.append(peak)
+        print(f"corpus {mb * scale:.0f} MB: {tokens:,} tokens in {seconds:.1f} s, peak memory {peak / 2**30:.2f} GiB")
+    print(f"peak memory ratio 4x corpus / 1x corpus: {results[1] / results[0]:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=float, default=200, help="corpus size (the 1x size with --memory)")
+    parser.add_argument("--shard-mb", type=float, default=32, help="data.shard_size_mb of the build")
+    parser.add_argument("--memory", action="store_true", help="compare peak memory at 1x and 4x the corpus")
+    parser.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.work or Path(temporary)
+        (memory if args.memory else throughput)(work, args.mb, args.shard_mb)
+
+
+if __name__ == "__main__":
+    main()

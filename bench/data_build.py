@@ -26,15 +26,20 @@ import yaml
 from tokenizers import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from corpus import write_corpus  # noqa: E402
+from corpus import write_corpus
 
-from data_pipeline.tokenizer import train_tokenizer  # noqa: E402
+from data_pipeline.tokenizer import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def read_texts(path: Path) -> list[str]:
+    with open(path) as f:
+        return [json.loads(line)["text"] for line in f]
+
+
 def raw_limit(files: list[Path], tokenizer: Tokenizer, batch: int = 1024) -> tuple[int, float]:
-    documents = [json.loads(line)["text"] for path in files for line in open(path)]
+    documents = [text for path in files for text in read_texts(path)]
     started = time.perf_counter()
     tokens = 0
     for i in range(0, len(documents), batch):
@@ -90,8 +95,7 @@ def throughput(work: Path, mb: float, shard_mb: float) -> None:
     files = write_corpus(work / "corpus", mb)
     size = sum(p.stat().st_size for p in files)
     tokenizer_path = work / "tokenizer.json"
-    sample = [json.loads(line)["text"] for line in open(files[0])]
-    train_tokenizer(sample, 8192).save(str(tokenizer_path))
+    train_tokenizer(read_texts(files[0]), 8192).save(str(tokenizer_path))
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     raw_tokens, raw_seconds = raw_limit(files, tokenizer)
     manifest, seconds, peak = run_build(work / "corpus", tokenizer_path, work / "out", shard_mb)
@@ -110,8 +114,7 @@ def memory(work: Path, mb: float, shard_mb: float) -> None:
     for scale in (1, 4):
         files = write_corpus(work / f"corpus-{scale}", mb * scale)
         if scale == 1:
-            sample = [json.loads(line)["text"] for line in open(files[0])]
-            train_tokenizer(sample, 8192).save(str(tokenizer_path))
+            train_tokenizer(read_texts(files[0]), 8192).save(str(tokenizer_path))
         manifest, seconds, peak = run_build(work / f"corpus-{scale}", tokenizer_path, work / f"out-{scale}", shard_mb)
         tokens = manifest["totals"]["train"]["tokens"] + manifest["totals"]["val"]["tokens"]
         results.append(peak)

@@ -49,13 +49,16 @@ class ShardWriter:
     def __init__(self, out_dir: Path, split: str, source: str, unit: int, dtype: pa.DataType, target_bytes: int):
         self.out_dir, self.split, self.source, self.unit = out_dir, split, source, unit
         self.dtype, self.target_bytes = dtype, target_bytes
-        self.pending: list[np.ndarray] = []
+        self.pending_tokens: list[np.ndarray] = []
+        self.pending_lengths: list[np.ndarray] = []
         self.pending_bytes = 0
         self.records: list[dict] = []
 
-    def add(self, documents: list[np.ndarray]) -> None:
-        self.pending.extend(documents)
-        self.pending_bytes += sum(d.nbytes for d in documents)
+    def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Documents given as their tokens end to end, and each one's length."""
+        self.pending_tokens.append(tokens)
+        self.pending_lengths.append(lengths)
+        self.pending_bytes += tokens.nbytes
         # Arrow list offsets are 32-bit: a shard holds fewer than 2**31 tokens.
         if self.pending_bytes >= min(self.target_bytes, (2**31 - 1) * self.dtype.byte_width // 2):
             self.flush()
@@ -64,11 +67,13 @@ class ShardWriter:
         self.flush()
 
     def flush(self) -> None:
-        if not self.pending:
+        if not self.pending_tokens:
             return
-        offsets = np.zeros(len(self.pending) + 1, dtype=np.int32)
-        np.cumsum([len(d) for d in self.pending], out=offsets[1:])
-        tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(self.pending), self.dtype))
+        lengths = np.concatenate(self.pending_lengths)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        values = pa.array(np.concatenate(self.pending_tokens), self.dtype)
+        tokens = pa.ListArray.from_arrays(pa.array(offsets), values)
         schema = shard_schema(self.dtype)
         name = f"{self.split}-{self.source}-{self.unit:05d}-{len(self.records):02d}.arrow"
         path = self.out_dir / name
@@ -81,13 +86,13 @@ class ShardWriter:
                 "file": name,
                 "source": self.source,
                 "split": self.split,
-                "documents": len(self.pending),
+                "documents": len(lengths),
                 "tokens": int(offsets[-1]),
                 "bytes": path.stat().st_size,
                 "sha256": file_sha256(path),
             }
         )
-        self.pending, self.pending_bytes = [], 0
+        self.pending_tokens, self.pending_lengths, self.pending_bytes = [], [], 0
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> Path:

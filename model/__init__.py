@@ -1,5 +1,17 @@
-"""The GPT network: configuration and modules, independent of how it is trained."""
+"""The GPT network: configuration and modules, independent of how it is trained.
 
-from model.gpt import GPT, GPTConfig
+`GPTConfig` imports without torch (the data commands and config checks need
+it, not the network); `GPT` is imported on first use.
+"""
+
+from model.config import GPTConfig
 
 __all__ = ["GPT", "GPTConfig"]
+
+
+def __getattr__(name: str):
+    if name == "GPT":
+        from model.gpt import GPT
+
+        return GPT
+    raise AttributeError(f"module 'model' has no attribute {name!r}")

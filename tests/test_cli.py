@@ -79,7 +79,14 @@ def test_resume_without_a_checkpoint(tmp_path, capsys):
 
 
 def test_bad_data_source_is_named_before_ray_starts(tmp_path, capsys):
-    code = main(["data", "build", f"data.sources=[{{name: web, paths: [{tmp_path}/missing.jsonl]}}]", f"data.output_dir={tmp_path}/out"])
+    code = main(
+        [
+            "data",
+            "build",
+            f"data.sources=[{{name: web, paths: [{tmp_path}/missing.jsonl]}}]",
+            f"data.output_dir={tmp_path}/out",
+        ]
+    )
     assert code == 1
     assert "missing.jsonl' does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -28,7 +28,7 @@ def write_dataset(out_dir: Path, sources: dict[str, list[list[int]]], target_byt
         }
         for index, document in enumerate(documents):
             split = "val" if index >= len(documents) - 3 else "train"
-            writers[split].add([np.array(document, dtype=np.uint16)])
+            writers[split].add(np.array(document, dtype=np.uint16), np.array([len(document)]))
         for writer in writers.values():
             writer.close()
             shards += writer.records

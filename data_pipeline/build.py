@@ -113,21 +113,27 @@ def _cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _unit_rows(units: list[WorkUnit], **columns: list) -> ray.data.Dataset:
-    rows = [{"unit": json.dumps(u.to_dict()), **{k: v[i] for k, v in columns.items()}} for i, u in enumerate(units)]
-    return ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+def _get(refs):
+    """`ray.get`, with a worker's DataError (a file that cannot be opened) raised as itself."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, DataError):
+            raise err.cause from None
+        raise
 
 
 def _scan(units: list[WorkUnit], config: DataConfig, out_dir: Path) -> list[dict]:
     """Every unit's scan result, from `_build/` where an earlier attempt saved it, else computed and saved."""
     work = out_dir / WORK_DIR
     todo = [u for u in units if not (work / f"scan-{u.index:05d}.json").is_file()]
-    if todo:
-        results = _unit_rows(todo).map(scan_unit, fn_kwargs={"config": config.model_dump()})
-        for row in results.iter_rows():
-            (work / f"scan-{row['index']:05d}.hashes").write_bytes(row["hashes"])
-            scan = {"counts": json.loads(row["counts"]), "rejects": json.loads(row["rejects"])}
-            write_json_atomically(work / f"scan-{row['index']:05d}.json", scan)  # last: marks the scan done
+    # Plain Ray tasks: small results, and none of a Ray Data execution's start-up cost.
+    pending = [ray.remote(scan_unit).remote(unit, config) for unit in todo]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        scan = _get(done[0])
+        (work / f"scan-{scan['index']:05d}.hashes").write_bytes(scan.pop("hashes"))
+        write_json_atomically(work / f"scan-{scan['index']:05d}.json", scan)  # last: marks the scan done
     scans = []
     for unit in units:
         scan = json.loads((work / f"scan-{unit.index:05d}.json").read_text())
@@ -158,12 +164,11 @@ def _tokenizer(units: list[WorkUnit], scans: list[dict], keep: list[np.ndarray],
             raise DataError("data.sources: no document is left after cleaning; check the sources and data.cleaning")
         limit = np.sort(kept)[min(len(kept), config.tokenizer.sample_documents) - 1]
         wanted = [(k <= limit) & m for k, m in zip(keys, keep)]
-        chosen = [i for i, w in enumerate(wanted) if w.any()]
-        rows = _unit_rows([units[i] for i in chosen], sample=[np.packbits(wanted[i]).tobytes() for i in chosen])
+        sample = ray.remote(sample_unit)
         texts, hashes = [], []
-        for row in rows.map(sample_unit, fn_kwargs={"config": config.model_dump()}).iter_rows():
-            texts.extend(json.loads(row["texts"]))
-            hashes.append(row["hashes"])
+        for unit_texts, unit_hashes in _get([sample.remote(u, config, w) for u, w in zip(units, wanted) if w.any()]):
+            texts += unit_texts
+            hashes.append(unit_hashes)
         order = np.argsort(np.frombuffer(b"".join(hashes), dtype=f"V{HASH_BYTES}"), kind="stable")
         train_tokenizer((texts[i] for i in order), config.tokenizer.vocab_size).save(str(temporary))
     os.replace(temporary, path)
@@ -175,7 +180,10 @@ def _write_units(units, keep: list[np.ndarray], config: DataConfig, tokenizer_pa
     todo = [u for u in units if not unit_marker(out_dir, u.index).is_file()]
     if not todo:
         return
-    rows = _unit_rows(todo, keep=[np.packbits(keep[u.index]).tobytes() for u in todo])
+    rows = ray.data.from_items(
+        [{"unit": json.dumps(u.to_dict()), "keep": np.packbits(keep[u.index]).tobytes()} for u in todo],
+        override_num_blocks=len(todo),
+    )
     nodes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]]
     written = rows.map_batches(
         TokenizeUnits,

@@ -68,12 +68,11 @@ def unit_documents(unit: WorkUnit, config: DataConfig) -> Iterator[tuple[str, st
                 yield "doc", text, content_hash(text)
 
 
-def scan_unit(row: dict, config: dict) -> dict:
+def scan_unit(unit: WorkUnit, config: DataConfig) -> dict:
     """Counts, rejects and the content hashes of the unit's valid documents, in order."""
-    unit, data_config = WorkUnit.from_dict(json.loads(row["unit"])), DataConfig(**config)
     hashes: list[bytes] = []
     rejected, filtered, rejects = Counter(), Counter(), []
-    for kind, value, where in unit_documents(unit, data_config):
+    for kind, value, where in unit_documents(unit, config):
         if kind == "doc":
             hashes.append(where)
         elif kind == "filtered":
@@ -82,28 +81,21 @@ def scan_unit(row: dict, config: dict) -> dict:
             rejected[value] += 1
             rejects.append({"file": where[0], "line": where[1], "reason": value, "detail": where[2]})
     counts = {"rejected": dict(rejected), "filtered": dict(filtered), "valid": len(hashes)}
-    return {
-        "index": unit.index,
-        "hashes": b"".join(hashes),
-        "counts": json.dumps(counts),
-        "rejects": json.dumps(rejects),
-    }
+    return {"index": unit.index, "hashes": b"".join(hashes), "counts": counts, "rejects": rejects}
 
 
-def sample_unit(row: dict, config: dict) -> dict:
-    """The texts of the unit's documents marked in `row["sample"]` (one bit per valid document)."""
-    unit, data_config = WorkUnit.from_dict(json.loads(row["unit"])), DataConfig(**config)
-    wanted = np.unpackbits(np.frombuffer(row["sample"], dtype=np.uint8)).astype(bool)
+def sample_unit(unit: WorkUnit, config: DataConfig, wanted: np.ndarray) -> tuple[list[str], bytes]:
+    """The texts and hashes of the unit's valid documents marked in `wanted`."""
     texts, hashes = [], []
     position = 0
-    for kind, text, digest in unit_documents(unit, data_config):
+    for kind, text, digest in unit_documents(unit, config):
         if kind != "doc":
             continue
         if wanted[position]:
             texts.append(text)
             hashes.append(digest)
         position += 1
-    return {"texts": json.dumps(texts), "hashes": b"".join(hashes)}
+    return texts, b"".join(hashes)
 
 
 class TokenizeUnits:

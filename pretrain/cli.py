@@ -43,7 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="build tokenized Arrow shards from raw text (Ray Data)")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    build = _with_config(data_commands.add_parser("build", help="clean, tokenize and shard a corpus", epilog=EPILOG))
+    build = _with_config(
+        data_commands.add_parser(
+            "build",
+            help="read, clean, deduplicate, tokenize and shard data.sources (resumes a killed build)",
+            description="Build Arrow shards, tokenizer.json, rejects.jsonl and manifest.json in data.output_dir. "
+            "Run it again after a crash to resume: finished work is kept and the result is byte-identical.",
+            epilog="Reference: docs/data.md. " + EPILOG,
+        )
+    )
     build.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else in-process Ray)")
     for action, help_text in (
         ("inspect", "totals, per-source counts, length and token-frequency summaries, decoded samples"),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 
 from pretrain.config import Config
 from pretrain.errors import ConfigError
@@ -78,6 +78,9 @@ class Tracker:
         if self._pending:
             self._operations.append(self.client.log_batch(self.run_id, metrics=self._pending, synchronous=False))
             self._pending = []
+
+    def set_tags(self, tags: dict[str, object]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)

@@ -134,6 +134,16 @@ def train(config: Config, resume: bool = False) -> Progress:
         loader.load_state_dict(state["loader"])
         progress.step, progress.tokens_seen, run_id = state["step"], state["tokens_seen"], state["mlflow_run_id"]
     tracker = start_tracking(config, data_dir, run_id) if rank == 0 else None
+    if tracker:
+        # What the loader makes of the dataset at this sequence length: only shard tails are left out.
+        sequences = sum(len(group) for group in loader.groups)
+        tracker.set_tags(
+            {
+                "data.fingerprint": loader.fingerprint,
+                "data.train_sequences": sequences,
+                "data.dropped_tokens": loader.dropped_tokens,
+            }
+        )
     try:
         run_loop(config, engine, loader, val, progress, tracker)
         finish(config, engine, loader, progress, tracker, manifest)

@@ -264,3 +264,16 @@ def test_a_source_that_cannot_be_opened_fails_the_build_with_its_name(tmp_path):
     )
     with pytest.raises(DataError, match="broken.parquet: cannot be opened as Parquet"):
         build_dataset(config, {})
+
+
+def test_inspect_and_verify_commands(built, capsys):
+    from pretrain.cli import main
+
+    root, _, manifest = built
+    assert main(["data", "inspect", "--dir", str(root / "out")]) == 0
+    report = capsys.readouterr().out
+    assert f"fingerprint {manifest['fingerprint']}" in report
+    assert "web: " in report and "duplicates" in report and "document length (tokens): min" in report
+    assert "most frequent tokens:" in report and "sample from train-" in report
+    assert main(["data", "verify", "--dir", str(root / "out")]) == 0
+    assert f"{len(manifest['shards'])} shards and the tokenizer match" in capsys.readouterr().out

@@ -83,6 +83,9 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(job):
     assert run.data.params["model.n_layer"] == "2"
     assert run.data.params["parallel.zero_stage"] == "1"
     assert run.data.tags["world_size"] == "2"
+    manifest = json.loads((job["work"] / "data" / "manifest.json").read_text())
+    assert run.data.tags["data.fingerprint"] == manifest["fingerprint"]
+    assert 0 < int(run.data.tags["data.dropped_tokens"]) < 64 * manifest["totals"]["train"]["shards"]
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
     assert len(losses) == 6  # every 5 steps of 30
     assert losses[-1] < losses[0] - 0.5

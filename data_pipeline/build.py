@@ -196,7 +196,7 @@ def _write_units(units, keep: list[np.ndarray], config: DataConfig, tokenizer_pa
         # One actor per node: its tokenizer already encodes on every core of the node (and
         # measured faster than one single-threaded actor per core). It reserves all but one
         # CPU, which stays free for Ray's own work, and SPREAD puts each actor on its own node.
-        concurrency=max(1, min(len(todo), sum(1 for cpus in nodes if cpus >= 1))),
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(len(todo), sum(1 for cpus in nodes if cpus >= 1)))),
         num_cpus=max(1, int(min(cpus for cpus in nodes if cpus >= 1)) - 1),
         scheduling_strategy="SPREAD",
     )

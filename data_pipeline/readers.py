@@ -37,17 +37,62 @@ class Reject:
     detail: str
 
 
-Record = tuple[int, str] | Reject  # (line, text) or a reject
+Record = str | Reject  # a document's text, or a reject that says where and why
 
 
 def read_records(input_file: InputFile, text_field: str = "text", text_unit: str = "file") -> Iterator[Record]:
     reader = {
-        "jsonl": lambda: _jsonl_records(input_file.uri, text_field.split(".")),
+        "jsonl": lambda: _jsonl_records(input_file, text_field.split(".")),
         "parquet": lambda: _parquet_records(input_file.uri, text_field.split(".")),
-        "text": lambda: _text_records(input_file.uri, text_unit),
+        "text": lambda: _text_records(input_file, text_unit),
         "python-docstrings": lambda: _docstring_records(input_file.uri),
     }[input_file.format]
-    return reader()
+    if input_file.start == 0:
+        return reader()
+    return _numbered_from_file_start(reader(), input_file)
+
+
+def _numbered_from_file_start(records: Iterator[Record], input_file: InputFile) -> Iterator[Record]:
+    """A byte range counts lines from its own start; a reject gets the line number within the file.
+
+    The lines before the range are counted only when a reject needs them, so a clean range costs nothing.
+    """
+    lines_before = None
+    for record in records:
+        if isinstance(record, Reject):
+            if lines_before is None:
+                lines_before = _count_lines_before(input_file.uri, _first_line_start(input_file))
+            record = Reject(record.line + lines_before, record.reason, record.detail)
+        yield record
+
+
+def _first_line_start(input_file: InputFile) -> int:
+    """Where the range's first line starts: a line belongs to the range that holds its first byte.
+
+    The search stops at the range's end (a range inside one long line holds no line), so reading a
+    range never costs more than its own size.
+    """
+    fs, path = filesystem(input_file.uri)
+    end = input_file.end if input_file.end is not None else input_file.size
+    with fs.open_input_file(path) as f:
+        f.seek(input_file.start - 1)
+        position = input_file.start - 1
+        while position < end and (chunk := f.read(min(CHUNK_BYTES, end - position))):
+            newline = chunk.find(b"\n")
+            if newline >= 0:
+                return position + newline + 1
+            position += len(chunk)
+    return end
+
+
+def _count_lines_before(uri: str, offset: int) -> int:
+    fs, path = filesystem(uri)
+    count = 0
+    with fs.open_input_file(path) as f:
+        while offset > 0 and (chunk := f.read(min(1 << 20, offset))):
+            count += chunk.count(b"\n")
+            offset -= len(chunk)
+    return count
 
 
 def _open_stream(uri: str) -> io.RawIOBase | pa.NativeFile:
@@ -62,12 +107,23 @@ def _open_stream(uri: str) -> io.RawIOBase | pa.NativeFile:
         raise DataError(f"{uri}: cannot be opened ({err}); fix it or remove it from data.sources") from err
 
 
-def _lines(uri: str) -> Iterator[tuple[int, bytes] | Reject]:
-    """The file's lines as bytes, numbered from 1; a truncated compressed file ends with a reject."""
+def _lines(input_file: InputFile) -> Iterator[tuple[int, bytes] | Reject]:
+    """The lines of the file, or of its byte range, as bytes, numbered from 1 (within the range).
+
+    A truncated compressed file ends with a reject.
+    """
+    if input_file.end is None:
+        stream, budget = _open_stream(input_file.uri), None
+    else:  # only uncompressed files are split into ranges: seek to the first line that starts in it
+        fs, path = filesystem(input_file.uri)
+        stream = fs.open_input_file(path)
+        first = _first_line_start(input_file) if input_file.start > 0 else 0
+        stream.seek(first)
+        budget = input_file.end - first  # bytes in which the range's lines start
     partial: list[bytes] = []  # the pieces of a line that spans chunks (joined once: no quadratic copying)
     line_number = 0
-    with _open_stream(uri) as stream:
-        while True:
+    with stream:
+        while budget is None or budget > 0:
             try:
                 chunk = stream.read1(CHUNK_BYTES)  # what is decoded so far, not a full block
             except (OSError, EOFError) as err:
@@ -82,9 +138,15 @@ def _lines(uri: str) -> Iterator[tuple[int, bytes] | Reject]:
             lines[0] = b"".join([*partial, lines[0]])
             partial = [lines.pop()]
             for line in lines:
+                if budget is not None:
+                    if budget <= 0:
+                        return
+                    budget -= len(line) + 1
                 line_number += 1
                 yield line_number, line
-    if any(partial):
+            if budget is not None and budget <= 0:
+                return
+    if any(partial) and (budget is None or budget > 0):
         yield line_number + 1, b"".join(partial)
 
 
@@ -105,11 +167,11 @@ def _field(record: object, path: list[str], line_number: int) -> Record:
         value = value[key]
     if not isinstance(value, str):
         return Reject(line_number, "not_a_string", f"{'.'.join(path)!r} is a {type(value).__name__}")
-    return line_number, value
+    return value
 
 
-def _jsonl_records(uri: str, path: list[str]) -> Iterator[Record]:
-    for item in _lines(uri):
+def _jsonl_records(input_file: InputFile, path: list[str]) -> Iterator[Record]:
+    for item in _lines(input_file):
         if isinstance(item, Reject):
             yield item
             continue
@@ -128,23 +190,18 @@ def _jsonl_records(uri: str, path: list[str]) -> Iterator[Record]:
         yield _field(record, path, line_number)
 
 
-def _text_records(uri: str, text_unit: str) -> Iterator[Record]:
+def _text_records(input_file: InputFile, text_unit: str) -> Iterator[Record]:
     if text_unit == "line":
-        for item in _lines(uri):
-            if isinstance(item, Reject):
-                yield item
-                continue
-            text = _decode(item[1], item[0])
-            yield text if isinstance(text, Reject) else (item[0], text)
+        for item in _lines(input_file):
+            yield item if isinstance(item, Reject) else _decode(item[1], item[0])
         return
-    with _open_stream(uri) as stream:
+    with _open_stream(input_file.uri) as stream:
         try:
             data = stream.read()
         except (OSError, EOFError) as err:
             yield Reject(1, "truncated_file", f"the file cannot be read to its end: {err}")
             return
-    text = _decode(data, 1)
-    yield text if isinstance(text, Reject) else (1, text)
+    yield _decode(data, 1)
 
 
 def _parquet_records(uri: str, path: list[str]) -> Iterator[Record]:
@@ -174,7 +231,7 @@ def _parquet_records(uri: str, path: list[str]) -> Iterator[Record]:
             elif not is_text:
                 yield Reject(row, "not_a_string", f"{'.'.join(path)!r} is {column.type}")
             else:
-                yield row, value
+                yield value
 
 
 def _docstring_records(uri: str) -> Iterator[Record]:
@@ -189,4 +246,4 @@ def _docstring_records(uri: str) -> Iterator[Record]:
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             docstring = ast.get_docstring(node, clean=False)
             if docstring:
-                yield getattr(node, "lineno", 1), inspect.cleandoc(docstring)
+                yield inspect.cleandoc(docstring)

@@ -16,7 +16,8 @@ import glob
 import hashlib
 import json
 import sysconfig
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -39,6 +40,9 @@ class InputFile:
     size: int
     mtime_ns: int
     format: str  # jsonl | parquet | text | python-docstrings
+    # A byte range of a large line-oriented file: the lines that start in [start, end).
+    start: int = 0
+    end: int | None = None
 
 
 @dataclass(frozen=True)
@@ -146,18 +150,37 @@ def _stdlib_files() -> list[InputFile]:
     return [InputFile(str(p), p.stat().st_size, p.stat().st_mtime_ns, EMBEDDED_FORMAT) for p in paths]
 
 
+def _splittable(input_file: InputFile, source: SourceConfig) -> bool:
+    """Uncompressed files of one record per line can be read from any byte on."""
+    line_records = input_file.format == "jsonl" or (input_file.format == "text" and source.text_unit == "line")
+    return line_records and not input_file.uri.endswith(COMPRESSIONS[1:])
+
+
+def _pieces(input_file: InputFile, source: SourceConfig, target: int) -> list[InputFile]:
+    """The file, or byte ranges of about `target` bytes when it is large and splittable."""
+    if input_file.size <= target or not _splittable(input_file, source):
+        return [input_file]
+    bounds = list(range(0, input_file.size, target)) + [input_file.size]
+    return [replace(input_file, start=a, end=b) for a, b in pairwise(bounds)]
+
+
 def plan_units(config: DataConfig) -> list[WorkUnit]:
-    """Cut every source's files into units of about `shard_size_mb` of input, in order."""
+    """Cut every source's files into units of about `shard_size_mb` of input, in order.
+
+    Small files are grouped; a large uncompressed JSONL or line-per-document text
+    file is split into byte ranges, so one big file still keeps every worker busy.
+    """
     target = int(config.shard_size_mb * 1e6)
     units: list[WorkUnit] = []
     for source in config.sources:
         batch: list[InputFile] = []
         number = 0
         for input_file in list_source_files(source):
-            batch.append(input_file)
-            if sum(f.size for f in batch) >= target:
-                units.append(WorkUnit(len(units), source.name, number, tuple(batch)))
-                batch, number = [], number + 1
+            for piece in _pieces(input_file, source, target):
+                batch.append(piece)
+                if sum((f.end if f.end is not None else f.size) - f.start for f in batch) >= target:
+                    units.append(WorkUnit(len(units), source.name, number, tuple(batch)))
+                    batch, number = [], number + 1
         if batch:
             units.append(WorkUnit(len(units), source.name, number, tuple(batch)))
     return units

@@ -61,7 +61,7 @@ def unit_documents(unit: WorkUnit, config: DataConfig) -> Iterator[tuple[str, st
             if isinstance(record, Reject):
                 yield "rejected", record.reason, (input_file.uri, record.line, record.detail)
                 continue
-            text, rule = clean_text(record[1], config.cleaning)
+            text, rule = clean_text(record, config.cleaning)
             if rule is not None:
                 yield "filtered", rule, None
             else:

@@ -41,7 +41,7 @@ def write_corpus(root: Path, documents: list[str]) -> dict[str, list[str]]:
         f.write(json.dumps({"text": "short"}).encode() + b"\n")  # filtered: too_short
         f.write(json.dumps({"text": "lone \ud800 surrogate " + documents[150]}).encode() + b"\n")
         f.write(json.dumps({"text": documents[0]}).encode() + b"\n")  # duplicate within the source
-    with open(web / "huge.jsonl", "w") as f:  # one 50 MB document: filtered as too_long
+    with gzip.open(web / "huge.jsonl.gz", "wt") as f:  # one 50 MB document: filtered as too_long
         f.write(json.dumps({"text": "word " * 10_000_000}) + "\n")
     with pa.CompressedOutputStream(str(web / "b.jsonl.zst"), "zstd") as f:
         f.write("".join(json.dumps({"text": t}) + "\n" for t in documents[151:250]).encode())

@@ -11,7 +11,7 @@
    text between processes, and makes the unit the step a killed build
    resumes from.
 
-Reading twice costs little: parsing and cleaning run at tens of MB/s per
+Reading again costs little: parsing and cleaning run at tens of MB/s per
 core, tokenizing at a few.
 """
 

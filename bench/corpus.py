@@ -22,7 +22,7 @@ from data_pipeline.sources import list_source_files
 def word_frequencies() -> tuple[list[str], np.ndarray]:
     counts: Counter = Counter()
     for input_file in list_source_files(embedded_source()):
-        for _, text in read_records(input_file):
+        for text in read_records(input_file):  # the embedded corpus has no rejects
             counts.update(re.findall(r"[A-Za-z][A-Za-z']*|[0-9]+|[.,;:()]", text))
     words, freq = zip(*counts.most_common())
     return list(words), np.array(freq, dtype=np.float64) / sum(freq)

@@ -4,7 +4,8 @@
     python bench/data_build.py --mb 50 --memory    # peak memory at 50 MB and 4x that (goal: within 1.5x)
 
 Raw limit: `Tokenizer.encode_batch` over the same documents already in
-memory (parsed before the clock starts), on the same cores. The build runs
+memory (parsed before the clock starts), on the same cores, measured before
+and after the build and averaged. The build runs
 end to end (`pretrain data build` in a fresh process: Ray start, scan,
 deduplication, tokenize, write, manifest) with the same tokenizer given as
 `data.tokenizer.path`, so both sides do the same tokenizing.
@@ -97,13 +98,20 @@ def throughput(work: Path, mb: float, shard_mb: float) -> None:
     tokenizer_path = work / "tokenizer.json"
     train_tokenizer(read_texts(files[0]), 8192).save(str(tokenizer_path))
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    raw_tokens, raw_seconds = raw_limit(files, tokenizer)
+    # The raw limit is measured before and after the build and averaged: on a shared machine the
+    # speed drifts, and a baseline taken only before (or after) can land in a slow or fast spell.
+    raw_tokens, raw_before = raw_limit(files, tokenizer)
     manifest, seconds, peak = run_build(work / "corpus", tokenizer_path, work / "out", shard_mb)
+    _, raw_after = raw_limit(files, tokenizer)
+    raw_seconds = (raw_before + raw_after) / 2
     tokens = manifest["totals"]["train"]["tokens"] + manifest["totals"]["val"]["tokens"]
     documents = manifest["sources"]["prose"]["documents_written"]
     raw_rate, build_rate = raw_tokens / raw_seconds, (tokens - documents) / seconds  # build adds one EOT per document
     print(f"machine: {os.cpu_count()} cores; corpus {size / 1e6:.0f} MB in {len(files)} files, {documents:,} documents")
-    print(f"raw encode_batch: {raw_tokens:,} tokens in {raw_seconds:.1f} s = {raw_rate / 1e6:.2f} M tokens/s")
+    print(
+        f"raw encode_batch: {raw_tokens:,} tokens in {raw_seconds:.1f} s (before {raw_before:.1f} s, "
+        f"after {raw_after:.1f} s) = {raw_rate / 1e6:.2f} M tokens/s"
+    )
     print(f"pretrain data build: {tokens - documents:,} tokens in {seconds:.1f} s = {build_rate / 1e6:.2f} M tokens/s")
     print(f"ratio build / raw: {build_rate / raw_rate:.2f}; peak memory of the build {peak / 2**30:.2f} GiB")
 

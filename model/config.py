@@ -14,6 +14,7 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
+    n_kv_heads: int | None = None  # grouped-query attention: fewer key/value heads; None means n_head
     pos_encoding: Literal["learned", "sinusoidal", "rope"] = "learned"
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     mlp: Literal["gelu", "swiglu"] = "gelu"
@@ -22,6 +23,7 @@ class GPTConfig:
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    ffn_hidden_size: int | None = None  # None: 4 x n_embd (gelu), or about 8/3 x n_embd (swiglu)
 
     def __post_init__(self) -> None:
         # Raised as ValueError so that a config schema wrapping this dataclass
@@ -31,6 +33,11 @@ class GPTConfig:
                 f"n_head ({self.n_head}) must divide n_embd ({self.n_embd}); "
                 f"allowed n_head values: {_divisors(self.n_embd)}"
             )
+        if self.n_head % self.kv_heads != 0:
+            raise ValueError(
+                f"n_kv_heads ({self.kv_heads}) must divide n_head ({self.n_head}); "
+                f"allowed n_kv_heads values: {_divisors(self.n_head)}"
+            )
         if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2 != 0:
             raise ValueError(f"rope needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
 
@@ -39,7 +46,13 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
     @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_head
+
+    @property
     def ffn_hidden(self) -> int:
+        if self.ffn_hidden_size is not None:
+            return self.ffn_hidden_size
         # SwiGLU has three matrices instead of two; 2/3 of 4x keeps the
         # parameter count equal to the GELU MLP (as in Llama), rounded to 64.
         if self.mlp == "swiglu":

@@ -72,26 +72,36 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.n_head = config.n_head
+        self.n_head, self.kv_heads = config.n_head, config.kv_heads
         self.head_dim = config.head_dim
         self.dropout = config.dropout
+        kv_width = config.kv_heads * config.head_dim
         self.q_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.k_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.v_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.k_proj = nn.Linear(config.n_embd, kv_width, bias=config.bias)
+        self.v_proj = nn.Linear(config.n_embd, kv_width, bias=config.bias)
         self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         batch, seq, width = x.shape
         # (batch, seq, width) -> (batch, heads, seq, head_dim)
-        q, k, v = (
-            proj(x).view(batch, seq, self.n_head, self.head_dim).transpose(1, 2)
-            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        q = self.q_proj(x).view(batch, seq, self.n_head, self.head_dim).transpose(1, 2)
+        k, v = (
+            proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+            for proj in (self.k_proj, self.v_proj)
         )
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         # softmax(QK^T / sqrt(d)) V with the causal mask, through PyTorch's
-        # fused kernels (flash / memory-efficient on GPU).
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        # fused kernels (flash / memory-efficient on GPU). With grouped-query
+        # attention each key/value head serves n_head / kv_heads query heads.
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            is_causal=True,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.kv_heads != self.n_head,
+        )
         return self.o_proj(y.transpose(1, 2).reshape(batch, seq, width))
 
 

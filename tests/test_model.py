@@ -129,3 +129,28 @@ def test_too_long_input_is_refused():
 def test_invalid_head_count_says_what_is_allowed():
     with pytest.raises(ValueError, match=r"n_head \(5\) must divide n_embd \(32\)"):
         GPTConfig(n_embd=32, n_head=5)
+
+
+def test_grouped_query_attention_shares_each_key_value_head_across_its_group():
+    """n_kv_heads=2 of 4: the same as full attention whose K/V heads are each repeated twice."""
+    torch.manual_seed(0)
+    config = GPTConfig(**TINY, pos_encoding="rope", norm="rmsnorm", mlp="swiglu", bias=False, n_kv_heads=2)
+    grouped = GPT(config).eval()
+    assert grouped.layers[0].self_attn.k_proj.weight.shape == (2 * config.head_dim, config.n_embd)
+    full = GPT(GPTConfig(**{**config.__dict__, "n_kv_heads": None})).eval()
+    state = grouped.state_dict()
+    for name, value in state.items():
+        if name.endswith(("k_proj.weight", "v_proj.weight")):
+            # Head h of the full model reads K/V head h // 2 of the grouped one.
+            value = value.view(2, config.head_dim, -1).repeat_interleave(2, dim=0).reshape(config.n_embd, -1)
+        full.state_dict()[name].copy_(value)
+    ids = torch.randint(0, 97, (2, 16))
+    torch.testing.assert_close(grouped(ids)[0], full(ids)[0])
+
+
+def test_model_config_errors_name_the_allowed_values():
+    with pytest.raises(
+        ValueError, match=r"n_kv_heads \(3\) must divide n_head \(4\); allowed n_kv_heads values: \[1, 2, 4\]"
+    ):
+        GPTConfig(**TINY, n_kv_heads=3)
+    assert GPTConfig(**TINY, mlp="swiglu", ffn_hidden_size=100).ffn_hidden == 100

@@ -8,6 +8,7 @@
     pretrain generate   --config configs/demo.yaml --prompt "Return the"
     pretrain submit     --config configs/demo.yaml --detach
     pretrain config     --config configs/demo.yaml train.lr=3e-4   # the resolved config
+    pretrain model info llama-1b --zero-stage 3 --world-size 8     # size, FLOPs, memory
 
 Every subcommand takes `--config FILE` and dotted `key.path=value` overrides.
 """
@@ -79,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
     generate.add_argument("--top-k", type=int, default=50)
     generate.add_argument("--seed", type=int, default=0)
+
+    model = commands.add_parser("model", help="model presets: size, FLOPs and memory")
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    info = model_commands.add_parser(
+        "info", help="parameters, FLOPs per token and memory per rank of a preset (configs/model/)"
+    )
+    info.add_argument("preset", help="a preset name (gpt2-small, llama-1b, ...) or a YAML file of model settings")
+    info.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    info.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=1)
+    info.add_argument("--world-size", type=int, default=1, help="data-parallel ranks")
+    info.add_argument("--seq-len", type=int, help="sequence length for the attention FLOPs (default: max_seq_len)")
 
     _with_config(
         commands.add_parser(
@@ -179,6 +191,13 @@ def cmd_generate(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    from pretrain.model_info import describe
+
+    print(describe(args.preset, args.precision, args.zero_stage, args.world_size, args.seq_len))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, config: Config) -> int:
     print(config.to_yaml(), end="")
     return 0
@@ -202,13 +221,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [arg for arg in extras if arg not in late_overrides]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.overrides = [*args.overrides, *late_overrides]
+    args.overrides = [*getattr(args, "overrides", []), *late_overrides]
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.command == "model":  # about a preset, not a job: no config
+            return cmd_model(args)
         config = load_config(args.config, args.overrides)
         return COMMANDS[args.command](args, config)
     except (PretrainError, DataError) as err:

@@ -1,0 +1,98 @@
+"""`pretrain model info`: what a model preset costs before any run, from its config alone.
+
+Parameters are counted on PyTorch's meta device (exact, no memory). FLOPs per
+token follow PaLM's count, as nanoGPT's MFU does: 6 per matrix parameter
+(forward and backward) plus 12 * n_layer * n_embd * seq_len for attention.
+Memory per rank follows the ZeRO paper's accounting for Adam: bf16 mixed
+precision keeps 2 bytes of weights, 2 of gradients and 12 of optimizer state
+(fp32 master weights, momentum, variance) per parameter; fp32 keeps 4, 4
+and 8. ZeRO stage 1 shards the optimizer state across the data-parallel
+ranks, stage 2 also the gradients, stage 3 also the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from model import GPT, GPTConfig
+from pretrain.errors import ConfigError
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
+BYTES_PER_PARAM = {"bf16": (2, 2, 12), "fp32": (4, 4, 8)}  # weights, gradients, optimizer state
+
+
+def preset_names() -> list[str]:
+    return sorted(path.stem for path in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> GPTConfig:
+    """A preset by name (`gpt2-small`) or a YAML file of model settings."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"model preset {name!r} does not exist; choose one of {', '.join(preset_names())}")
+    try:
+        return GPTConfig(**yaml.safe_load(path.read_text()))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: not a valid model config ({err})") from err
+
+
+@dataclass
+class ModelCost:
+    parameters: int
+    embedding_parameters: int  # the lookup tables: token and position embeddings
+    matrix_parameters: int  # the parameters a token multiplies through (the head included)
+    flops_per_token: int
+
+    @property
+    def non_embedding_parameters(self) -> int:
+        return self.parameters - self.embedding_parameters
+
+
+def model_cost(config: GPTConfig, seq_len: int | None = None) -> ModelCost:
+    with torch.device("meta"):
+        model = GPT(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    lookups = [model.embed_tokens.weight.numel()]
+    if config.pos_encoding == "learned":
+        lookups.append(model.embed_positions.weight.numel())
+    # A tied head is the token embedding used as a matrix: its FLOPs count once.
+    lookup_only = sum(lookups) - (model.embed_tokens.weight.numel() if config.tie_embeddings else 0)
+    matrix = parameters - lookup_only
+    seq_len = seq_len or config.max_seq_len
+    flops = 6 * matrix + 12 * config.n_layer * config.n_embd * seq_len
+    return ModelCost(parameters, sum(lookups), matrix, flops)
+
+
+def memory_per_rank(parameters: int, precision: str, zero_stage: int, world_size: int) -> dict[str, float]:
+    """Bytes per rank for weights, gradients and optimizer state."""
+    weights, gradients, optimizer = (parameters * b for b in BYTES_PER_PARAM[precision])
+    return {
+        "weights": weights / (world_size if zero_stage >= 3 else 1),
+        "gradients": gradients / (world_size if zero_stage >= 2 else 1),
+        "optimizer": optimizer / (world_size if zero_stage >= 1 else 1),
+    }
+
+
+def describe(name: str, precision: str, zero_stage: int, world_size: int, seq_len: int | None) -> str:
+    config = load_preset(name)
+    cost = model_cost(config, seq_len)
+    memory = memory_per_rank(cost.parameters, precision, zero_stage, world_size)
+    gib = 2**30
+    shape = (
+        f"{name}: {config.n_layer} layers, {config.n_head} heads ({config.kv_heads} key/value), "
+        f"width {config.n_embd}, FFN {config.ffn_hidden}, vocabulary {config.vocab_size:,}, "
+        f"{config.pos_encoding} positions, {config.norm}, {config.mlp}"
+    )
+    per_rank = (
+        f"memory per rank ({precision}, ZeRO stage {zero_stage}, {world_size} data-parallel rank(s)): "
+        f"weights {memory['weights'] / gib:.2f} GiB, gradients {memory['gradients'] / gib:.2f} GiB, "
+        f"Adam state {memory['optimizer'] / gib:.2f} GiB, total {sum(memory.values()) / gib:.2f} GiB "
+        f"(activations not included)"
+    )
+    flops = f"FLOPs per token (training, sequence {seq_len or config.max_seq_len}): {cost.flops_per_token / 1e9:.3f} G"
+    parameters = f"parameters: {cost.parameters:,} ({cost.non_embedding_parameters:,} without embeddings)"
+    return f"{shape}\n{parameters}\n{flops}\n{per_rank}"

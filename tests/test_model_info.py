@@ -1,0 +1,71 @@
+"""Model presets and `pretrain model info`: counts against the reference models, FLOPs and ZeRO memory."""
+
+import pytest
+
+from model import GPT
+from pretrain.cli import main
+from pretrain.errors import ConfigError
+from pretrain.model_info import load_preset, memory_per_rank, model_cost, preset_names
+
+# Parameter counts of the reference models in Hugging Face transformers.
+REFERENCE_PARAMETERS = {
+    "gpt2-small": 124_439_808,  # GPT2LMHeadModel "gpt2"
+    "gpt2-medium": 354_823_168,
+    "gpt2-large": 774_030_080,
+    "gpt2-xl": 1_557_611_200,
+    "llama-1b": 1_100_048_384,  # TinyLlama-1.1B
+    "llama-7b": 6_738_415_616,  # Llama-2-7b
+}
+
+
+def test_every_preset_loads_and_the_issue_lists_are_there():
+    assert set(preset_names()) >= {
+        *REFERENCE_PARAMETERS,
+        "llama-160m",
+        "llama-410m",
+        "transformer-base",
+        "tiny",
+    }
+    for name in preset_names():
+        load_preset(name)
+
+
+@pytest.mark.parametrize("name, expected", REFERENCE_PARAMETERS.items())
+def test_parameter_counts_match_the_reference_models(name, expected):
+    assert model_cost(load_preset(name)).parameters == expected
+
+
+def test_counts_and_flops_follow_the_modules():
+    config = load_preset("tiny")
+    cost = model_cost(config, seq_len=64)
+    model = GPT(config)
+    assert cost.parameters == sum(p.numel() for p in model.parameters())
+    embeddings = model.embed_tokens.weight.numel() + model.embed_positions.weight.numel()
+    assert cost.non_embedding_parameters == cost.parameters - embeddings
+    # Tied head: the token table is multiplied once, the position table never.
+    matrix = cost.parameters - model.embed_positions.weight.numel()
+    assert cost.flops_per_token == 6 * matrix + 12 * config.n_layer * config.n_embd * 64
+
+
+def test_zero_stages_shard_optimizer_then_gradients_then_weights():
+    unsharded = memory_per_rank(1000, "bf16", 0, 4)
+    assert unsharded == {"weights": 2000, "gradients": 2000, "optimizer": 12000}
+    assert memory_per_rank(1000, "bf16", 1, 4) == {"weights": 2000, "gradients": 2000, "optimizer": 3000}
+    assert memory_per_rank(1000, "bf16", 2, 4) == {"weights": 2000, "gradients": 500, "optimizer": 3000}
+    assert memory_per_rank(1000, "fp32", 3, 4) == {"weights": 1000, "gradients": 1000, "optimizer": 2000}
+
+
+def test_model_info_command(capsys):
+    assert main(["model", "info", "llama-1b", "--zero-stage", "3", "--world-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "32 heads (4 key/value)" in out and "parameters: 1,100,048,384" in out
+    assert "ZeRO stage 3, 8 data-parallel rank(s)" in out
+    assert main(["model", "info", "gpt-5"]) == 1
+    assert "model preset 'gpt-5' does not exist; choose one of gpt2-large" in capsys.readouterr().err
+
+
+def test_a_broken_preset_file_is_named(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("n_layer: 2\nn_head: 3\nn_embd: 64\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml: not a valid model config \(n_head \(3\) must divide n_embd"):
+        load_preset(str(path))

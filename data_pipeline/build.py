@@ -34,7 +34,7 @@ from data_pipeline.cleaning import HASH_BYTES
 from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
 from data_pipeline.manifest import assemble_manifest, write_rejects
-from data_pipeline.shards import DATASET_FILES, TOKENIZER_NAME, write_manifest
+from data_pipeline.shards import DATASET_FILES, TOKENIZER_NAME, write_json_atomically, write_manifest
 from data_pipeline.sources import WorkUnit, plan_fingerprint, plan_units
 from data_pipeline.tokenizer import load_tokenizer, train_tokenizer
 from data_pipeline.work import (
@@ -44,7 +44,6 @@ from data_pipeline.work import (
     sample_unit,
     scan_unit,
     unit_marker,
-    write_json_atomically,
 )
 
 PLAN_NAME = "plan.json"
@@ -107,10 +106,6 @@ def _start_ray(ray_address: str | None) -> None:
     context.execution_options.preserve_order = True
     # A DataError raised by a worker (a source that cannot be opened) reaches the caller as itself.
     context.raise_original_map_exception = True
-
-
-def _cluster_cpus() -> int:
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def _get(refs):
@@ -184,7 +179,7 @@ def _write_units(units, keep: list[np.ndarray], config: DataConfig, tokenizer_pa
         [{"unit": json.dumps(u.to_dict()), "keep": np.packbits(keep[u.index]).tobytes()} for u in todo],
         override_num_blocks=len(todo),
     )
-    nodes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]]
+    node_cpus = [int(n["Resources"]["CPU"]) for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
     written = rows.map_batches(
         TokenizeUnits,
         fn_constructor_kwargs={
@@ -196,8 +191,8 @@ def _write_units(units, keep: list[np.ndarray], config: DataConfig, tokenizer_pa
         # One actor per node: its tokenizer already encodes on every core of the node (and
         # measured faster than one single-threaded actor per core). It reserves all but one
         # CPU, which stays free for Ray's own work, and SPREAD puts each actor on its own node.
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(len(todo), sum(1 for cpus in nodes if cpus >= 1)))),
-        num_cpus=max(1, int(min(cpus for cpus in nodes if cpus >= 1)) - 1),
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(len(todo), len(node_cpus)))),
+        num_cpus=max(1, min(node_cpus) - 1),
         scheduling_strategy="SPREAD",
     )
     for _ in written.iter_rows():

@@ -29,10 +29,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from data_pipeline.errors import DataError
-from data_pipeline.shards import read_manifest
+from data_pipeline.shards import read_manifest, tokens_column
 
 MIX_BLOCK = 1024
 
@@ -58,7 +57,7 @@ class TokenSequences:
         for shard in manifest["shards"]:
             if shard["split"] != split or (sources is not None and shard["source"] not in sources):
                 continue
-            column = pa.ipc.open_file(pa.memory_map(str(data_dir / shard["file"]))).get_batch(0).column("tokens")
+            column = tokens_column(data_dir / shard["file"])
             self._tokens.append(column.values.to_numpy(zero_copy_only=True))
             self._doc_offsets.append(column.offsets.to_numpy(zero_copy_only=True))
         counts = np.array([max(0, (len(t) - 1) // seq_len) for t in self._tokens], dtype=np.int64)

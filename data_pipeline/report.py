@@ -6,10 +6,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 from tokenizers import Tokenizer
 
-from data_pipeline.shards import TOKENIZER_NAME
+from data_pipeline.shards import TOKENIZER_NAME, tokens_column
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -62,7 +61,7 @@ def inspect_dataset(data_dir: Path, manifest: dict, samples: int = 3, sample_cha
     tokenizer = Tokenizer.from_file(str(data_dir / TOKENIZER_NAME))
     lengths, frequencies, decoded = [], Counter(), []
     for shard in manifest["shards"]:
-        column = pa.ipc.open_file(pa.memory_map(str(data_dir / shard["file"]))).get_batch(0).column("tokens")
+        column = tokens_column(data_dir / shard["file"])
         lengths.append(np.diff(column.offsets.to_numpy()))
         values = column.values.to_numpy()
         ids, counts = np.unique(values, return_counts=True)

@@ -95,12 +95,21 @@ class ShardWriter:
         self.pending_tokens, self.pending_lengths, self.pending_bytes = [], [], 0
 
 
-def write_manifest(out_dir: Path, manifest: dict) -> Path:
-    path = out_dir / MANIFEST_NAME
-    temporary = path.with_name(MANIFEST_NAME + ".tmp")
-    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+def write_json_atomically(path: Path, payload: dict) -> Path:
+    """Write under a temporary name, then rename: a reader never sees half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     os.replace(temporary, path)
     return path
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> Path:
+    return write_json_atomically(out_dir / MANIFEST_NAME, manifest)
+
+
+def tokens_column(path: Path) -> pa.ListArray:
+    """A shard's `tokens` column, memory-mapped: its values and offsets are zero-copy views of the file."""
+    return pa.ipc.open_file(pa.memory_map(str(path))).get_batch(0).column("tokens")
 
 
 def split_totals(shards: list[dict]) -> dict:

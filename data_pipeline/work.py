@@ -18,7 +18,6 @@ core, tokenizing at a few.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator
 from itertools import chain
@@ -29,7 +28,7 @@ import numpy as np
 from data_pipeline.cleaning import HASH_BYTES, clean_text, content_hash, is_validation
 from data_pipeline.config import DataConfig, SourceConfig
 from data_pipeline.readers import Reject, read_records
-from data_pipeline.shards import ShardWriter, token_dtype
+from data_pipeline.shards import ShardWriter, token_dtype, write_json_atomically
 from data_pipeline.sources import WorkUnit
 from data_pipeline.tokenizer import end_of_text_id, load_tokenizer
 
@@ -41,12 +40,6 @@ ENCODE_CHARS = 8_000_000
 
 def unit_marker(out_dir: Path, index: int) -> Path:
     return out_dir / WORK_DIR / f"unit-{index:05d}.json"
-
-
-def write_json_atomically(path: Path, payload: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    os.replace(temporary, path)
 
 
 def _source(config: DataConfig, name: str) -> SourceConfig:

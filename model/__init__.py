@@ -1,17 +1,19 @@
-"""The GPT network: configuration and modules, independent of how it is trained.
+"""The GPT network: configuration, modules and generation, independent of how it is trained.
 
 `GPTConfig` imports without torch (the data commands and config checks need
-it, not the network); `GPT` is imported on first use.
+it, not the network); `GPT`, `KVCache` and `generate` are imported on first use.
 """
 
 from model.config import GPTConfig
 
-__all__ = ["GPT", "GPTConfig"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "generate"]
+
+_LAZY = {"GPT": "model.gpt", "KVCache": "model.attention", "generate": "model.generation"}
 
 
 def __getattr__(name: str):
-    if name == "GPT":
-        from model.gpt import GPT
+    if name in _LAZY:
+        import importlib
 
-        return GPT
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'model' has no attribute {name!r}")

@@ -23,115 +23,26 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from model.attention import CausalSelfAttention, KVCache
 from model.config import GPTConfig
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalize in fp32: the mean of squares underflows easily in bf16.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
-
-def make_norm(config: GPTConfig) -> nn.Module:
-    if config.norm == "rmsnorm":
-        return RMSNorm(config.n_embd, config.norm_eps)
-    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
-
-
-def sinusoidal_table(max_seq_len: int, dim: int) -> torch.Tensor:
-    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(same), from the paper."""
-    position = torch.arange(max_seq_len, dtype=torch.float64).unsqueeze(1)
-    inv_freq = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-    table = torch.zeros(max_seq_len, dim, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(position * inv_freq)
-    table[:, 1::2] = torch.cos(position * inv_freq[: dim // 2])
-    return table.float()
-
-
-def rope_cos_sin(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary tables in the rotate-half layout of Hugging Face Llama."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.n_head, self.kv_heads = config.n_head, config.kv_heads
-        self.head_dim = config.head_dim
-        self.dropout = config.dropout
-        kv_width = config.kv_heads * config.head_dim
-        self.q_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.k_proj = nn.Linear(config.n_embd, kv_width, bias=config.bias)
-        self.v_proj = nn.Linear(config.n_embd, kv_width, bias=config.bias)
-        self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        batch, seq, width = x.shape
-        # (batch, seq, width) -> (batch, heads, seq, head_dim)
-        q = self.q_proj(x).view(batch, seq, self.n_head, self.head_dim).transpose(1, 2)
-        k, v = (
-            proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
-            for proj in (self.k_proj, self.v_proj)
-        )
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        # softmax(QK^T / sqrt(d)) V with the causal mask, through PyTorch's
-        # fused kernels (flash / memory-efficient on GPU). With grouped-query
-        # attention each key/value head serves n_head / kv_heads query heads.
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            is_causal=True,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.kv_heads != self.n_head,
-        )
-        return self.o_proj(y.transpose(1, 2).reshape(batch, seq, width))
-
-
-class MLP(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.swiglu = config.mlp == "swiglu"
-        if self.swiglu:
-            self.gate_proj = nn.Linear(config.n_embd, config.ffn_hidden, bias=config.bias)
-        self.up_proj = nn.Linear(config.n_embd, config.ffn_hidden, bias=config.bias)
-        self.down_proj = nn.Linear(config.ffn_hidden, config.n_embd, bias=config.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.swiglu:
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
+from model.layers import MLP, make_norm, rope_cos_sin, sinusoidal_table
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
+    """x + attention(norm(x)), then x + mlp(norm(x)): pre-norm residual blocks, as in GPT-2 and Llama."""
+
+    def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
         self.input_layernorm = make_norm(config)
-        self.self_attn = CausalSelfAttention(config)
+        self.self_attn = CausalSelfAttention(config, layer)
         self.post_attention_layernorm = make_norm(config)
         self.mlp = MLP(config)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), rope))
-        return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
+    def forward(self, x, rope, mask, cache=None, explicit=False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.self_attn(self.input_layernorm(x), rope, mask, cache, explicit)
+        x = x + self.resid_dropout(attended)
+        return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x))), weights
 
 
 class GPT(nn.Module):
@@ -146,12 +57,12 @@ class GPT(nn.Module):
             # never trained. Not persistent: it is recomputed from the config.
             self.register_buffer("sinusoids", sinusoidal_table(config.max_seq_len, config.n_embd), persistent=False)
         self.embed_dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.layers = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.norm = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.activation_checkpointing = False
+        self.activation_checkpointing = False  # the trainer's switch
         self.apply(self._init_weights)
         # GPT-2: scale the projections that write into the residual stream by
         # 1/sqrt(2 * n_layer), so the residual's variance does not grow with depth.
@@ -176,61 +87,101 @@ class GPT(nn.Module):
                 total -= self.embed_positions.weight.numel()
         return total
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None):
-        """Return (logits, loss); loss is the mean next-token cross-entropy when targets are given."""
-        seq = input_ids.shape[1]
-        if seq > self.config.max_seq_len:
-            raise ValueError(f"sequence length {seq} exceeds max_seq_len {self.config.max_seq_len}")
-        x = self.embed_tokens(input_ids)
-        rope = None
-        if self.config.pos_encoding == "learned":
-            x = x + self.embed_positions(torch.arange(seq, device=input_ids.device))
-        elif self.config.pos_encoding == "sinusoidal":
-            x = x + self.sinusoids[:seq]
-        else:
-            cos, sin = rope_cos_sin(seq, self.config.head_dim, self.config.rope_theta)
-            rope = (cos.to(x.device, x.dtype), sin.to(x.device, x.dtype))
-        x = self.embed_dropout(x)
-        for layer in self.layers:
-            if self.activation_checkpointing and self.training:
-                # Recompute the block's activations in backward instead of storing them.
-                x = checkpoint(layer, x, rope, use_reentrant=False)
-            else:
-                x = layer(x, rope)
-        logits = self.lm_head(self.norm(x))
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, loss); loss is the mean next-token cross-entropy when targets are given.
+
+        document_ids: (batch, seq), the document each token of a packed sequence
+            belongs to; positions restart at each document and attention stays
+            inside it.
+        attention_mask: (batch, cached + seq), 1 for tokens and 0 for padding,
+            as in Hugging Face: rows of different lengths, padded on the left.
+        cache: keys and values of the tokens before these (generation).
+        """
+        x, _ = self._run(input_ids, document_ids, attention_mask, cache, explicit=False)
+        logits = self.lm_head(x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
     @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        stop_token: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Sample a continuation of each row of `input_ids` (batch, seq), one token at a time.
+    def attention_weights(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
+        """softmax(Q K^T / sqrt(d)) of every layer: one (batch, heads, seq, seq) tensor per layer.
 
-        temperature 0 means greedy decoding.
+        Computed step by step, not by the fused kernel, which never forms them.
         """
-        for _ in range(max_new_tokens):
-            context = input_ids[:, -self.config.max_seq_len :]
-            logits, _ = self(context)
-            logits = logits[:, -1, :].float()
-            if temperature == 0:
-                next_token = logits.argmax(dim=-1, keepdim=True)
+        return self._run(input_ids, None, None, None, explicit=True)[1]
+
+    def _run(self, input_ids, document_ids, attention_mask, cache, explicit) -> tuple[torch.Tensor, list]:
+        """The final normalized hidden states, and each layer's attention weights when explicit."""
+        past = cache.length if cache is not None else 0
+        seq = input_ids.shape[1]
+        if past + seq > self.config.max_seq_len:
+            raise ValueError(f"sequence length {past + seq} exceeds max_seq_len {self.config.max_seq_len}")
+        positions, mask = positions_and_mask(seq, past, document_ids, attention_mask, input_ids.device)
+        x = self.embed_tokens(input_ids)
+        rope = None
+        if self.config.pos_encoding == "learned":
+            x = x + self.embed_positions(positions)
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + self.sinusoids[positions].to(x.dtype)
+        else:
+            rope = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        x = self.embed_dropout(x)
+        all_weights = []
+        for layer in self.layers:
+            if self.activation_checkpointing and self.training:
+                # Recompute the block's activations in backward instead of storing them.
+                x, weights = checkpoint(layer, x, rope, mask, use_reentrant=False)
             else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)
-                next_token = torch.multinomial(probs, num_samples=1, generator=generator)
-            input_ids = torch.cat((input_ids, next_token), dim=1)
-            if stop_token is not None and bool((next_token == stop_token).all()):
-                break
-        return input_ids
+                x, weights = layer(x, rope, mask, cache, explicit)
+            all_weights.append(weights)
+        if cache is not None:
+            cache.length += seq
+        return self.norm(x), all_weights
+
+
+def positions_and_mask(
+    seq: int,
+    past: int,
+    document_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each token's position, and the boolean attention mask (None: plain causal).
+
+    Positions are (seq,) when shared by the batch, (batch, seq) otherwise; the
+    mask broadcasts to (batch, heads, queries, keys).
+    """
+    index = torch.arange(past, past + seq, device=device)
+    if document_ids is not None:
+        # Packed documents: a token sees earlier tokens of its own document only,
+        # and its position counts from its document's first token in the sequence.
+        first = torch.ones_like(document_ids, dtype=torch.bool)
+        first[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+        starts = torch.where(first, index, 0).cummax(dim=1).values
+        same = document_ids.unsqueeze(2) == document_ids.unsqueeze(1)
+        return index - starts, (same & causal_mask(seq, past, device)).unsqueeze(1)
+    if attention_mask is not None:
+        # Left padding: positions count real tokens only; padding is never attended.
+        # A padding query attends itself, so no row of the softmax is empty (its output is unused).
+        valid = attention_mask.bool()
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+        keys = torch.arange(past + seq, device=device)
+        itself = keys == index.unsqueeze(1)
+        mask = (causal_mask(seq, past, device) & valid[:, None, :]) | itself
+        return positions, mask.unsqueeze(1)
+    return index, (None if past == 0 else causal_mask(seq, past, device))
+
+
+def causal_mask(seq: int, past: int, device: torch.device) -> torch.Tensor:
+    """(seq, past + seq): query i (at position past + i) may attend keys 0 .. past + i."""
+    return torch.ones(seq, past + seq, dtype=torch.bool, device=device).tril(diagonal=past)

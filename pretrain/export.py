@@ -1,4 +1,5 @@
-"""From a sharded DeepSpeed checkpoint to a self-contained model folder (see model_folder.py)."""
+"""From a sharded DeepSpeed checkpoint to a self-contained model folder (see model_folder.py),
+or straight to a model in memory for `pretrain generate` and `pretrain attention`."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ from pathlib import Path
 
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from tokenizers import Tokenizer
 
 from data_pipeline.shards import TOKENIZER_NAME
+from data_pipeline.tokenizer import load_tokenizer
 from model import GPT
 from pretrain import checkpoint
 from pretrain.config import Config, load_config
 from pretrain.errors import CheckpointError
-from pretrain.model_folder import write_model_folder
+from pretrain.model_folder import WEIGHTS_NAME, load_model_folder, write_model_folder
 
 
 def consolidated_state_dict(config: Config, run_dir: Path, tag: str) -> dict[str, torch.Tensor]:
@@ -25,15 +28,34 @@ def consolidated_state_dict(config: Config, run_dir: Path, tag: str) -> dict[str
     return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag)
 
 
-def export(run_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
+def load_checkpoint_model(run_dir: Path, tag: str | None = None) -> tuple[GPT, str]:
+    """The model of a run's checkpoint (the latest unless `tag`), on the CPU, and the tag."""
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise CheckpointError(f"{run_dir}: not a run folder (no config.yaml); pass the folder `pretrain train` printed")
     config = load_config(config_path)
     tag = tag or checkpoint.latest_tag(run_dir)
     if tag is None or not (checkpoint.checkpoint_dir(run_dir) / tag).is_dir():
-        raise CheckpointError(f"{checkpoint.checkpoint_dir(run_dir)}: no checkpoint {tag or ''} to export")
+        raise CheckpointError(f"{checkpoint.checkpoint_dir(run_dir)}: no checkpoint {tag or ''} to load")
     model = GPT(config.model)
     model.load_state_dict(consolidated_state_dict(config, run_dir, tag))  # strict: the weights are complete
+    return model, tag
+
+
+def export(run_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
+    model, tag = load_checkpoint_model(run_dir, tag)
     info = {"run_dir": str(run_dir.resolve()), "checkpoint_tag": tag}
     return write_model_folder(model, run_dir / TOKENIZER_NAME, out_dir, info)
+
+
+def load_trained_model(path: Path, tag: str | None = None) -> tuple[GPT, Tokenizer]:
+    """The model (eval mode, CPU) and tokenizer of an exported folder or of a run folder's checkpoint."""
+    if (path / WEIGHTS_NAME).is_file():
+        return load_model_folder(path)
+    if not (path / "config.yaml").is_file():
+        raise CheckpointError(
+            f"{path}: neither an exported model folder (no {WEIGHTS_NAME}) nor a run folder (no config.yaml); "
+            f"pass the folder `pretrain export` or `pretrain train` printed"
+        )
+    model, _ = load_checkpoint_model(path, tag)
+    return model.eval(), load_tokenizer(path / TOKENIZER_NAME)

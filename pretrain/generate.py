@@ -1,4 +1,4 @@
-"""Text in, text out: sample a continuation of a prompt from a model and its tokenizer."""
+"""Text in, text out: sample continuations of prompts from a model and its tokenizer."""
 
 from __future__ import annotations
 
@@ -6,31 +6,35 @@ import torch
 from tokenizers import Tokenizer
 
 from data_pipeline.tokenizer import end_of_text_id
-from model import GPT
+from model import GPT, generate
 
 
-def generate_text(
+def generate_texts(
     model: GPT,
     tokenizer: Tokenizer,
-    prompt: str,
+    prompts: list[str],
     max_new_tokens: int = 64,
     temperature: float = 0.8,
     top_k: int | None = 50,
+    top_p: float | None = None,
     seed: int = 0,
-) -> str:
-    """The prompt followed by up to `max_new_tokens` sampled tokens, stopping at end-of-text."""
+) -> list[str]:
+    """Each prompt followed by up to `max_new_tokens` sampled tokens, stopping at end-of-text.
+
+    The prompts are generated as one batch; an empty prompt starts from end-of-text.
+    """
     device = next(model.parameters()).device
-    ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [end_of_text_id(tokenizer)]
+    eot = end_of_text_id(tokenizer)
+    encoded = [tokenizer.encode(p, add_special_tokens=False).ids or [eot] for p in prompts]
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    output = model.generate(
-        torch.tensor([ids], device=device),
-        max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        stop_token=end_of_text_id(tokenizer),
-        generator=generator,
+    continuations = generate(
+        model, encoded, max_new_tokens, temperature, top_k, top_p, stop_tokens=[eot], generator=generator
     )
     model.train(was_training)
-    return tokenizer.decode(output[0].tolist(), skip_special_tokens=True)
+    return [tokenizer.decode(ids + new, skip_special_tokens=True) for ids, new in zip(encoded, continuations)]
+
+
+def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 64, **sampling) -> str:
+    return generate_texts(model, tokenizer, [prompt], max_new_tokens, **sampling)[0]

@@ -143,8 +143,10 @@ class BatchLoader:
         seed: int,
         mixture: dict[str, float] | None = None,
         manifest: dict | None = None,
+        document_ids: bool = False,
     ):
         manifest = manifest or read_manifest(data_dir)
+        self.document_ids = document_ids
         self.mixture = dict(mixture or {})
         self.groups = _sequence_groups(data_dir, split, seq_len, manifest, self.mixture)
         weights = list(self.mixture.values()) or [1.0]
@@ -163,14 +165,30 @@ class BatchLoader:
         group, index = self.order(position)
         return self.groups[group][index]
 
-    def next_step(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The (inputs, targets) micro-batches of this rank for the next optimizer step."""
+    def sample_document_ids(self, position: int) -> np.ndarray:
+        """Which document each input token of sample `position` belongs to, counted from 0 in the sequence."""
+        group, index = self.order(position)
+        starts = np.zeros(self.groups[group].seq_len, dtype=np.int64)
+        starts[self.groups[group].document_starts(index)] = 1
+        starts[0] = 0  # the first token's document is document 0, whether it starts there or not
+        return np.cumsum(starts)
+
+    def next_step(self) -> list[tuple[np.ndarray, ...]]:
+        """The micro-batches of this rank for the next optimizer step.
+
+        Each is (inputs, targets), or (inputs, targets, document ids) when the
+        loader was made with `document_ids=True`.
+        """
         per_rank = self.micro_batch_size * self.grad_accum_steps
         start = self.consumed + self.dp_rank * per_rank
-        rows = np.stack([self.sample(p) for p in range(start, start + per_rank)]).astype(np.int64)
+        positions = range(start, start + per_rank)
+        rows = np.stack([self.sample(p) for p in positions]).astype(np.int64)
+        arrays = [rows[:, :-1], rows[:, 1:]]
+        if self.document_ids:
+            arrays.append(np.stack([self.sample_document_ids(p) for p in positions]))
         self.consumed += self.global_batch
         return [
-            (rows[i : i + self.micro_batch_size, :-1], rows[i : i + self.micro_batch_size, 1:])
+            tuple(array[i : i + self.micro_batch_size] for array in arrays)
             for i in range(0, per_rank, self.micro_batch_size)
         ]
 

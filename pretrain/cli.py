@@ -5,7 +5,8 @@
     pretrain data verify --dir outputs/data/stdlib
     pretrain train      --config configs/demo.yaml train.lr=3e-4
     pretrain export     --config configs/demo.yaml
-    pretrain generate   --config configs/demo.yaml --prompt "Return the"
+    pretrain generate   --config configs/demo.yaml --prompt "Return the" --prompt "def"
+    pretrain attention  --checkpoint outputs/runs/first/export --text "I love it."   # heatmaps
     pretrain submit     --config configs/demo.yaml --detach
     pretrain config     --config configs/demo.yaml train.lr=3e-4   # the resolved config
     pretrain model info llama-1b --zero-stage 3 --world-size 8     # size, FLOPs, memory
@@ -74,12 +75,38 @@ def build_parser() -> argparse.ArgumentParser:
     generate = _with_config(
         commands.add_parser("generate", help="continue a prompt with an exported model", epilog=EPILOG)
     )
-    generate.add_argument("--model", type=Path, help="exported folder (default: <run folder>/export)")
-    generate.add_argument("--prompt", default="The", help="text to continue")
+    generate.add_argument(
+        "--model",
+        "--checkpoint",
+        dest="model",
+        type=Path,
+        help="an exported model folder, or a run folder (its latest checkpoint; default: <run folder>/export)",
+    )
+    generate.add_argument("--tag", help="with a run folder: the checkpoint tag (default: the latest)")
+    generate.add_argument(
+        "--prompt", action="append", help="text to continue; repeat for a batch (default: train.sample_prompt)"
+    )
     generate.add_argument("--max-new-tokens", type=int, default=64)
     generate.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    generate.add_argument("--top-k", type=int, default=50)
+    generate.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0: all")
+    generate.add_argument("--top-p", type=float, help="sample among the most likely tokens up to this probability")
     generate.add_argument("--seed", type=int, default=0)
+
+    attention = commands.add_parser(
+        "attention",
+        help="heatmaps of the attention weights of every layer and head for a text",
+        description="Run a trained model on a text and write its attention weights: one PNG per layer "
+        "(all heads), a large PNG of --layer/--head, and attention.npz; print that head's matrix.",
+        epilog="Reference: docs/attention.md.",
+    )
+    attention.add_argument(
+        "--checkpoint", type=Path, required=True, help="an exported model folder or a run folder (its checkpoint)"
+    )
+    attention.add_argument("--text", required=True, help="the text to look at, e.g. 'I love artificial intelligence.'")
+    attention.add_argument("--out", type=Path, default=Path("attention"), help="output folder (default: ./attention)")
+    attention.add_argument("--layer", type=int, default=0, help="layer whose head is printed and drawn large")
+    attention.add_argument("--head", type=int, default=0, help="head of --layer to print and draw large")
+    attention.add_argument("--tag", help="checkpoint tag of a run folder (default: the latest)")
 
     model = commands.add_parser("model", help="model presets: size, FLOPs and memory")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
@@ -183,11 +210,21 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, config: Config) -> int:
-    from pretrain.generate import generate_text
-    from pretrain.model_folder import load_model_folder
+    from pretrain.export import load_trained_model
+    from pretrain.generate import generate_texts
 
-    model, tokenizer = load_model_folder(args.model or config.run_dir / "export")
-    print(generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
+    model, tokenizer = load_trained_model(args.model or config.run_dir / "export", args.tag)
+    texts = generate_texts(
+        model,
+        tokenizer,
+        args.prompt or [config.train.sample_prompt],
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    print("\n\n".join(texts))
     return 0
 
 
@@ -195,6 +232,13 @@ def cmd_model(args: argparse.Namespace) -> int:
     from pretrain.model_info import describe
 
     print(describe(args.preset, args.precision, args.zero_stage, args.world_size, args.seq_len))
+    return 0
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from pretrain.attention_maps import show_attention
+
+    print(show_attention(args.checkpoint, args.text, args.out, args.layer, args.head, args.tag))
     return 0
 
 
@@ -230,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "model":  # about a preset, not a job: no config
             return cmd_model(args)
+        if args.command == "attention":  # about a trained model: no config either
+            return cmd_attention(args)
         config = load_config(args.config, args.overrides)
         return COMMANDS[args.command](args, config)
     except (PretrainError, DataError) as err:

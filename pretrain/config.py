@@ -46,7 +46,11 @@ class TrainConfig(Section):
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
     precision: Literal["fp32", "bf16"] = "fp32"
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward")
+    document_masking: bool = Field(
+        False,
+        description="packed sequences: positions restart at each document and attention stays inside it",
+    )
     mixture: dict[str, PositiveFloat] = Field(
         default_factory=dict,
         description="sample the dataset's sources by weight, e.g. {web: 0.7, code: 0.3}; empty: all sequences alike",

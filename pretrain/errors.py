@@ -11,3 +11,7 @@ class ConfigError(PretrainError):
 
 class CheckpointError(PretrainError):
     """A checkpoint is missing, incomplete or does not match the run."""
+
+
+class ExportError(PretrainError):
+    """A model cannot be exported to (or imported from) another format, such as Hugging Face's."""

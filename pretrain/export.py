@@ -3,10 +3,11 @@ or straight to a model in memory for `pretrain generate` and `pretrain attention
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import torch
-from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from tokenizers import Tokenizer
 
 from data_pipeline.shards import TOKENIZER_NAME
@@ -25,7 +26,13 @@ def consolidated_state_dict(config: Config, run_dir: Path, tag: str) -> dict[str
         # Without ZeRO every rank holds the whole model; rank 0's file has it.
         states = torch.load(directory / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
         return states["module"]
-    return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag)
+    # DeepSpeed reports on stdout (its accelerator when imported, its progress
+    # while merging), but a command's stdout is its result: a generated text, a
+    # table. Imported here, so that reading an exported folder does not pay for it.
+    with contextlib.redirect_stdout(sys.stderr):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag)
 
 
 def load_checkpoint_model(run_dir: Path, tag: str | None = None) -> tuple[GPT, str]:

@@ -8,6 +8,10 @@ precision keeps 2 bytes of weights, 2 of gradients and 12 of optimizer state
 (fp32 master weights, momentum, variance) per parameter; fp32 keeps 4, 4
 and 8. ZeRO stage 1 shards the optimizer state across the data-parallel
 ranks, stage 2 also the gradients, stage 3 also the weights.
+
+Model FLOPs utilization (MFU) divides the FLOPs a step needs by what the chip
+could do in that time at its dense bf16 peak: the datasheet figure without
+2:4 sparsity, which doubles the number and halves the MFU's honesty.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ from pretrain.errors import ConfigError
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 BYTES_PER_PARAM = {"bf16": (2, 2, 12), "fp32": (4, 4, 8)}  # weights, gradients, optimizer state
+# Dense bf16 peak FLOP/s by the name CUDA reports, most specific first (the
+# PCIe H100 is clocked lower than the SXM one). A chip not listed has no MFU.
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("A100", 312e12),
+)
 
 
 def preset_names() -> list[str]:
@@ -96,3 +108,14 @@ def describe(name: str, precision: str, zero_stage: int, world_size: int, seq_le
     flops = f"FLOPs per token (training, sequence {seq_len or config.max_seq_len}): {cost.flops_per_token / 1e9:.3f} G"
     parameters = f"parameters: {cost.parameters:,} ({cost.non_embedding_parameters:,} without embeddings)"
     return f"{shape}\n{parameters}\n{flops}\n{per_rank}"
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    """The chip's dense bf16 peak, or None for a chip not in the table (no MFU rather than a wrong one)."""
+    return next((peak for key, peak in PEAK_BF16_FLOPS if key in device_name), None)
+
+
+def mfu(tokens_per_s: float, flops_per_token: int, device_name: str, devices: int = 1) -> float | None:
+    """The fraction of `devices` chips' peak that training at `tokens_per_s` uses."""
+    peak = peak_bf16_flops(device_name)
+    return None if peak is None else tokens_per_s * flops_per_token / (peak * devices)

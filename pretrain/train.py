@@ -28,6 +28,7 @@ from pretrain.config import Config, save_config
 from pretrain.deepspeed_config import deepspeed_config
 from pretrain.errors import ConfigError
 from pretrain.generate import generate_text
+from pretrain.model_info import mfu, model_cost
 from pretrain.optim import lr_multiplier, param_groups
 from pretrain.preflight import check_job
 from pretrain.tracking import Tracker
@@ -91,7 +92,7 @@ def evaluate(engine, val: BatchLoader) -> float:
     return mean_over_ranks(torch.stack(losses).mean())
 
 
-def to_device(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
+def to_device(batch, device) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(array).to(device, non_blocking=True) for array in batch)
 
 
@@ -116,6 +117,7 @@ def train(config: Config, resume: bool = False) -> Progress:
         config.train.seed,
         mixture=config.train.mixture,
         manifest=manifest,
+        document_ids=config.train.document_masking,
     )
     val = BatchLoader(
         data_dir,
@@ -127,6 +129,7 @@ def train(config: Config, resume: bool = False) -> Progress:
         config.dp_size,
         config.train.seed,
         manifest=manifest,
+        document_ids=config.train.document_masking,
     )
     progress, run_id = Progress(), None
     if resume:
@@ -188,6 +191,8 @@ def train_step(engine, loader: BatchLoader) -> torch.Tensor:
 def run_loop(config: Config, engine, loader: BatchLoader, val: BatchLoader, progress: Progress, tracker) -> None:
     train = config.train
     tokens_per_step = train.global_batch_size * train.seq_len
+    flops_per_token = model_cost(config.model, train.seq_len).flops_per_token
+    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     if progress.step == 0:
         # The untrained model's validation loss: the point the curve falls from.
         report(progress, {"val_loss": evaluate(engine, val)}, tracker, train.max_steps)
@@ -213,6 +218,9 @@ def run_loop(config: Config, engine, loader: BatchLoader, val: BatchLoader, prog
                 "step_time_s": interval_seconds / interval_steps,
                 "tokens_seen": progress.tokens_seen,
             }
+            utilization = mfu(metrics["tokens_per_s"], flops_per_token, device_name, dist.get_world_size())
+            if utilization is not None:  # only for a chip whose peak is known
+                metrics["mfu"] = utilization
             interval_steps, interval_seconds = 0, 0.0
         if progress.step % train.eval_interval == 0 or last:
             progress.val_loss = evaluate(engine, val)

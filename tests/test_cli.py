@@ -56,9 +56,12 @@ def test_unknown_subcommand_is_a_usage_error(capsys):
     assert "invalid choice: 'fly'" in capsys.readouterr().err
 
 
-def test_generate_without_an_export_says_what_to_pass(tmp_path, capsys):
+def test_generate_from_a_folder_that_is_neither_export_nor_run_says_what_to_pass(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path)]) == 1
-    assert f"{tmp_path}: no model.safetensors; pass a folder written by `pretrain export`" in capsys.readouterr().err
+    assert (
+        f"{tmp_path}: neither an exported model folder (no model.safetensors) nor a run folder (no config.yaml); "
+        "pass the folder `pretrain export` or `pretrain train` printed"
+    ) in capsys.readouterr().err
 
 
 def test_export_of_a_folder_that_is_not_a_run(tmp_path, capsys):

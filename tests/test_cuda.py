@@ -8,7 +8,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from data_pipeline.tokenizer import train_tokenizer
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, generate
 from pretrain.generate import generate_text
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -64,3 +64,35 @@ def test_generation_on_the_gpu():
     text = generate_text(model, tokenizer, "the cat", max_new_tokens=8, seed=0)
     assert text.startswith("the cat")
     assert text == generate_text(model, tokenizer, "the cat", max_new_tokens=8, seed=0)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_document_masking_in_bf16_on_the_memory_efficient_kernel(name):
+    """A boolean mask rules out flash; the memory-efficient kernel takes it, forward and backward."""
+    torch.manual_seed(0)
+    model = GPT(CONFIGS[name]).cuda()
+    ids = torch.randint(0, 512, (4, 257), device="cuda")
+    document_ids = (torch.rand(4, 256, device="cuda") < 0.02).long().cumsum(dim=1)
+    with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION), torch.autocast("cuda", dtype=torch.bfloat16):
+        _, loss = model(ids[:, :-1], ids[:, 1:], document_ids)
+        loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_cached_generation_equals_uncached_on_the_gpu(name):
+    torch.manual_seed(0)
+    model = GPT(CONFIGS[name]).cuda().eval()
+    prompts = [[5, 6, 7, 8, 9], [3], [40, 41]]
+    cached = generate(model, prompts, 24, temperature=0)
+    assert cached == generate(model, prompts, 24, temperature=0, use_cache=False)
+    assert [len(row) for row in cached] == [24, 24, 24]
+
+
+def test_explicit_attention_weights_on_the_gpu():
+    torch.manual_seed(0)
+    model = GPT(CONFIGS["llama-style"]).cuda().eval()
+    weights = model.attention_weights(torch.randint(0, 512, (1, 32), device="cuda"))
+    assert weights[0].shape == (1, 4, 32, 32)
+    torch.testing.assert_close(weights[1].sum(-1), torch.ones(1, 4, 32, device="cuda"))

@@ -106,18 +106,35 @@ def test_export_folder_and_generation(job):
     generated = pretrain("generate", *job["config"], "--prompt", "Return the", "--temperature", "0", cwd=job["work"])
     assert generated.stdout.startswith("Return the")
     assert len(generated.stdout.strip()) > len("Return the")
-
-
-def test_exported_model_reproduces_the_validation_loss(job):
-    """The export is exact: the folder's model gives the loss the trainer measured on the same batches."""
+    # Straight from the run folder's checkpoint, with a batch of prompts of different lengths:
+    # the same greedy continuation for the same prompt.
     run_dir = job["work"] / "runs" / "tiny"
-    summary = json.loads((run_dir / "summary.json").read_text())
+    batch = pretrain(
+        "generate",
+        *job["config"],
+        "--checkpoint",
+        str(run_dir),
+        "--prompt",
+        "Return the",
+        "--prompt",
+        "def",
+        "--temperature",
+        "0",
+        cwd=job["work"],
+    )
+    first = generated.stdout[:-1]  # print's newline
+    assert batch.stdout.startswith(first + "\n\n")
+    assert batch.stdout[len(first) + 2 :].startswith("def")
+
+
+def exported_validation_loss(run_dir: Path, data_dir: Path) -> float:
+    """The validation loss of a run's exported model, on the batches the trainer evaluated."""
     config = load_config(run_dir / "config.yaml")
     model, _ = load_model_folder(run_dir / "export")
     losses = []
     for rank in range(config.dp_size):
         loader = BatchLoader(
-            job["work"] / "data",
+            data_dir,
             "val",
             config.train.seq_len,
             config.train.micro_batch_size,
@@ -125,13 +142,21 @@ def test_exported_model_reproduces_the_validation_loss(job):
             rank,
             config.dp_size,
             config.train.seed,
+            document_ids=config.train.document_masking,
         )
         with torch.no_grad():
-            losses += [model(torch.from_numpy(x), torch.from_numpy(y))[1] for x, y in loader.next_step()]
-    assert torch.stack(losses).mean().item() == pytest.approx(summary["val_loss"], abs=1e-4)
+            losses += [model(*(torch.from_numpy(array) for array in batch))[1] for batch in loader.next_step()]
+    return torch.stack(losses).mean().item()
 
 
-def test_single_process_without_zero_and_with_accumulation(job):
+def test_exported_model_reproduces_the_validation_loss(job):
+    """The export is exact: the folder's model gives the loss the trainer measured on the same batches."""
+    run_dir = job["work"] / "runs" / "tiny"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert exported_validation_loss(run_dir, job["work"] / "data") == pytest.approx(summary["val_loss"], abs=1e-4)
+
+
+def test_single_process_without_zero_with_accumulation_and_document_masking(job):
     single = [
         *job["config"],
         "tracking.run_name=single",
@@ -142,6 +167,7 @@ def test_single_process_without_zero_and_with_accumulation(job):
         "train.global_batch_size=16",  # 2 accumulation steps of 8
         "checkpoint.every_steps=1",
         "checkpoint.keep_last=2",
+        "train.document_masking=true",
     ]
     trained = pretrain("train", *single, cwd=job["work"])
     assert "step      4/4" in trained.stdout
@@ -151,8 +177,9 @@ def test_single_process_without_zero_and_with_accumulation(job):
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
     assert kept == ["step_00000003", "step_00000004"]
     pretrain("export", *single, cwd=job["work"])
-    model, _ = load_model_folder(run_dir / "export")
-    assert model.config.n_layer == 2
+    # Trained with document masking: the trainer's validation loss is the masked one.
+    masked = exported_validation_loss(run_dir, job["work"] / "data")
+    assert masked == pytest.approx(summary["val_loss"], abs=1e-4)
 
 
 def test_detached_submit_runs_to_completion(job):

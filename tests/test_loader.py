@@ -98,6 +98,20 @@ def test_document_starts_are_where_token_numbering_restarts(dataset):
         assert sequences.document_starts(index).tolist() == restarts
 
 
+def test_document_ids_change_exactly_where_a_document_starts(dataset):
+    loader = BatchLoader(dataset, "train", SEQ_LEN, 4, 2, 0, 1, seed=7, document_ids=True)
+    micro_batches = loader.next_step()
+    assert all(len(batch) == 3 for batch in micro_batches)
+    for inputs, _, document_ids in micro_batches:
+        assert document_ids.shape == inputs.shape
+        for row, ids in zip(inputs, document_ids):
+            assert ids[0] == 0
+            # Every token numbered 100*d is a document's first: the id steps up there and nowhere else.
+            steps = [i for i in range(1, SEQ_LEN) if ids[i] != ids[i - 1]]
+            assert steps == [i for i in range(1, SEQ_LEN) if row[i] % 100 == 0]
+            assert np.all(np.diff(ids) >= 0) and np.all(np.diff(ids) <= 1)
+
+
 def make_loader(data, micro, accum, rank, ranks, seed=7, mixture=None):
     return BatchLoader(data, "train", SEQ_LEN, micro, accum, rank, ranks, seed, mixture=mixture)
 

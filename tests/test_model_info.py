@@ -5,7 +5,7 @@ import pytest
 from model import GPT
 from pretrain.cli import main
 from pretrain.errors import ConfigError
-from pretrain.model_info import load_preset, memory_per_rank, model_cost, preset_names
+from pretrain.model_info import load_preset, memory_per_rank, mfu, model_cost, peak_bf16_flops, preset_names
 
 # Parameter counts of the reference models in Hugging Face transformers.
 REFERENCE_PARAMETERS = {
@@ -69,3 +69,14 @@ def test_a_broken_preset_file_is_named(tmp_path):
     path.write_text("n_layer: 2\nn_head: 3\nn_embd: 64\n")
     with pytest.raises(ConfigError, match=r"mine.yaml: not a valid model config \(n_head \(3\) must divide n_embd"):
         load_preset(str(path))
+
+
+def test_mfu_uses_the_dense_bf16_peak_and_only_for_known_chips():
+    # 989 TFLOP/s on an H100 SXM: 1e6 tokens/s at 494.5 GFLOP per token is half of it.
+    assert mfu(1e6, 494_500_000, "NVIDIA H100 80GB HBM3") == pytest.approx(0.5)
+    assert mfu(1e6, 494_500_000, "NVIDIA H200") == pytest.approx(0.5)
+    assert mfu(1e6, 494_500_000, "NVIDIA H100 80GB HBM3", devices=2) == pytest.approx(0.25)
+    assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_bf16_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    for unknown in ("cpu", "NVIDIA GeForce RTX 4090", ""):
+        assert mfu(1e6, 1000, unknown) is None

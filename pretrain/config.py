@@ -24,6 +24,8 @@ from data_pipeline.config import DataConfig
 from model import GPTConfig
 from pretrain.errors import ConfigError
 
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -152,10 +154,20 @@ def consistency_problems(config: Config) -> list[str]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Load a config file (defaults when None), apply `key.path=value` overrides, validate."""
+    """Load a config file (defaults when None), apply `key.path=value` overrides, validate.
+
+    `model: {preset: NAME}` (or the override `model.preset=NAME`) starts the
+    model section from configs/model/NAME.yaml: the preset replaces the model
+    settings inherited through `extends`, and model keys set beside it, in
+    later files or as overrides, change it.
+    """
     raw = _load_yaml(Path(path), seen=()) if path else {}
-    for override in overrides:
-        _apply_override(raw, override)
+    # A preset override first: it replaces the model section, and the other model overrides apply on top.
+    for override in sorted(overrides, key=lambda o: not o.startswith("model.preset=")):
+        if override.startswith("model.preset="):
+            raw["model"] = read_model_preset(override.partition("=")[2])
+        else:
+            _apply_override(raw, override)
     origin = f"{path or 'defaults'}" + (" with overrides" if overrides else "")
     try:
         config = Config.model_validate(raw)
@@ -188,7 +200,35 @@ def _load_yaml(path: Path, seen: tuple[Path, ...]) -> dict:
     merged: dict = {}
     for parent in [parents] if isinstance(parents, str) else parents:
         _deep_merge(merged, _load_yaml(path.parent / parent, seen + (path.resolve(),)))
+    model = raw.get("model")
+    if isinstance(model, dict) and "preset" in model:
+        # A preset is a whole model: the model settings inherited so far do not mix into it.
+        merged.pop("model", None)
+        raw["model"] = {**read_model_preset(str(model.pop("preset"))), **model}
     return _deep_merge(merged, raw)
+
+
+def model_preset_names() -> list[str]:
+    return sorted(path.stem for path in PRESETS_DIR.glob("*.yaml"))
+
+
+def model_preset_path(name: str) -> Path:
+    """configs/model/NAME.yaml, or NAME itself when it is a YAML file."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"model preset {name!r} does not exist; choose one of {', '.join(model_preset_names())}")
+    return path
+
+
+def read_model_preset(name: str) -> dict:
+    path = model_preset_path(name)
+    try:
+        settings = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML:\n{err}") from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: a model preset is a mapping of model settings (n_layer: 12, ...)")
+    return settings
 
 
 def _deep_merge(base: dict, update: dict) -> dict:

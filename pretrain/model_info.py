@@ -17,15 +17,13 @@ could do in that time at its dense bf16 peak: the datasheet figure without
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import yaml
 
 from model import GPT, GPTConfig
+from pretrain.config import model_preset_path, read_model_preset
 from pretrain.errors import ConfigError
 
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 BYTES_PER_PARAM = {"bf16": (2, 2, 12), "fp32": (4, 4, 8)}  # weights, gradients, optimizer state
 # Dense bf16 peak FLOP/s by the name CUDA reports, most specific first (the
 # PCIe H100 is clocked lower than the SXM one). A chip not listed has no MFU.
@@ -37,19 +35,13 @@ PEAK_BF16_FLOPS = (
 )
 
 
-def preset_names() -> list[str]:
-    return sorted(path.stem for path in PRESETS_DIR.glob("*.yaml"))
-
-
 def load_preset(name: str) -> GPTConfig:
     """A preset by name (`gpt2-small`) or a YAML file of model settings."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"model preset {name!r} does not exist; choose one of {', '.join(preset_names())}")
+    settings = read_model_preset(name)
     try:
-        return GPTConfig(**yaml.safe_load(path.read_text()))
+        return GPTConfig(**settings)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{path}: not a valid model config ({err})") from err
+        raise ConfigError(f"{model_preset_path(name)}: not a valid model config ({err})") from err
 
 
 @dataclass

@@ -149,3 +149,29 @@ def test_extends_loop_is_reported(tmp_path):
 def test_unknown_key_in_a_source_lists_the_allowed_ones():
     with pytest.raises(ConfigError, match=r"data.sources.0.bogus: unknown key; allowed here: name, paths, format"):
         load_config(overrides=["data.sources=[{name: web, paths: [a.jsonl], bogus: 1}]"])
+
+
+def test_a_model_preset_replaces_the_inherited_model_and_keys_beside_it_win(tmp_path):
+    # base.yaml sets learned positions and LayerNorm; the Llama preset's RoPE and RMSNorm must survive that.
+    job = write(
+        tmp_path / "llama.yaml",
+        f"extends: {CONFIGS / 'base.yaml'}\nmodel:\n  preset: llama-160m\n  max_seq_len: 512\ntrain:\n  seq_len: 512\n",
+    )
+    config = load_config(job)
+    assert (config.model.pos_encoding, config.model.norm, config.model.mlp) == ("rope", "rmsnorm", "swiglu")
+    assert config.model.ffn_hidden_size == 3072 and config.model.vocab_size == 32000
+    assert config.model.max_seq_len == 512
+    # A later override changes one key of it; the saved, resolved config holds no preset key.
+    config = load_config(job, ["model.n_layer=2"])
+    assert config.model.n_layer == 2 and "preset" not in config.to_dict()["model"]
+
+
+def test_a_preset_override_replaces_the_model_and_other_overrides_apply_on_top():
+    config = load_config(CONFIGS / "demo.yaml", ["model.max_seq_len=256", "model.preset=gpt2-small"])
+    assert config.model.n_layer == 12 and config.model.vocab_size == 50257
+    assert config.model.max_seq_len == 256  # given before the preset, still applied after it
+
+
+def test_an_unknown_preset_lists_the_presets(tmp_path):
+    with pytest.raises(ConfigError, match="model preset 'gpt-5' does not exist; choose one of gpt2-large, gpt2-medium"):
+        load_config(CONFIGS / "demo.yaml", ["model.preset=gpt-5"])

@@ -4,8 +4,9 @@ import pytest
 
 from model import GPT
 from pretrain.cli import main
+from pretrain.config import model_preset_names
 from pretrain.errors import ConfigError
-from pretrain.model_info import load_preset, memory_per_rank, mfu, model_cost, peak_bf16_flops, preset_names
+from pretrain.model_info import load_preset, memory_per_rank, mfu, model_cost, peak_bf16_flops
 
 # Parameter counts of the reference models in Hugging Face transformers.
 REFERENCE_PARAMETERS = {
@@ -19,14 +20,14 @@ REFERENCE_PARAMETERS = {
 
 
 def test_every_preset_loads_and_the_issue_lists_are_there():
-    assert set(preset_names()) >= {
+    assert set(model_preset_names()) >= {
         *REFERENCE_PARAMETERS,
         "llama-160m",
         "llama-410m",
         "transformer-base",
         "tiny",
     }
-    for name in preset_names():
+    for name in model_preset_names():
         load_preset(name)
 
 

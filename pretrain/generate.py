@@ -7,6 +7,7 @@ from tokenizers import Tokenizer
 
 from data_pipeline.tokenizer import end_of_text_id
 from model import GPT, generate
+from pretrain.errors import PretrainError
 
 
 def generate_texts(
@@ -26,6 +27,13 @@ def generate_texts(
     device = next(model.parameters()).device
     eot = end_of_text_id(tokenizer)
     encoded = [tokenizer.encode(p, add_special_tokens=False).ids or [eot] for p in prompts]
+    context = model.config.max_seq_len
+    for prompt, ids in zip(prompts, encoded):
+        if len(ids) >= context:
+            raise PretrainError(
+                f"the prompt {prompt[:40]!r}... is {len(ids)} tokens, and the model's context (max_seq_len) is "
+                f"{context}: shorten the prompt to leave room for new tokens"
+            )
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()

@@ -134,3 +134,20 @@ def mlflow_server(tmp_path_factory):
     server.terminate()
     server.wait(timeout=30)
     log.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_folder(tmp_path_factory, make_documents):
+    """An exported folder (as `pretrain export` writes) of a random 2-layer GPT and a small BPE tokenizer."""
+    import torch
+
+    from data_pipeline.tokenizer import train_tokenizer
+    from model import GPT, GPTConfig
+    from pretrain.model_folder import write_model_folder
+
+    root = tmp_path_factory.mktemp("model")
+    tokenizer = train_tokenizer(make_documents(50), vocab_size=400)
+    tokenizer.save(str(root / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=tokenizer.get_vocab_size(), max_seq_len=32, n_layer=2, n_head=2, n_embd=32)
+    return write_model_folder(GPT(config), root / "tokenizer.json", root / "model", {"test": True})

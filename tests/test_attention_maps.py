@@ -6,37 +6,23 @@ import torch
 from matplotlib.image import imread
 from tokenizers import Tokenizer
 
-from data_pipeline.tokenizer import train_tokenizer
-from model import GPT, GPTConfig
 from pretrain.attention_maps import token_labels
 from pretrain.cli import main
-from pretrain.model_folder import write_model_folder
 
 TEXT = "The model reads a token and predicts the next one."
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory, make_documents):
-    """An exported folder of a random 2-layer, 2-head GPT and a small byte-level BPE tokenizer."""
-    root = tmp_path_factory.mktemp("attention")
-    tokenizer = train_tokenizer(make_documents(50), vocab_size=400)
-    tokenizer.save(str(root / "tokenizer.json"))
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tokenizer.get_vocab_size(), max_seq_len=32, n_layer=2, n_head=2, n_embd=32)
-    return write_model_folder(GPT(config), root / "tokenizer.json", root / "model", {"test": True})
 
 
 def run(folder, out, *options, text=TEXT):
     return main(["attention", "--checkpoint", str(folder), "--text", text, "--out", str(out), *options])
 
 
-def test_writes_heatmaps_weights_and_prints_the_chosen_head(model_folder, tmp_path, capsys):
+def test_writes_heatmaps_weights_and_prints_the_chosen_head(tiny_model_folder, tmp_path, capsys):
     out = tmp_path / "maps"
-    assert run(model_folder, out, "--layer", "1", "--head", "1") == 0
+    assert run(tiny_model_folder, out, "--layer", "1", "--head", "1") == 0
     printed = capsys.readouterr().out
 
-    tokenizer = Tokenizer.from_file(str(model_folder / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(tiny_model_folder / "tokenizer.json"))
     ids = tokenizer.encode(TEXT, add_special_tokens=False).ids
     labels = token_labels(tokenizer, ids)
     assert "␣model" in labels  # the space before a word is visible
@@ -70,9 +56,9 @@ def test_writes_heatmaps_weights_and_prints_the_chosen_head(model_folder, tmp_pa
     assert str((out / "attention.npz").resolve()) in printed
 
 
-def test_default_out_is_attention_in_the_current_folder(model_folder, tmp_path, monkeypatch, capsys):
+def test_default_out_is_attention_in_the_current_folder(tiny_model_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["attention", "--checkpoint", str(model_folder), "--text", "the next one"]) == 0
+    assert main(["attention", "--checkpoint", str(tiny_model_folder), "--text", "the next one"]) == 0
     assert sorted(p.name for p in (tmp_path / "attention").iterdir()) == [
         "attention.npz",
         "layer_00.png",
@@ -89,22 +75,24 @@ def test_default_out_is_attention_in_the_current_folder(model_folder, tmp_path, 
         (["--head", "-1"], "--head -1 is out of range; this model has 2 heads: 0 to 1"),
     ],
 )
-def test_layer_or_head_out_of_range(model_folder, tmp_path, capsys, options, message):
-    assert run(model_folder, tmp_path / "maps", *options) == 1
+def test_layer_or_head_out_of_range(tiny_model_folder, tmp_path, capsys, options, message):
+    assert run(tiny_model_folder, tmp_path / "maps", *options) == 1
     err = capsys.readouterr().err
     assert err.startswith("pretrain attention: error: ") and message in err
     assert not (tmp_path / "maps").exists()
 
 
-def test_text_longer_than_max_seq_len(model_folder, tmp_path, capsys):
-    assert run(model_folder, tmp_path / "maps", text=" ".join(["attention weighs every earlier position"] * 10)) == 1
+def test_text_longer_than_max_seq_len(tiny_model_folder, tmp_path, capsys):
+    assert (
+        run(tiny_model_folder, tmp_path / "maps", text=" ".join(["attention weighs every earlier position"] * 10)) == 1
+    )
     err = capsys.readouterr().err
     assert "more than the model's max_seq_len of 32; pass a shorter text" in err
     assert "Traceback" not in err
 
 
-def test_empty_text(model_folder, tmp_path, capsys):
-    assert run(model_folder, tmp_path / "maps", text="") == 1
+def test_empty_text(tiny_model_folder, tmp_path, capsys):
+    assert run(tiny_model_folder, tmp_path / "maps", text="") == 1
     assert "--text has no tokens" in capsys.readouterr().err
 
 

@@ -107,3 +107,20 @@ def test_unknown_option_is_a_usage_error(capsys):
         main(["train", "--fast"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --fast" in capsys.readouterr().err
+
+
+def test_generate_continues_a_batch_of_prompts_from_an_exported_folder(tiny_model_folder, capsys):
+    options = ["generate", "--model", str(tiny_model_folder), "--temperature", "0", "--max-new-tokens", "5"]
+    assert main([*options, "--prompt", "the model reads"]) == 0
+    alone = capsys.readouterr().out
+    assert main([*options, "--prompt", "the model reads", "--prompt", "a token", "--top-p", "0.9"]) == 0
+    batch = capsys.readouterr().out
+    # Greedy: the first prompt continues the same way alone and in a batch (top-p does not change the argmax).
+    assert batch.startswith(alone[:-1] + "\n\n")
+    assert batch[len(alone) + 1 :].startswith("a token")
+
+
+def test_generate_refuses_a_prompt_that_fills_the_context(tiny_model_folder, capsys):
+    long_prompt = " ".join(["the model reads a token"] * 20)
+    assert main(["generate", "--model", str(tiny_model_folder), "--prompt", long_prompt]) == 1
+    assert "and the model's context (max_seq_len) is 32: shorten the prompt" in capsys.readouterr().err

@@ -93,6 +93,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(job):
     assert [m.step for m in val] == [0, 15, 30]
     assert val[-1].value < val[0].value - 0.5
     assert client.get_metric_history(run.info.run_id, "tokens_per_s")[0].value > 0
+    assert client.get_metric_history(run.info.run_id, "mfu") == []  # a CPU has no known peak: no MFU, not a wrong one
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "deepspeed_config.json", "manifest.json", "tokenizer.json", "summary.json"} <= artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/final.txt"]

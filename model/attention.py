@@ -19,29 +19,30 @@ from model.layers import apply_rope
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, preallocated to `max_len`.
+    """Keys and values of every layer for the tokens seen so far, with room for `max_len` tokens.
 
     Each forward pass with the cache appends its tokens' keys and values and
     attends over all of them, so generating token t costs one token's work
-    instead of t tokens'.
+    instead of t tokens'. A layer's buffers are allocated at its first append,
+    in the shape of its keys: a tensor-parallel rank caches only its own heads.
     """
 
-    def __init__(self, config: GPTConfig, batch: int, max_len: int, device, dtype):
-        shape = (config.n_layer, batch, config.kv_heads, max_len, config.head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+    def __init__(self, n_layer: int, max_len: int):
+        self.max_len = max_len
+        self.keys: list[torch.Tensor | None] = [None] * n_layer
+        self.values: list[torch.Tensor | None] = [None] * n_layer
         self.length = 0  # tokens cached; advanced by the model after all layers have appended
 
-    @property
-    def max_len(self) -> int:
-        return self.keys.shape[3]
-
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this pass's keys and values for `layer`; return all of that layer's so far."""
+        """Store this pass's keys and values (batch, heads, seq, head_dim) for `layer`; return all so far."""
+        if self.keys[layer] is None:
+            batch, heads, _, head_dim = k.shape
+            self.keys[layer] = k.new_zeros(batch, heads, self.max_len, head_dim)
+            self.values[layer] = v.new_zeros(batch, heads, self.max_len, head_dim)
         end = self.length + k.shape[2]
-        self.keys[layer, :, :, self.length : end] = k
-        self.values[layer, :, :, self.length : end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):

@@ -42,10 +42,7 @@ def generate(
     for row, prompt in enumerate(prompts):
         tokens[row, longest - len(prompt) :] = torch.tensor(prompt, device=device)
         attention_mask[row, longest - len(prompt) :] = 1
-    cache = None
-    if use_cache:
-        dtype = next(model.parameters()).dtype
-        cache = KVCache(model.config, len(prompts), longest + max_new_tokens, device, dtype)
+    cache = KVCache(model.config.n_layer, longest + max_new_tokens) if use_cache else None
     stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     new_tokens = []

@@ -72,41 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tag", help="checkpoint tag (default: the latest)")
     export.add_argument("--out", type=Path, help="output folder (default: <run folder>/export)")
 
-    generate = _with_config(
-        commands.add_parser("generate", help="continue a prompt with an exported model", epilog=EPILOG)
-    )
-    generate.add_argument(
-        "--model",
-        "--checkpoint",
-        dest="model",
-        type=Path,
-        help="an exported model folder, or a run folder (its latest checkpoint; default: <run folder>/export)",
-    )
-    generate.add_argument("--tag", help="with a run folder: the checkpoint tag (default: the latest)")
-    generate.add_argument(
-        "--prompt", action="append", help="text to continue; repeat for a batch (default: train.sample_prompt)"
-    )
-    generate.add_argument("--max-new-tokens", type=int, default=64)
-    generate.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    generate.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0: all")
-    generate.add_argument("--top-p", type=float, help="sample among the most likely tokens up to this probability")
-    generate.add_argument("--seed", type=int, default=0)
-
-    attention = commands.add_parser(
-        "attention",
-        help="heatmaps of the attention weights of every layer and head for a text",
-        description="Run a trained model on a text and write its attention weights: one PNG per layer "
-        "(all heads), a large PNG of --layer/--head, and attention.npz; print that head's matrix.",
-        epilog="Reference: docs/attention.md.",
-    )
-    attention.add_argument(
-        "--checkpoint", type=Path, required=True, help="an exported model folder or a run folder (its checkpoint)"
-    )
-    attention.add_argument("--text", required=True, help="the text to look at, e.g. 'I love artificial intelligence.'")
-    attention.add_argument("--out", type=Path, default=Path("attention"), help="output folder (default: ./attention)")
-    attention.add_argument("--layer", type=int, default=0, help="layer whose head is printed and drawn large")
-    attention.add_argument("--head", type=int, default=0, help="head of --layer to print and draw large")
-    attention.add_argument("--tag", help="checkpoint tag of a run folder (default: the latest)")
+    _add_generate(commands)
+    _add_attention(commands)
 
     model = commands.add_parser("model", help="model presets: size, FLOPs and memory")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
@@ -131,6 +98,48 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--detach", action="store_true", help="return at once; the job logs to <run folder>/job.log")
     submit.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     return parser
+
+
+def _add_generate(commands) -> None:
+    generate = _with_config(
+        commands.add_parser(
+            "generate", help="continue prompts with a trained model (exported or a checkpoint)", epilog=EPILOG
+        )
+    )
+    generate.add_argument(
+        "--model",
+        "--checkpoint",
+        dest="model",
+        type=Path,
+        help="an exported model folder, or a run folder (its latest checkpoint; default: <run folder>/export)",
+    )
+    generate.add_argument("--tag", help="with a run folder: the checkpoint tag (default: the latest)")
+    generate.add_argument(
+        "--prompt", action="append", help="text to continue; repeat for a batch (default: train.sample_prompt)"
+    )
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    generate.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0: all")
+    generate.add_argument("--top-p", type=float, help="sample among the most likely tokens up to this probability")
+    generate.add_argument("--seed", type=int, default=0)
+
+
+def _add_attention(commands) -> None:
+    attention = commands.add_parser(
+        "attention",
+        help="heatmaps of the attention weights of every layer and head for a text",
+        description="Run a trained model on a text and write its attention weights: one PNG per layer "
+        "(all heads), a large PNG of --layer/--head, and attention.npz; print that head's matrix.",
+        epilog="Reference: docs/attention.md.",
+    )
+    attention.add_argument(
+        "--checkpoint", type=Path, required=True, help="an exported model folder or a run folder (its checkpoint)"
+    )
+    attention.add_argument("--text", required=True, help="the text to look at, e.g. 'I love artificial intelligence.'")
+    attention.add_argument("--out", type=Path, default=Path("attention"), help="output folder (default: ./attention)")
+    attention.add_argument("--layer", type=int, default=0, help="layer whose head is printed and drawn large")
+    attention.add_argument("--head", type=int, default=0, help="head of --layer to print and draw large")
+    attention.add_argument("--tag", help="checkpoint tag of a run folder (default: the latest)")
 
 
 def cmd_data(args: argparse.Namespace, config: Config) -> int:

@@ -8,14 +8,11 @@ single process). Rank 0 alone prints and talks to MLflow; collective calls
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import deepspeed
 import torch
 import torch.distributed as dist
 
@@ -26,10 +23,10 @@ from model import GPT
 from pretrain import checkpoint
 from pretrain.config import Config, save_config
 from pretrain.deepspeed_config import deepspeed_config
+from pretrain.engine import build_engine, init_distributed
 from pretrain.errors import ConfigError
 from pretrain.generate import generate_text
 from pretrain.model_info import mfu, model_cost
-from pretrain.optim import lr_multiplier, param_groups
 from pretrain.preflight import check_job
 from pretrain.tracking import Tracker
 
@@ -40,31 +37,6 @@ class Progress:
     tokens_seen: int = 0
     train_loss: float = float("nan")
     val_loss: float = float("nan")
-
-
-# DeepSpeed's ZeRO calls a torch collective that torch has renamed; the warning says nothing to our users.
-warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
-
-
-def init_distributed() -> None:
-    """Join the job's process group, set up by the launcher (torchrun) through the environment."""
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-
-
-def build_engine(config: Config, model: GPT):
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=torch.optim.AdamW(
-            param_groups(model, config.train.weight_decay),
-            lr=config.train.lr,
-            betas=(config.train.beta1, config.train.beta2),
-        ),
-        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config.train)),
-        config=deepspeed_config(config),
-    )
-    return engine
 
 
 def check_world_size(config: Config) -> None:

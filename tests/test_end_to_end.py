@@ -215,3 +215,51 @@ def test_resume_continues_the_same_mlflow_run(job):
     assert after.info.run_id == before.info.run_id
     steps = [m.step for m in client.get_metric_history(after.info.run_id, "loss")]
     assert max(steps) == 40 and steps.count(30) == 1
+
+
+def per_step_losses(job, run_name: str) -> list[float]:
+    client = MlflowClient(f"sqlite:///{job['work'] / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
+    return [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+
+
+def train_layout(job, name: str, *layout: str) -> list[float]:
+    """Ten steps of the tiny job in the given parallel layout, global batch 16; the loss of every step."""
+    pretrain(
+        "train",
+        *job["config"],
+        f"tracking.run_name={name}",
+        "train.max_steps=10",
+        "train.warmup_steps=2",
+        "train.log_interval=1",
+        "train.eval_interval=10",
+        "train.global_batch_size=16",
+        *layout,
+        cwd=job["work"],
+    )
+    return per_step_losses(job, name)
+
+
+@pytest.fixture(scope="module")
+def single_process_losses(job):
+    return train_layout(job, "layout-single", "launch.nproc_per_node=1", "parallel.zero_stage=0")
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ("parallel.zero_stage=1",),
+        ("parallel.zero_stage=2",),
+        ("parallel.zero_stage=3",),
+        ("parallel.zero_stage=1", "train.micro_batch_size=4"),  # 2 accumulation steps of 4 per rank
+    ],
+    ids=["zero1", "zero2", "zero3", "zero1-micro4-accum2"],
+)
+def test_two_data_parallel_ranks_give_the_single_process_losses(job, single_process_losses, layout):
+    """The same seed, data and global batch: the same loss at every step, whatever the layout (fp32)."""
+    name = "layout-" + "-".join(part.split("=")[1] for part in layout)
+    losses = train_layout(job, name, "launch.nproc_per_node=2", *layout)
+    assert len(losses) == len(single_process_losses) == 10
+    assert losses == pytest.approx(single_process_losses, rel=1e-5)
+    assert losses[-1] < losses[0]  # they trained, not just agreed at initialization

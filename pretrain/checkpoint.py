@@ -4,10 +4,18 @@ DeepSpeed saves the model, optimizer and LR-scheduler shards of every rank.
 What it does not know about travels as client state: the step, tokens seen,
 the data loader's position, RNG states, the resolved config and the MLflow
 run id, so a resumed run continues the same data order and the same run.
+
+A checkpoint is complete only once every rank's shards are on disk: then rank
+0 writes a `complete` marker into its folder, and only then points `latest`
+at it (both through a temporary file and a rename). DeepSpeed's own `latest`
+is a plain write made while other ranks may still be saving, so it is turned
+off. A run killed in the middle of a save leaves a folder without the marker,
+which resume skips and the next save removes.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -18,6 +26,7 @@ import torch
 from pretrain.errors import CheckpointError
 
 LATEST = "latest"
+COMPLETE = "complete"
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -39,20 +48,48 @@ def restore_rng_states(states: dict) -> None:
 
 
 def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int) -> Path:
-    """Save a checkpoint of all ranks (a collective call) and keep only the last `keep_last`."""
+    """Save a checkpoint of all ranks (a collective call) and keep only the last `keep_last` complete ones."""
     directory = checkpoint_dir(run_dir)
     tag = tag_for(step)
-    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state | {"rng": rng_states()})
+    client_state = client_state | {"rng": rng_states()}
+    # save_checkpoint returns on every rank after a barrier that follows every rank's writes.
+    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
     if engine.global_rank == 0:
-        tags = sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith("step_"))
-        for old in tags[:-keep_last]:
-            shutil.rmtree(old)
+        write_atomically(directory / tag / COMPLETE, "")
+        write_atomically(directory / LATEST, tag)
+        _prune(directory, keep_last)
     return directory / tag
 
 
+def write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def complete_tags(directory: Path) -> list[str]:
+    """The tags of complete checkpoints, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if (p / COMPLETE).is_file())
+
+
+def _prune(directory: Path, keep_last: int) -> None:
+    """Remove all but the last `keep_last` complete checkpoints, and what killed saves left behind."""
+    keep = set(complete_tags(directory)[-keep_last:])
+    for path in directory.iterdir():
+        if path.is_dir() and path.name.startswith("step_") and path.name not in keep:
+            shutil.rmtree(path)
+
+
 def latest_tag(run_dir: Path) -> str | None:
-    path = checkpoint_dir(run_dir) / LATEST
-    return path.read_text().strip() if path.is_file() else None
+    """The newest complete checkpoint: the one `latest` names, or the newest with a marker if it is not complete."""
+    directory = checkpoint_dir(run_dir)
+    path = directory / LATEST
+    if path.is_file() and (directory / path.read_text().strip() / COMPLETE).is_file():
+        return path.read_text().strip()
+    tags = complete_tags(directory)
+    return tags[-1] if tags else None
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:

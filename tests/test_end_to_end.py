@@ -4,16 +4,19 @@ DeepSpeed training (gloo, ZeRO-1) -> MLflow run read back -> export -> generatio
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from mlflow import MlflowClient
 
 from data_pipeline.loader import BatchLoader
+from pretrain.checkpoint import COMPLETE, checkpoint_dir, latest_tag
 from pretrain.config import load_config
 from pretrain.model_folder import load_model_folder
 
@@ -263,3 +266,61 @@ def test_two_data_parallel_ranks_give_the_single_process_losses(job, single_proc
     assert len(losses) == len(single_process_losses) == 10
     assert losses == pytest.approx(single_process_losses, rel=1e-5)
     assert losses[-1] < losses[0]  # they trained, not just agreed at initialization
+
+
+# A model big enough (25 M parameters, 300 MB of checkpoint) that a save takes long enough to be killed inside.
+SLOW_SAVE = ["model.n_layer=8", "model.n_embd=512", "model.n_head=8"]
+
+
+def kill_during_a_save(job, run_name: str) -> list[str]:
+    """Start a 2-rank run that saves every step; kill -9 all its processes while a checkpoint is half written.
+
+    Returns the checkpoint folders that were incomplete at the kill (empty if the kill came too late).
+    """
+    command = [sys.executable, "-m", "pretrain.cli", "train", *job["config"], f"tracking.run_name={run_name}"]
+    command += [*SLOW_SAVE, "train.max_steps=40", "train.warmup_steps=2", "checkpoint.every_steps=1"]
+    process = subprocess.Popen(command, cwd=job["work"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    directory = checkpoint_dir(job["work"] / "runs" / run_name)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and process.poll() is None:
+            # The second save or later: a complete checkpoint exists to fall back on.
+            folders = sorted(directory.glob("step_*")) if directory.is_dir() else []
+            if len(folders) >= 2 and any(not (f / COMPLETE).exists() and any(f.iterdir()) for f in folders):
+                break
+            time.sleep(0.002)
+    finally:
+        # The whole tree, as a machine that dies takes it: torchrun starts each rank in its own session.
+        for child in [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]:
+            child.send_signal(signal.SIGKILL)
+        process.wait()
+    return [f.name for f in sorted(directory.glob("step_*")) if not (f / COMPLETE).exists()]
+
+
+def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint(job):
+    for attempt in range(3):  # the kill must land inside a save, a window of about a second
+        run_name = f"killed-{attempt}"
+        incomplete = kill_during_a_save(job, run_name)
+        if incomplete:
+            break
+    assert incomplete, "no kill landed during a save in 3 attempts"
+    run_dir = job["work"] / "runs" / run_name
+    resumed_from = latest_tag(run_dir)
+    assert resumed_from is not None and resumed_from not in incomplete
+    pretrain(
+        "train",
+        *job["config"],
+        f"tracking.run_name={run_name}",
+        "--resume",
+        *SLOW_SAVE,
+        "train.max_steps=40",
+        "train.warmup_steps=2",
+        "checkpoint.every_steps=0",
+        "checkpoint.keep_last=2",
+        cwd=job["work"],
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 40
+    folders = sorted(p.name for p in checkpoint_dir(run_dir).glob("step_*"))
+    assert folders[-1] == "step_00000040" and latest_tag(run_dir) == "step_00000040"
+    assert not set(incomplete) & set(folders)  # what the killed save left is gone

@@ -167,8 +167,10 @@ def _in_launched_rank() -> bool:
 
 def cmd_train(args: argparse.Namespace, config: Config) -> int:
     if _in_launched_rank():
+        from launch.local import exit_with_parent
         from pretrain.train import train
 
+        exit_with_parent()
         train(config, resume=args.resume)
         return 0
     return launch_job(args, config, detach=False)

@@ -324,3 +324,24 @@ def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint(jo
     folders = sorted(p.name for p in checkpoint_dir(run_dir).glob("step_*"))
     assert folders[-1] == "step_00000040" and latest_tag(run_dir) == "step_00000040"
     assert not set(incomplete) & set(folders)  # what the killed save left is gone
+
+
+def test_killing_the_train_command_takes_its_ranks_with_it(job):
+    """kill -9 of `pretrain train` alone: torchrun and both ranks (each in a session of its own) die too."""
+    command = [sys.executable, "-m", "pretrain.cli", "train", *job["config"], "tracking.run_name=orphans"]
+    process = subprocess.Popen(
+        [*command, "train.max_steps=100000", "train.eval_interval=100000"],
+        cwd=job["work"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in process.stdout:  # wait until the ranks are training
+        if line.startswith("step"):
+            break
+    descendants = psutil.Process(process.pid).children(recursive=True)
+    assert sum("pretrain.cli" in " ".join(p.cmdline()) for p in descendants) >= 2  # torchrun's ranks
+    process.kill()
+    process.wait()
+    _, alive = psutil.wait_procs(descendants, timeout=30)
+    assert alive == [], [p.cmdline() for p in alive]

@@ -26,7 +26,8 @@ from pretrain.deepspeed_config import deepspeed_config
 from pretrain.engine import build_engine, init_distributed
 from pretrain.errors import ConfigError
 from pretrain.generate import generate_text
-from pretrain.model_info import mfu, model_cost
+from pretrain.metrics import IntervalMeter, format_duration, perplexity
+from pretrain.model_info import model_cost
 from pretrain.preflight import check_job
 from pretrain.tracking import Tracker
 
@@ -163,12 +164,12 @@ def train_step(engine, loader: BatchLoader) -> torch.Tensor:
 def run_loop(config: Config, engine, loader: BatchLoader, val: BatchLoader, progress: Progress, tracker) -> None:
     train = config.train
     tokens_per_step = train.global_batch_size * train.seq_len
-    flops_per_token = model_cost(config.model, train.seq_len).flops_per_token
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    flops_per_token = model_cost(config.model, train.seq_len).flops_per_token
+    meter = IntervalMeter(tokens_per_step, flops_per_token, device_name, dist.get_world_size())
     if progress.step == 0:
         # The untrained model's validation loss: the point the curve falls from.
-        report(progress, {"val_loss": evaluate(engine, val)}, tracker, train.max_steps)
-    interval_steps, interval_seconds = 0, 0.0  # training time only: evaluation and saving excluded
+        report(progress, validation_metrics(engine, val, progress), tracker, train.max_steps)
     while progress.step < train.max_steps:
         started = time.perf_counter()
         loss = train_step(engine, loader)
@@ -179,28 +180,22 @@ def run_loop(config: Config, engine, loader: BatchLoader, val: BatchLoader, prog
         if log_now:
             # The only host-device synchronization of a step, once per log interval.
             progress.train_loss = mean_over_ranks(loss)
-        interval_steps += 1
-        interval_seconds += time.perf_counter() - started
+        meter.add_step(time.perf_counter() - started)
         metrics = {}
         if log_now:
-            metrics = {
-                "loss": progress.train_loss,
-                "lr": engine.get_lr()[0],
-                "tokens_per_s": interval_steps * tokens_per_step / interval_seconds,
-                "step_time_s": interval_seconds / interval_steps,
-                "tokens_seen": progress.tokens_seen,
-            }
-            utilization = mfu(metrics["tokens_per_s"], flops_per_token, device_name, dist.get_world_size())
-            if utilization is not None:  # only for a chip whose peak is known
-                metrics["mfu"] = utilization
-            interval_steps, interval_seconds = 0, 0.0
+            metrics = meter.metrics(progress.train_loss, engine.get_lr()[0], progress.step, train.max_steps)
+            metrics["tokens_seen"] = progress.tokens_seen
         if progress.step % train.eval_interval == 0 or last:
-            progress.val_loss = evaluate(engine, val)
-            metrics["val_loss"] = progress.val_loss
+            metrics |= validation_metrics(engine, val, progress)
         if metrics:
             report(progress, metrics, tracker, train.max_steps)
         if config.checkpoint.every_steps and progress.step % config.checkpoint.every_steps == 0 and not last:
             save_checkpoint(config, engine, loader, progress, tracker)
+
+
+def validation_metrics(engine, val: BatchLoader, progress: Progress) -> dict[str, float]:
+    progress.val_loss = evaluate(engine, val)
+    return {"val_loss": progress.val_loss, "val_perplexity": perplexity(progress.val_loss)}
 
 
 def report(progress: Progress, metrics: dict, tracker, max_steps: int) -> None:
@@ -211,9 +206,14 @@ def report(progress: Progress, metrics: dict, tracker, max_steps: int) -> None:
     parts = [f"step {progress.step:>6}/{max_steps}"]
     if "loss" in metrics:
         parts += [f"loss {metrics['loss']:.4f}", f"lr {metrics['lr']:.2e}", f"{metrics['tokens_per_s']:,.0f} tok/s"]
+        if "mfu" in metrics:
+            parts.append(f"MFU {metrics['mfu']:.1%}")
+        parts.append(f"ETA {format_duration(metrics['eta_s'])}")
     if "val_loss" in metrics:
-        parts.append(f"val_loss {metrics['val_loss']:.4f}")
+        parts.append(f"val_loss {metrics['val_loss']:.4f} (ppl {metrics['val_perplexity']:.1f})")
     print(" | ".join(parts), flush=True)
+    if "loss_spike" in metrics:
+        print(f"loss spike at step {progress.step}: {metrics['loss_spike']:.1f}x the recent median", flush=True)
 
 
 def save_checkpoint(config: Config, engine, loader: BatchLoader, progress: Progress, tracker) -> Path:

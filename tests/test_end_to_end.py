@@ -3,6 +3,7 @@ DeepSpeed training (gloo, ZeRO-1) -> MLflow run read back -> export -> generatio
 """
 
 import json
+import math
 import re
 import signal
 import subprocess
@@ -78,6 +79,7 @@ def test_training_loss_falls_and_outputs_are_reported(job):
     assert "final train loss" in job["train"]
     assert f"run folder:  {job['work'] / 'runs' / 'tiny'}" in job["train"]
     assert "step     30/30" in job["train"]
+    assert re.search(r"step      5/30 \| loss [\d.]+ \| lr [\d.e+-]+ \| [\d,]+ tok/s \| ETA \d+", job["train"])
 
 
 def test_mlflow_run_holds_params_metrics_and_artifacts(job):
@@ -94,6 +96,8 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(job):
     assert losses[-1] < losses[0] - 0.5
     val = sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)
     assert [m.step for m in val] == [0, 15, 30]
+    perplexity = sorted(client.get_metric_history(run.info.run_id, "val_perplexity"), key=lambda m: m.step)
+    assert [m.value for m in perplexity] == pytest.approx([math.exp(m.value) for m in val])
     assert val[-1].value < val[0].value - 0.5
     assert client.get_metric_history(run.info.run_id, "tokens_per_s")[0].value > 0
     assert client.get_metric_history(run.info.run_id, "mfu") == []  # a CPU has no known peak: no MFU, not a wrong one

@@ -23,16 +23,14 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from model import GPT
+from model import GPT, GPTConfig
 from pretrain.hf_format import hf_config_dict
 from pretrain.model_info import load_preset, mfu, model_cost
 
 
 def build_models(
-    preset: str, seq_len: int, device: str, dtype: torch.dtype, compile_models: bool
+    config: GPTConfig, device: str, dtype: torch.dtype, compile_models: bool
 ) -> dict[str, torch.nn.Module]:
-    config = load_preset(preset)
-    config.max_seq_len = max(config.max_seq_len, seq_len)  # gpt2 presets stop at 1024 positions
     hf_kwargs = hf_config_dict(config)
     hf_config = transformers.AutoConfig.for_model(hf_kwargs.pop("model_type"), **hf_kwargs)
     with torch.device(device):  # initialize on the device: a 1B model's CPU init takes minutes
@@ -62,8 +60,9 @@ def time_steps(name: str, model: torch.nn.Module, ids: torch.Tensor, steps: int)
 
 def bench_preset(preset: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    models = build_models(preset, args.seq_len, args.device, dtype, args.compile)
     config = load_preset(preset)
+    config.max_seq_len = max(config.max_seq_len, args.seq_len)  # gpt2 presets stop at 1024 positions
+    models = build_models(config, args.device, dtype, args.compile)
     vocab = config.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.seq_len + 1), device=args.device)
     seconds: dict[str, list[float]] = {name: [] for name in models}

@@ -95,12 +95,16 @@ class ShardWriter:
         self.pending_tokens, self.pending_lengths, self.pending_bytes = [], [], 0
 
 
-def write_json_atomically(path: Path, payload: dict) -> Path:
+def write_text_atomically(path: Path, text: str) -> Path:
     """Write under a temporary name, then rename: a reader never sees half a file."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    temporary.write_text(text)
     os.replace(temporary, path)
     return path
+
+
+def write_json_atomically(path: Path, payload: dict) -> Path:
+    return write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> Path:

@@ -15,7 +15,6 @@ which resume skips and the next save removes.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_pipeline.shards import write_text_atomically
 from pretrain.errors import CheckpointError
 
 LATEST = "latest"
@@ -55,16 +55,10 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int) -
     # save_checkpoint returns on every rank after a barrier that follows every rank's writes.
     engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
     if engine.global_rank == 0:
-        write_atomically(directory / tag / COMPLETE, "")
-        write_atomically(directory / LATEST, tag)
+        write_text_atomically(directory / tag / COMPLETE, "")
+        write_text_atomically(directory / LATEST, tag)
         _prune(directory, keep_last)
     return directory / tag
-
-
-def write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def complete_tags(directory: Path) -> list[str]:
@@ -85,9 +79,9 @@ def _prune(directory: Path, keep_last: int) -> None:
 def latest_tag(run_dir: Path) -> str | None:
     """The newest complete checkpoint: the one `latest` names, or the newest with a marker if it is not complete."""
     directory = checkpoint_dir(run_dir)
-    path = directory / LATEST
-    if path.is_file() and (directory / path.read_text().strip() / COMPLETE).is_file():
-        return path.read_text().strip()
+    named = (directory / LATEST).read_text().strip() if (directory / LATEST).is_file() else None
+    if named and (directory / named / COMPLETE).is_file():
+        return named
     tags = complete_tags(directory)
     return tags[-1] if tags else None
 

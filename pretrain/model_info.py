@@ -74,6 +74,9 @@ def model_cost(config: GPTConfig, seq_len: int | None = None) -> ModelCost:
 def memory_per_rank(parameters: int, precision: str, zero_stage: int, world_size: int) -> dict[str, float]:
     """Bytes per rank for weights, gradients and optimizer state."""
     weights, gradients, optimizer = (parameters * b for b in BYTES_PER_PARAM[precision])
+    if precision == "fp32" and zero_stage >= 1:
+        # DeepSpeed's ZeRO optimizers keep an fp32 master copy of the weights even for an fp32 model.
+        optimizer += 4 * parameters
     return {
         "weights": weights / (world_size if zero_stage >= 3 else 1),
         "gradients": gradients / (world_size if zero_stage >= 2 else 1),

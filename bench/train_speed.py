@@ -87,7 +87,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--preset", help="a model preset (configs/model/) instead of the config's model")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--zero-stage", type=int, default=0)
     parser.add_argument("--seq-len", type=int, help="default: the config's train.seq_len")
     parser.add_argument("--micro-batch", type=int, help="default: the config's train.micro_batch_size")

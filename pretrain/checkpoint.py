@@ -86,23 +86,37 @@ def latest_tag(run_dir: Path) -> str | None:
     return tags[-1] if tags else None
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """A new run must not overwrite another's checkpoints; a resumed one needs one."""
-    if resume and latest_tag(run_dir) is None:
+def step_of(tag: str) -> int:
+    return int(tag.removeprefix("step_"))
+
+
+def resolve_resume(run_dir: Path, required: bool, max_steps: int) -> bool:
+    """Whether the run continues from a checkpoint: whenever its folder holds a complete one.
+
+    So a requeued or restarted job only has to run the same command again.
+    With `required` (--resume) a missing checkpoint is an error; a run that
+    already reached `max_steps` is one too, since training it on needs more steps.
+    """
+    tag = latest_tag(run_dir)
+    if tag is None:
+        if required:
+            raise CheckpointError(
+                f"{checkpoint_dir(run_dir)}: no checkpoint to resume from; run without --resume to start afresh"
+            )
+        return False
+    if step_of(tag) >= max_steps:
         raise CheckpointError(
-            f"{checkpoint_dir(run_dir)}: no checkpoint to resume from; run without --resume to start afresh"
+            f"{run_dir}: this run already finished (checkpoint {tag}, train.max_steps = {max_steps}); "
+            f"raise train.max_steps to train it on, or choose another tracking.run_name for a new run"
         )
-    if not resume and latest_tag(run_dir) is not None:
-        raise CheckpointError(
-            f"{run_dir}: this run folder already holds checkpoints; pass --resume to continue it, "
-            f"or choose another tracking.run_name"
-        )
+    return True
 
 
 def load(engine, run_dir: Path) -> dict:
     """Load the latest checkpoint into the engine; return its client state."""
-    check_run_dir(run_dir, resume=True)
     tag = latest_tag(run_dir)
+    if tag is None:
+        raise CheckpointError(f"{checkpoint_dir(run_dir)}: no complete checkpoint to load")
     _, client_state = engine.load_checkpoint(str(checkpoint_dir(run_dir)), tag=tag)
     if client_state is None:
         raise CheckpointError(f"{checkpoint_dir(run_dir) / tag}: the checkpoint could not be loaded")

@@ -10,6 +10,7 @@
     pretrain submit     --config configs/demo.yaml --detach
     pretrain config     --config configs/demo.yaml train.lr=3e-4   # the resolved config
     pretrain model info llama-1b --zero-stage 3 --world-size 8     # size, FLOPs, memory
+    pretrain runs sync outputs/runs/first   # send a run's MLflow spool, kept while the server was down
 
 Every subcommand takes `--config FILE` and dotted `key.path=value` overrides.
 """
@@ -63,9 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
         checker.add_argument("--dir", type=Path, help="dataset folder (default: data.output_dir)")
 
     train = _with_config(
-        commands.add_parser("train", help="train a GPT with DeepSpeed, tracked in MLflow", epilog=EPILOG)
+        commands.add_parser(
+            "train",
+            help="train a GPT with DeepSpeed, tracked in MLflow",
+            description="Train on launch.nproc_per_node processes: ZeRO (parallel.zero_stage), tensor parallelism "
+            "(parallel.tensor_parallel_size), checkpoints every checkpoint.every_steps. A run folder that holds a "
+            "checkpoint is continued from it, exactly. SIGTERM saves a checkpoint and exits 0.",
+            epilog="Reference: docs/training.md, docs/parallelism.md. " + EPILOG,
+        )
     )
-    train.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="require a checkpoint to continue from (without it, a run folder that holds one is continued anyway)",
+    )
+    train.add_argument("--nproc", type=int, metavar="N", help="processes on this machine (launch.nproc_per_node)")
 
     export = _with_config(commands.add_parser("export", help="turn a checkpoint into a model folder", epilog=EPILOG))
     export.add_argument("--run-dir", type=Path, help="run folder (default: checkpoint.root/tracking.run_name)")
@@ -74,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_generate(commands)
     _add_attention(commands)
+    _add_runs(commands)
 
     model = commands.add_parser("model", help="model presets: size, FLOPs and memory")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
@@ -96,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("submit", help="run the training job on a target (launch.target)", epilog=EPILOG)
     )
     submit.add_argument("--detach", action="store_true", help="return at once; the job logs to <run folder>/job.log")
-    submit.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    submit.add_argument("--resume", action="store_true", help="require a checkpoint to continue from")
+    submit.add_argument("--nproc", type=int, metavar="N", help="processes on this machine (launch.nproc_per_node)")
     return parser
 
 
@@ -142,6 +157,22 @@ def _add_attention(commands) -> None:
     attention.add_argument("--tag", help="checkpoint tag of a run folder (default: the latest)")
 
 
+def _add_runs(commands) -> None:
+    runs = commands.add_parser("runs", help="MLflow runs of run folders: send what was spooled while offline")
+    runs_commands = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    sync = runs_commands.add_parser(
+        "sync",
+        help="send a run folder's MLflow spool to the server (creates the run if it never was)",
+        description="Replay RUN_DIR/mlflow_spool, written while the MLflow server could not be reached, "
+        "in the order it was logged. Safe to repeat: what was sent is recorded and is not sent twice.",
+        epilog="Reference: docs/tracking.md.",
+    )
+    sync.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="the run folder (checkpoint.root/tracking.run_name)"
+    )
+    sync.add_argument("--uri", help="MLflow tracking URI (default: tracking.uri of RUN_DIR/config.yaml)")
+
+
 def cmd_data(args: argparse.Namespace, config: Config) -> int:
     from data_pipeline.report import build_summary, inspect_dataset
     from data_pipeline.shards import read_manifest, verify_dataset
@@ -171,26 +202,28 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
         from pretrain.train import train
 
         exit_with_parent()
-        train(config, resume=args.resume)
+        train(config, require_checkpoint=args.resume)
         return 0
     return launch_job(args, config, detach=False)
 
 
 def launch_job(args: argparse.Namespace, config: Config, detach: bool) -> int:
     """Start the job's ranks with torchrun (one process too: DeepSpeed expects a launcher's environment)."""
-    from launch.local import run_local
+    from launch.local import run_local, wait_passing_sigterm_to_ranks
     from pretrain.preflight import check_job
 
-    check_job(config, args.resume)
+    _, resume = check_job(config, args.resume)
+    if resume:
+        print(f"continuing {config.run_dir} from its latest checkpoint", flush=True)
     # The ranks read the fully resolved config, so they run exactly what was validated here.
     resolved = save_config(config, config.run_dir / "config.yaml")
-    worker_args = ["train", "--config", str(resolved)] + (["--resume"] if args.resume else [])
+    worker_args = ["train", "--config", str(resolved)] + (["--resume"] if resume else [])
     log_file = config.run_dir / "job.log" if detach else None
-    process = run_local(config.launch.nproc_per_node, "pretrain.cli", worker_args, log_file)
+    process = run_local(config.launch.nproc_per_node, "pretrain.cli", worker_args, log_file, config.launch.launcher)
     if detach:
         print(f"started {config.launch.nproc_per_node} rank(s), process {process.pid}; log: {log_file.resolve()}")
         return 0
-    returncode = process.wait()
+    returncode = wait_passing_sigterm_to_ranks(process)
     if returncode != 0:
         raise PretrainError(f"the job failed (exit code {returncode}); the failing rank's error is printed above")
     print_run_outputs(config)
@@ -198,10 +231,18 @@ def launch_job(args: argparse.Namespace, config: Config, detach: bool) -> int:
 
 
 def print_run_outputs(config: Config) -> None:
-    summary = json.loads((config.run_dir / "summary.json").read_text())
+    summary_path = config.run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if summary.get("steps") != config.train.max_steps:
+        # Stopped by SIGTERM: the ranks saved a checkpoint and exited cleanly, so the job can be requeued.
+        print(f"stopped before the end; run the same command again to continue (run folder {config.run_dir})")
+        return
     print(f"final train loss {summary['train_loss']:.4f}, validation loss {summary['val_loss']:.4f}")
     print(f"run folder:  {config.run_dir.resolve()}")
     print(f"checkpoint:  {summary['checkpoint']}")
+    if summary["mlflow_run_id"] is None:  # the server was down: everything waits in the run folder's spool
+        print(f"MLflow run:  not sent yet; send it with: pretrain runs sync {config.run_dir}")
+        return
     print(
         f"MLflow run:  {summary['mlflow_run_id']} in experiment {config.tracking.experiment!r} at {config.tracking.uri}"
     )
@@ -253,6 +294,19 @@ def cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from pretrain.tracking import sync_run_dir
+
+    report, uri = sync_run_dir(args.run_dir, args.uri)
+    if report.created:
+        print(f"created MLflow run {report.run_id} at {uri}")
+    if report.sent_anything:
+        print(f"sent {report.describe()} to MLflow run {report.run_id} at {uri}")
+    else:
+        print(f"nothing left to send: MLflow run {report.run_id} at {uri} holds all of {args.run_dir}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, config: Config) -> int:
     print(config.to_yaml(), end="")
     return 0
@@ -277,6 +331,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = [*getattr(args, "overrides", []), *late_overrides]
+    if getattr(args, "nproc", None):
+        args.overrides.append(f"launch.nproc_per_node={args.nproc}")
     return args
 
 
@@ -287,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_model(args)
         if args.command == "attention":  # about a trained model: no config either
             return cmd_attention(args)
+        if args.command == "runs":  # about a run folder: its own config.yaml
+            return cmd_runs(args)
         config = load_config(args.config, args.overrides)
         return COMMANDS[args.command](args, config)
     except (PretrainError, DataError) as err:

@@ -16,9 +16,10 @@ import dataclasses
 import typing
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from data_pipeline.config import DataConfig
 from model import GPTConfig
@@ -47,7 +48,9 @@ class TrainConfig(Section):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="bf16 on GPUs that have it; fp16 adds dynamic loss scaling"
+    )
     activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward")
     document_masking: bool = Field(
         False,
@@ -57,16 +60,31 @@ class TrainConfig(Section):
         default_factory=dict,
         description="sample the dataset's sources by weight, e.g. {web: 0.7, code: 0.3}; empty: all sequences alike",
     )
+    max_nonfinite_steps: int = Field(
+        5,
+        ge=1,
+        description="consecutive steps with a non-finite loss or gradient norm (each skipped) before the run stops",
+    )
     log_interval: int = Field(10, ge=1, description="steps between metric logs")
     eval_interval: int = Field(100, ge=1, description="steps between validation runs")
     eval_batches: int = Field(10, ge=1, description="micro-batches per rank in one validation run")
     sample_prompt: str = Field("The", description="prompt of the sample generated at the end")
     sample_tokens: int = Field(64, ge=1)
+    eval_prompts: list[str] = Field(
+        default_factory=list, description="prompts continued at every validation, logged to MLflow as text"
+    )
 
 
 class ParallelConfig(Section):
-    zero_stage: int = Field(1, ge=0, le=3, description="DeepSpeed ZeRO stage")
-    tensor_parallel_size: int = Field(1, ge=1, description="DeepSpeed AutoTP degree")
+    zero_stage: int = Field(
+        1, ge=0, le=3, description="DeepSpeed ZeRO stage: 0 none, 1 optimizer state, 2 +gradients, 3 +parameters"
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="DeepSpeed AutoTP degree: ranks that split each layer's matrices"
+    )
+    offload_optimizer: bool = Field(
+        False, description="ZeRO 1-3: keep optimizer state in CPU memory and step it there (saves 12 bytes/param)"
+    )
 
 
 class CheckpointConfig(Section):
@@ -80,9 +98,26 @@ class TrackingConfig(Section):
     experiment: str = "pretrain"
     run_name: str = "run"
 
+    # A check of the raw section, not of the field: an error about a field repeats
+    # its value, and this value would carry the password into the terminal and logs.
+    @model_validator(mode="before")
+    @classmethod
+    def no_credentials_in_uri(cls, section: Any) -> Any:
+        uri = section.get("uri") if isinstance(section, dict) else None
+        if isinstance(uri, str) and urlsplit(uri).username is not None:
+            raise ValueError(
+                "tracking.uri holds credentials (user:password@host); the URI is logged with the run's "
+                "parameters, so give it without them and set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD in the environment instead"
+            )
+        return section
+
 
 class LaunchConfig(Section):
     target: Literal["local"] = "local"
+    launcher: Literal["torchrun", "deepspeed"] = Field(
+        "torchrun", description="what starts the ranks on a host: torchrun, or DeepSpeed's `deepspeed` launcher"
+    )
     nnodes: int = Field(1, ge=1)
     nproc_per_node: int = Field(1, ge=1, description="processes (ranks) per node")
 
@@ -128,13 +163,15 @@ def consistency_problems(config: Config) -> list[str]:
             f"parallel.tensor_parallel_size = {tp}: must divide the world size "
             f"(launch.nnodes x launch.nproc_per_node = {config.world_size})"
         )
-    elif config.model.n_head % tp:
-        problems.append(f"parallel.tensor_parallel_size = {tp}: must divide model.n_head ({config.model.n_head})")
+    elif tp > 1:
+        problems += tensor_parallel_problems(config)
     elif train.global_batch_size % (train.micro_batch_size * config.dp_size):
         problems.append(
             f"train.global_batch_size = {train.global_batch_size}: must be a multiple of "
             f"train.micro_batch_size ({train.micro_batch_size}) x data-parallel size ({config.dp_size})"
         )
+    if config.parallel.offload_optimizer and config.parallel.zero_stage == 0:
+        problems.append("parallel.offload_optimizer = true: needs parallel.zero_stage 1, 2 or 3")
     if train.seq_len > config.model.max_seq_len:
         problems.append(
             f"train.seq_len = {train.seq_len}: must not exceed model.max_seq_len ({config.model.max_seq_len})"
@@ -149,6 +186,29 @@ def consistency_problems(config: Config) -> list[str]:
         problems.append(
             f"model.vocab_size = {config.model.vocab_size}: must be at least "
             f"data.tokenizer.vocab_size ({config.data.tokenizer.vocab_size})"
+        )
+    return problems
+
+
+def tensor_parallel_problems(config: Config) -> list[str]:
+    """AutoTP splits heads and hidden units evenly across the tensor-parallel ranks.
+
+    With DeepSpeed 0.19.8, AutoTP training combines with ZeRO stages 0, 1, 2
+    and 3 (each tested against a single process in tests/test_end_to_end.py);
+    optimizer offload with tensor parallelism is not tested there, so it is refused.
+    """
+    tp, model, problems = config.parallel.tensor_parallel_size, config.model, []
+    for name, count in [
+        ("model.n_head", model.n_head),
+        ("model.n_kv_heads", model.kv_heads),
+        ("the FFN width", model.ffn_hidden),
+    ]:
+        if count % tp:
+            problems.append(f"parallel.tensor_parallel_size = {tp}: must divide {name} ({count})")
+    if config.parallel.offload_optimizer:
+        problems.append(
+            "parallel.offload_optimizer = true: not supported with tensor parallelism; "
+            "set parallel.tensor_parallel_size=1 or parallel.offload_optimizer=false"
         )
     return problems
 

@@ -12,11 +12,12 @@ import warnings
 import deepspeed
 import torch
 import torch.distributed as dist
+from deepspeed.utils import groups
 
 from model import GPT
 from pretrain.config import Config
 from pretrain.deepspeed_config import deepspeed_config
-from pretrain.optim import lr_multiplier, param_groups
+from pretrain.optim import AdamW, lr_multiplier, param_groups
 
 # DeepSpeed's ZeRO calls a torch collective that torch has renamed; the warning says nothing to our users.
 warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
@@ -30,14 +31,32 @@ def init_distributed() -> None:
 
 
 def build_engine(config: Config, model: GPT):
+    mpu = None
+    if config.parallel.tensor_parallel_size > 1:
+        # The (data-parallel, tensor-parallel) process groups, made before the
+        # engine so that DeepSpeed counts the batch over data-parallel ranks only.
+        groups._init_tp_mesh_device(tensor_model_parallel_size=config.parallel.tensor_parallel_size)
+        mpu = groups
     engine, _, _, _ = deepspeed.initialize(
         model=model,
-        optimizer=torch.optim.AdamW(
-            param_groups(model, config.train.weight_decay),
-            lr=config.train.lr,
-            betas=(config.train.beta1, config.train.beta2),
-        ),
+        mpu=mpu,
+        optimizer=make_optimizer(config, model),
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config.train)),
         config=deepspeed_config(config),
     )
     return engine
+
+
+def make_optimizer(config: Config, model: GPT) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only; fused into one kernel on GPUs.
+
+    ZeRO and mixed precision wrap it in DeepSpeed optimizers that skip steps
+    with non-finite gradients; alone (ZeRO 0, fp32), our AdamW does that itself.
+    """
+    train = config.train
+    plain_fp32 = config.parallel.zero_stage == 0 and train.precision == "fp32"
+    optimizer_class = AdamW if plain_fp32 else torch.optim.AdamW
+    fused = torch.cuda.is_available() and not config.parallel.offload_optimizer
+    return optimizer_class(
+        param_groups(model, train.weight_decay), lr=train.lr, betas=(train.beta1, train.beta2), fused=fused or None
+    )

@@ -15,3 +15,11 @@ class CheckpointError(PretrainError):
 
 class ExportError(PretrainError):
     """A model cannot be exported to (or imported from) another format, such as Hugging Face's."""
+
+
+class TrackingError(PretrainError):
+    """MLflow refused the run (credentials, permissions), or a spooled run cannot be synced yet."""
+
+
+class TrainingError(PretrainError):
+    """Training cannot go on, for example after too many steps with a non-finite loss."""

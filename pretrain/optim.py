@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
+import torch.distributed as dist
 from torch import nn
 
 from pretrain.config import TrainConfig
@@ -22,6 +24,29 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+class AdamW(torch.optim.AdamW):
+    """PyTorch's AdamW, which skips a step whose gradients are not all finite.
+
+    Without ZeRO and in fp32, DeepSpeed steps the client optimizer itself;
+    like its own ZeRO and mixed-precision optimizers, this one then sets
+    `overflow`, which DeepSpeed reads to count the step as skipped and to
+    hold the learning-rate schedule (pretrain/stability.py).
+    """
+
+    overflow = False
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        finite = torch.isfinite(torch.nn.utils.get_total_norm(grads)).float()
+        if dist.is_initialized():  # tensor-parallel ranks hold different shards: all must agree
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        self.overflow = not finite.item()
+        if self.overflow:
+            return None
+        return super().step(closure)
 
 
 def lr_multiplier(train: TrainConfig) -> Callable[[int], float]:

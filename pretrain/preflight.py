@@ -13,20 +13,16 @@ from data_pipeline.errors import DataError
 from data_pipeline.loader import TokenSequences, check_mixture
 from data_pipeline.shards import TOKENIZER_NAME, read_manifest
 from data_pipeline.tokenizer import file_sha256
-from pretrain.checkpoint import check_run_dir
+from pretrain.checkpoint import resolve_resume
 from pretrain.config import Config
 from pretrain.errors import ConfigError
 
 
-def check_job(config: Config, resume: bool) -> dict:
-    """Raise a clear error if the job cannot start; return the dataset's manifest."""
+def check_job(config: Config, require_checkpoint: bool) -> tuple[dict, bool]:
+    """Raise a clear error if the job cannot start; return the dataset's manifest and whether it resumes."""
     if config.launch.nnodes > 1:
         raise ConfigError("launch.nnodes > 1: multi-node jobs are not available yet (issue #6); set launch.nnodes=1")
-    if config.parallel.tensor_parallel_size > 1:
-        raise ConfigError(
-            "parallel.tensor_parallel_size > 1: tensor-parallel training is not available yet (issue #5); set it to 1"
-        )
-    check_run_dir(config.run_dir, resume)
+    resume = resolve_resume(config.run_dir, require_checkpoint, config.train.max_steps)
     manifest = read_manifest(Path(config.data.output_dir))
     vocab = manifest["tokenizer"]["vocab_size"]
     if config.model.vocab_size < vocab:
@@ -36,7 +32,7 @@ def check_job(config: Config, resume: bool) -> dict:
         )
     check_tokenizer(config, manifest)
     check_split_sizes(config, manifest)
-    return manifest
+    return manifest, resume
 
 
 def check_tokenizer(config: Config, manifest: dict) -> None:

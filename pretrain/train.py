@@ -8,6 +8,7 @@ single process). Rank 0 alone prints and talks to MLflow; collective calls
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,13 +23,16 @@ from data_pipeline.tokenizer import load_tokenizer
 from model import GPT
 from pretrain import checkpoint
 from pretrain.config import Config, save_config
+from pretrain.console import Console
 from pretrain.deepspeed_config import deepspeed_config
 from pretrain.engine import build_engine, init_distributed
-from pretrain.errors import ConfigError
-from pretrain.generate import generate_text
+from pretrain.errors import ConfigError, TrainingError
+from pretrain.generate import generate_text, generate_texts
 from pretrain.metrics import IntervalMeter, format_duration, perplexity
 from pretrain.model_info import model_cost
+from pretrain.preemption import PreemptionWatch
 from pretrain.preflight import check_job
+from pretrain.stability import NonFiniteSteps
 from pretrain.tracking import Tracker
 
 
@@ -69,65 +73,76 @@ def to_device(batch, device) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(array).to(device, non_blocking=True) for array in batch)
 
 
-def train(config: Config, resume: bool = False) -> Progress:
-    manifest = check_job(config, resume)
+def train(config: Config, require_checkpoint: bool = False) -> Progress:
+    """Train this rank's part of the job; continue from the run folder's latest checkpoint if it holds one."""
+    manifest, resume = check_job(config, require_checkpoint)
     data_dir = Path(config.data.output_dir)
     init_distributed()
-    rank = dist.get_rank()
     check_world_size(config)
     torch.manual_seed(config.train.seed)  # every rank starts from the same weights
     model = GPT(config.model)
     model.activation_checkpointing = config.train.activation_checkpointing
     engine = build_engine(config, model)
-    loader = BatchLoader(
-        data_dir,
-        "train",
-        config.train.seq_len,
-        config.train.micro_batch_size,
-        config.grad_accum_steps,
-        rank,
-        config.dp_size,
-        config.train.seed,
-        mixture=config.train.mixture,
-        manifest=manifest,
-        document_ids=config.train.document_masking,
-    )
-    val = BatchLoader(
-        data_dir,
-        "val",
-        config.train.seq_len,
-        config.train.micro_batch_size,
-        config.train.eval_batches,
-        rank,
-        config.dp_size,
-        config.train.seed,
-        manifest=manifest,
-        document_ids=config.train.document_masking,
-    )
+    loader, val = make_loaders(config, manifest)
     progress, run_id = Progress(), None
     if resume:
         state = checkpoint.load(engine, config.run_dir)
         loader.load_state_dict(state["loader"])
         progress.step, progress.tokens_seen, run_id = state["step"], state["tokens_seen"], state["mlflow_run_id"]
-    tracker = start_tracking(config, data_dir, run_id) if rank == 0 else None
-    if tracker:
-        # What the loader makes of the dataset at this sequence length: only shard tails are left out.
-        sequences = sum(len(group) for group in loader.groups)
-        tracker.set_tags(
-            {
-                "data.fingerprint": loader.fingerprint,
-                "data.train_sequences": sequences,
-                "data.dropped_tokens": loader.dropped_tokens,
-            }
-        )
+    tracker = start_tracking(config, data_dir, loader, run_id) if dist.get_rank() == 0 else None
+    preemption = PreemptionWatch()
     try:
-        run_loop(config, engine, loader, val, progress, tracker)
-        finish(config, engine, loader, progress, tracker, manifest)
+        completed = run_loop(config, engine, loader, val, progress, tracker, preemption)
+        if completed:
+            finish(config, engine, loader, progress, tracker, manifest)
+        elif tracker:
+            tracker.finish("KILLED")
     except BaseException:
         if tracker:
             tracker.finish("FAILED")
         raise
+    finally:
+        preemption.close()
+    # Leave together: a rank that exits while others still use the process
+    # group can abort in the communication library's teardown.
+    dist.barrier()
+    dist.destroy_process_group()
     return progress
+
+
+def make_loaders(config: Config, manifest: dict) -> tuple[BatchLoader, BatchLoader]:
+    """This rank's training and validation loaders.
+
+    DeepSpeed lays ranks out as a (data-parallel, tensor-parallel) mesh: the
+    ranks of one tensor-parallel group are consecutive and read the same batch.
+    """
+    data_dir, train = Path(config.data.output_dir), config.train
+    dp_rank = dist.get_rank() // config.parallel.tensor_parallel_size
+    common = {"manifest": manifest, "document_ids": train.document_masking}
+    loader = BatchLoader(
+        data_dir,
+        "train",
+        train.seq_len,
+        train.micro_batch_size,
+        config.grad_accum_steps,
+        dp_rank,
+        config.dp_size,
+        train.seed,
+        mixture=train.mixture,
+        **common,
+    )
+    val = BatchLoader(
+        data_dir,
+        "val",
+        train.seq_len,
+        train.micro_batch_size,
+        train.eval_batches,
+        dp_rank,
+        config.dp_size,
+        train.seed,
+        **common,
+    )
+    return loader, val
 
 
 def write_run_files(config: Config, data_dir: Path) -> list[Path]:
@@ -141,11 +156,19 @@ def write_run_files(config: Config, data_dir: Path) -> list[Path]:
     return [save_config(config, run_dir / "config.yaml"), ds_path, tokenizer_path]
 
 
-def start_tracking(config: Config, data_dir: Path, run_id: str | None) -> Tracker:
+def start_tracking(config: Config, data_dir: Path, loader: BatchLoader, run_id: str | None) -> Tracker:
     """Start (or, with `run_id`, continue) the MLflow run and log what defines it."""
     tracker = Tracker(config, run_id)
     for path in [*write_run_files(config, data_dir), data_dir / MANIFEST_NAME]:
         tracker.log_artifact(path)
+    # What the loader makes of the dataset at this sequence length: only shard tails are left out.
+    tracker.set_tags(
+        {
+            "data.fingerprint": loader.fingerprint,
+            "data.train_sequences": sum(len(group) for group in loader.groups),
+            "data.dropped_tokens": loader.dropped_tokens,
+        }
+    )
     return tracker
 
 
@@ -161,59 +184,117 @@ def train_step(engine, loader: BatchLoader) -> torch.Tensor:
     return loss_sum / len(micro_batches)
 
 
-def run_loop(config: Config, engine, loader: BatchLoader, val: BatchLoader, progress: Progress, tracker) -> None:
+def run_loop(config: Config, engine, loader, val, progress: Progress, tracker, preemption: PreemptionWatch) -> bool:
+    """Train to `train.max_steps`; return False when stopped early by SIGTERM (after saving)."""
     train = config.train
     tokens_per_step = train.global_batch_size * train.seq_len
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     flops_per_token = model_cost(config.model, train.seq_len).flops_per_token
     meter = IntervalMeter(tokens_per_step, flops_per_token, device_name, dist.get_world_size())
+    nonfinite = NonFiniteSteps(engine, train.max_nonfinite_steps)
+    console = Console(train.max_steps) if tracker else None
     if progress.step == 0:
         # The untrained model's validation loss: the point the curve falls from.
-        report(progress, validation_metrics(engine, val, progress), tracker, train.max_steps)
+        report(progress, validation_metrics(config, engine, val, progress, tracker), tracker, console)
     while progress.step < train.max_steps:
         started = time.perf_counter()
         loss = train_step(engine, loader)
         progress.step += 1
         progress.tokens_seen += tokens_per_step
-        last = progress.step == train.max_steps
-        log_now = progress.step % train.log_interval == 0 or last
-        if log_now:
-            # The only host-device synchronization of a step, once per log interval.
-            progress.train_loss = mean_over_ranks(loss)
         meter.add_step(time.perf_counter() - started)
-        metrics = {}
-        if log_now:
-            metrics = meter.metrics(progress.train_loss, engine.get_lr()[0], progress.step, train.max_steps)
-            metrics["tokens_seen"] = progress.tokens_seen
-        if progress.step % train.eval_interval == 0 or last:
-            metrics |= validation_metrics(engine, val, progress)
+        if nonfinite.record(progress.step):
+            stop_if_diverged(config, engine, loader, progress, tracker, nonfinite)
+        metrics = step_metrics(config, engine, val, progress, tracker, meter, nonfinite, loss)
         if metrics:
-            report(progress, metrics, tracker, train.max_steps)
+            report(progress, metrics, tracker, console)
+        elif console:
+            console.progress(progress.step)
+        last = progress.step == train.max_steps
+        if preemption.requested() and not last:
+            saved = save_checkpoint(config, engine, loader, progress, tracker)
+            if console:
+                console.line(
+                    f"SIGTERM: stopped after step {progress.step}, saved {saved}; run the same command to continue"
+                )
+            return False
         if config.checkpoint.every_steps and progress.step % config.checkpoint.every_steps == 0 and not last:
             save_checkpoint(config, engine, loader, progress, tracker)
+    return True
 
 
-def validation_metrics(engine, val: BatchLoader, progress: Progress) -> dict[str, float]:
+def step_metrics(config: Config, engine, val, progress: Progress, tracker, meter, nonfinite, loss) -> dict:
+    """The metrics due after this step: training ones every log interval, validation every eval interval."""
+    train, metrics = config.train, {}
+    last = progress.step == train.max_steps
+    if progress.step % train.log_interval == 0 or last:
+        # The loss crosses to the host once per log interval: no synchronization in the steps between.
+        progress.train_loss = mean_over_ranks(loss)
+        metrics = meter.metrics(progress.train_loss, engine.get_lr()[0], progress.step, train.max_steps)
+        metrics |= {"tokens_seen": progress.tokens_seen, "skipped_steps": nonfinite.total, **memory_metrics()}
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
+    if progress.step % train.eval_interval == 0 or last:
+        metrics |= validation_metrics(config, engine, val, progress, tracker)
+    return metrics
+
+
+def memory_metrics() -> dict[str, float]:
+    """Peak memory since the last log: the GPU's allocator, or this process's resident set on CPU."""
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+        return {"memory_peak_gb": peak, "memory_reserved_gb": torch.cuda.memory_reserved() / 2**30}
+    # ru_maxrss is in KiB on Linux: the peak over the process's life.
+    return {"memory_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def stop_if_diverged(config: Config, engine, loader, progress: Progress, tracker, nonfinite: NonFiniteSteps) -> None:
+    """After too many consecutive skipped steps, save the (untouched) weights and stop with an error."""
+    if not nonfinite.exhausted:
+        return
+    saved = save_checkpoint(config, engine, loader, progress, tracker)
+    raise TrainingError(
+        f"the loss or gradient norm was not finite for {nonfinite.consecutive} consecutive steps "
+        f"({nonfinite.first_of_run}-{progress.step}; train.max_nonfinite_steps = {nonfinite.limit}); each was "
+        f"skipped, so {saved} holds the weights from before step {nonfinite.first_of_run}. Lower train.lr, "
+        f"raise train.warmup_steps or use train.precision=fp32/bf16, then continue with --resume"
+    )
+
+
+def validation_metrics(config: Config, engine, val: BatchLoader, progress: Progress, tracker) -> dict[str, float]:
     progress.val_loss = evaluate(engine, val)
+    if config.train.eval_prompts:
+        log_eval_samples(config, engine, progress.step, tracker)
     return {"val_loss": progress.val_loss, "val_perplexity": perplexity(progress.val_loss)}
 
 
-def report(progress: Progress, metrics: dict, tracker, max_steps: int) -> None:
+def log_eval_samples(config: Config, engine, step: int, tracker) -> None:
+    """Continue the fixed evaluation prompts; every rank takes part (ZeRO-3 and TP gather weights collectively)."""
+    tokenizer = load_tokenizer(Path(config.data.output_dir) / TOKENIZER_NAME)
+    texts = generate_texts(engine.module, tokenizer, config.train.eval_prompts, config.train.sample_tokens, seed=0)
+    if tracker:
+        tracker.log_text("\n\n".join(texts) + "\n", f"samples/step_{step:08d}.txt")
+
+
+def report(progress: Progress, metrics: dict, tracker, console: Console | None) -> None:
     if tracker is None:
         return
     tracker.log_metrics(metrics, progress.step)
     tracker.flush()
-    parts = [f"step {progress.step:>6}/{max_steps}"]
+    parts = [f"step {progress.step:>6}/{console.max_steps}"]
     if "loss" in metrics:
         parts += [f"loss {metrics['loss']:.4f}", f"lr {metrics['lr']:.2e}", f"{metrics['tokens_per_s']:,.0f} tok/s"]
         if "mfu" in metrics:
             parts.append(f"MFU {metrics['mfu']:.1%}")
         parts.append(f"ETA {format_duration(metrics['eta_s'])}")
+        if metrics["skipped_steps"]:
+            parts.append(f"skipped {metrics['skipped_steps']}")
     if "val_loss" in metrics:
         parts.append(f"val_loss {metrics['val_loss']:.4f} (ppl {metrics['val_perplexity']:.1f})")
-    print(" | ".join(parts), flush=True)
+    console.line(" | ".join(parts))
     if "loss_spike" in metrics:
-        print(f"loss spike at step {progress.step}: {metrics['loss_spike']:.1f}x the recent median", flush=True)
+        console.line(f"loss spike at step {progress.step}: {metrics['loss_spike']:.1f}x the recent median")
 
 
 def save_checkpoint(config: Config, engine, loader: BatchLoader, progress: Progress, tracker) -> Path:

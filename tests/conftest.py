@@ -1,8 +1,11 @@
 """Shared test data: every test makes its own, nothing is downloaded."""
 
+import contextlib
 import gzip
 import json
+import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -96,44 +99,111 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 with its own SQLite store, which a test may kill and start again."""
+
+    def __init__(self, root: Path, app_name: str | None = None, env: dict[str, str] | None = None):
+        self.root, self.port = root, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.command = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            *(["--app-name", app_name] if app_name else []),
+        ]
+        # Without the job runner (GenAI jobs, unused here) a server is 2 processes, not a dozen, and starts faster.
+        self.env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
+        self.process = None
+
+    def start(self) -> "MlflowServer":
+        with open(self.root / "server.log", "ab") as log:
+            # A session of its own: the server and its worker stop together, as one process group.
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
+        deadline = time.time() + 120
+        while not self.healthy():
+            if self.process.poll() is not None or time.time() > deadline:
+                self.kill()
+                raise RuntimeError(f"mlflow server did not start; see {self.root / 'server.log'}")
+            time.sleep(0.5)
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """Gone at once, as in a crash: no request is answered from here on."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1, shared by the session (an idle one holds GBs of memory)."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    log = open(root / "server.log", "wb")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if server.poll() is not None or time.time() > deadline:
-            server.kill()
-            raise RuntimeError(f"mlflow server did not start; see {root / 'server.log'}")
-        time.sleep(0.5)
-    yield uri
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    """A real `mlflow server` on 127.0.0.1, shared by the session (an idle one holds hundreds of MB)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server.uri
+    server.stop()
+
+
+@pytest.fixture
+def restartable_mlflow_server(tmp_path):
+    """A server of the test's own, to kill and start again (same port, same database)."""
+    server = MlflowServer(tmp_path / "mlflow-server")
+    server.root.mkdir()
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+def unreachable_mlflow_uri() -> str:
+    """An address where no server listens: a request there is refused at once."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server(tmp_path_factory):
+    """A real `mlflow server --app-name basic-auth`: (URI, admin user name, admin password)."""
+    user, password = "admin", "test-Admin-pw-6f2c91"
+    root = tmp_path_factory.mktemp("mlflow-auth-server")
+    # The auth app keeps its users in a database of its own: here, not in the working directory.
+    (root / "basic_auth.ini").write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{root / 'basic_auth.db'}\n"
+        f"admin_username = {user}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-csrf-key",  # the auth app's forms refuse to start without one
+    }
+    server = MlflowServer(root, app_name="basic-auth", env=env).start()
+    yield server.uri, user, password
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +221,17 @@ def tiny_model_folder(tmp_path_factory, make_documents):
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=tokenizer.get_vocab_size(), max_seq_len=32, n_layer=2, n_head=2, n_embd=32)
     return write_model_folder(GPT(config), root / "tokenizer.json", root / "model", {"test": True})
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The embedded corpus built into shards with the tiny config, once per session."""
+    from jobs import ROOT, pretrain
+
+    work = tmp_path_factory.mktemp("tiny-data")
+    data_dir = work / "data"
+    built = pretrain(
+        "data", "build", "--config", str(ROOT / "configs" / "tiny.yaml"), f"data.output_dir={data_dir}", cwd=work
+    )
+    (work / "build.out").write_text(built.stdout)  # what the command printed, for tests of its report
+    return data_dir

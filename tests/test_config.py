@@ -175,3 +175,28 @@ def test_a_preset_override_replaces_the_model_and_other_overrides_apply_on_top()
 def test_an_unknown_preset_lists_the_presets(tmp_path):
     with pytest.raises(ConfigError, match="model preset 'gpt-5' does not exist; choose one of gpt2-large, gpt2-medium"):
         load_config(CONFIGS / "demo.yaml", ["model.preset=gpt-5"])
+
+
+def test_tensor_parallel_must_divide_kv_heads_and_ffn_width():
+    message = error_of(
+        overrides=[
+            "launch.nproc_per_node=4",
+            "parallel.tensor_parallel_size=4",
+            "model.n_head=8",
+            "model.n_embd=64",
+            "model.n_kv_heads=2",
+            "model.ffn_hidden_size=66",
+        ]
+    )
+    assert "parallel.tensor_parallel_size = 4: must divide model.n_kv_heads (2)" in message
+    assert "parallel.tensor_parallel_size = 4: must divide the FFN width (66)" in message
+
+
+def test_optimizer_offload_needs_zero_and_is_refused_with_tensor_parallelism():
+    assert "parallel.offload_optimizer = true: needs parallel.zero_stage 1, 2 or 3" in error_of(
+        overrides=["parallel.zero_stage=0", "parallel.offload_optimizer=true"]
+    )
+    message = error_of(
+        overrides=["launch.nproc_per_node=2", "parallel.tensor_parallel_size=2", "parallel.offload_optimizer=true"]
+    )
+    assert "not supported with tensor parallelism" in message

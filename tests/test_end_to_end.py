@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from jobs import logged_metric, pretrain, tiny_job_config
 from mlflow import MlflowClient
 
 from data_pipeline.loader import BatchLoader
@@ -23,34 +24,18 @@ from pretrain.model_folder import load_model_folder
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def pretrain(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "pretrain.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=900
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"pretrain {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
-
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    """Build, train, export: the demo's stages on the tiny config, in a fresh folder."""
+def job(tmp_path_factory, tiny_data):
+    """Train and export, the demo's stages on the tiny config, in a fresh folder, from the session's shards."""
     work = tmp_path_factory.mktemp("job")
-    config = [
-        "--config",
-        str(ROOT / "configs" / "tiny.yaml"),
-        f"data.output_dir={work / 'data'}",
-        f"checkpoint.root={work / 'runs'}",
-        f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
-    ]
+    config = tiny_job_config(work, tiny_data)
     outputs = {
         "config": config,
         "work": work,
-        "data": pretrain("data", "build", *config, cwd=work).stdout,
-        "train": pretrain("train", *config, cwd=work).stdout,
+        "data_dir": tiny_data,
+        "data": (tiny_data.parent / "build.out").read_text(),
+        "train": pretrain("train", *config, "train.eval_prompts=[Return the, def]", cwd=work).stdout,
         "export": pretrain("export", *config, cwd=work).stdout,
     }
     return outputs
@@ -66,8 +51,8 @@ def mlflow_run(job):
 
 def test_data_stage_reports_its_outputs(job):
     assert re.search(r"stdlib: [\d,]+ documents in = [\d,]+ written \+ [\d,]+ duplicates", job["data"])
-    assert f"shards, tokenizer, manifest and rejects: {job['work'] / 'data'}" in job["data"]
-    manifest = json.loads((job["work"] / "data" / "manifest.json").read_text())
+    assert f"shards, tokenizer, manifest and rejects: {job['data_dir']}" in job["data"]
+    manifest = json.loads((job["data_dir"] / "manifest.json").read_text())
     assert manifest["totals"]["train"]["tokens"] > 100_000
     assert manifest["config"]["model"]["n_layer"] == 2  # the resolved config travels with the dataset
 
@@ -88,7 +73,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(job):
     assert run.data.params["model.n_layer"] == "2"
     assert run.data.params["parallel.zero_stage"] == "1"
     assert run.data.tags["world_size"] == "2"
-    manifest = json.loads((job["work"] / "data" / "manifest.json").read_text())
+    manifest = json.loads((job["data_dir"] / "manifest.json").read_text())
     assert run.data.tags["data.fingerprint"] == manifest["fingerprint"]
     assert 0 < int(run.data.tags["data.dropped_tokens"]) < 64 * manifest["totals"]["train"]["shards"]
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
@@ -103,7 +88,11 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(job):
     assert client.get_metric_history(run.info.run_id, "mfu") == []  # a CPU has no known peak: no MFU, not a wrong one
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "deepspeed_config.json", "manifest.json", "tokenizer.json", "summary.json"} <= artifacts
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/final.txt"]
+    samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+    # train.eval_prompts continued at every validation (steps 0, 15 and 30), the sample prompt at the end
+    assert samples == ["samples/final.txt"] + [f"samples/step_000000{s}.txt" for s in ("00", "15", "30")]
+    at_the_end = Path(client.download_artifacts(run.info.run_id, "samples/step_00000030.txt", str(job["work"])))
+    assert at_the_end.read_text().startswith("Return the") and "\n\ndef" in at_the_end.read_text()
 
 
 def test_export_folder_and_generation(job):
@@ -161,7 +150,7 @@ def test_exported_model_reproduces_the_validation_loss(job):
     """The export is exact: the folder's model gives the loss the trainer measured on the same batches."""
     run_dir = job["work"] / "runs" / "tiny"
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert exported_validation_loss(run_dir, job["work"] / "data") == pytest.approx(summary["val_loss"], abs=1e-4)
+    assert exported_validation_loss(run_dir, job["data_dir"]) == pytest.approx(summary["val_loss"], abs=1e-4)
 
 
 def test_single_process_without_zero_with_accumulation_and_document_masking(job):
@@ -186,7 +175,7 @@ def test_single_process_without_zero_with_accumulation_and_document_masking(job)
     assert kept == ["step_00000003", "step_00000004"]
     pretrain("export", *single, cwd=job["work"])
     # Trained with document masking: the trainer's validation loss is the masked one.
-    masked = exported_validation_loss(run_dir, job["work"] / "data")
+    masked = exported_validation_loss(run_dir, job["data_dir"])
     assert masked == pytest.approx(summary["val_loss"], abs=1e-4)
 
 
@@ -212,7 +201,7 @@ def test_detached_submit_runs_to_completion(job):
 def test_a_finished_run_is_not_overwritten(job):
     result = pretrain("train", *job["config"], cwd=job["work"], check=False)
     assert result.returncode == 1
-    assert "already holds checkpoints; pass --resume" in result.stderr
+    assert "this run already finished (checkpoint step_00000030, train.max_steps = 30)" in result.stderr
 
 
 def test_resume_continues_the_same_mlflow_run(job):
@@ -224,28 +213,13 @@ def test_resume_continues_the_same_mlflow_run(job):
     assert max(steps) == 40 and steps.count(30) == 1
 
 
-def per_step_losses(job, run_name: str) -> list[float]:
-    client = MlflowClient(f"sqlite:///{job['work'] / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tiny")
-    (run,) = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
-    return [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+LAYOUT_RUN = ["train.max_steps=10", "train.warmup_steps=2", "train.log_interval=1", "train.eval_interval=10"]
 
 
 def train_layout(job, name: str, *layout: str) -> list[float]:
     """Ten steps of the tiny job in the given parallel layout, global batch 16; the loss of every step."""
-    pretrain(
-        "train",
-        *job["config"],
-        f"tracking.run_name={name}",
-        "train.max_steps=10",
-        "train.warmup_steps=2",
-        "train.log_interval=1",
-        "train.eval_interval=10",
-        "train.global_batch_size=16",
-        *layout,
-        cwd=job["work"],
-    )
-    return per_step_losses(job, name)
+    pretrain("train", *job["config"], f"tracking.run_name={name}", *LAYOUT_RUN, *layout, cwd=job["work"])
+    return list(logged_metric(job["work"], name).values())
 
 
 @pytest.fixture(scope="module")
@@ -253,23 +227,66 @@ def single_process_losses(job):
     return train_layout(job, "layout-single", "launch.nproc_per_node=1", "parallel.zero_stage=0")
 
 
+TWO_RANKS_ZERO1 = ("launch.nproc_per_node=2", "parallel.zero_stage=1")
+
+
+@pytest.fixture(scope="module")
+def two_rank_losses(job):
+    """The uninterrupted reference of the resume tests: 2 ranks, ZeRO-1."""
+    return train_layout(job, "layout-2-1", *TWO_RANKS_ZERO1)
+
+
+def test_two_data_parallel_ranks_give_the_single_process_losses(single_process_losses, two_rank_losses):
+    assert len(two_rank_losses) == len(single_process_losses) == 10
+    assert two_rank_losses == pytest.approx(single_process_losses, rel=1e-5)
+    assert two_rank_losses[-1] < two_rank_losses[0]  # they trained, not just agreed at initialization
+
+
 @pytest.mark.parametrize(
     "layout",
     [
-        ("parallel.zero_stage=1",),
-        ("parallel.zero_stage=2",),
-        ("parallel.zero_stage=3",),
-        ("parallel.zero_stage=1", "train.micro_batch_size=4"),  # 2 accumulation steps of 4 per rank
+        ("launch.nproc_per_node=2", "parallel.zero_stage=2"),
+        ("launch.nproc_per_node=2", "parallel.zero_stage=3"),
+        ("launch.nproc_per_node=2", "parallel.zero_stage=2", "parallel.offload_optimizer=true"),
+        # 2 accumulation steps of 4 per rank
+        ("launch.nproc_per_node=2", "parallel.zero_stage=1", "train.micro_batch_size=4"),
+        ("launch.nproc_per_node=2", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2"),
+        # 2 data-parallel x 2 tensor-parallel ranks
+        ("launch.nproc_per_node=4", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2"),
+        ("launch.nproc_per_node=4", "parallel.zero_stage=3", "parallel.tensor_parallel_size=2"),
+        # DeepSpeed's launcher instead of torchrun, and the --nproc shorthand
+        ("--nproc=2", "launch.launcher=deepspeed"),
     ],
-    ids=["zero1", "zero2", "zero3", "zero1-micro4-accum2"],
+    ids=[
+        "zero2",
+        "zero3",
+        "zero2-offload",
+        "zero1-micro4-accum2",
+        "tp2",
+        "dp2-tp2-zero1",
+        "dp2-tp2-zero3",
+        "deepspeed-launcher",
+    ],
 )
-def test_two_data_parallel_ranks_give_the_single_process_losses(job, single_process_losses, layout):
+def test_parallel_layouts_give_the_single_process_losses(job, single_process_losses, layout):
     """The same seed, data and global batch: the same loss at every step, whatever the layout (fp32)."""
     name = "layout-" + "-".join(part.split("=")[1] for part in layout)
-    losses = train_layout(job, name, "launch.nproc_per_node=2", *layout)
+    losses = train_layout(job, name, *layout)
     assert len(losses) == len(single_process_losses) == 10
     assert losses == pytest.approx(single_process_losses, rel=1e-5)
-    assert losses[-1] < losses[0]  # they trained, not just agreed at initialization
+
+
+def test_tensor_parallel_checkpoints_hold_one_shard_per_tensor_parallel_rank(job):
+    """Tensor parallelism really splits the projections: each model shard holds half of every head's matrix."""
+    folder = checkpoint_dir(job["work"] / "runs" / "layout-4-1-2") / "step_00000010"
+    shards = [torch.load(folder / f"mp_rank_0{r}_model_states.pt", weights_only=False)["module"] for r in (0, 1)]
+    for name, column_parallel in [("self_attn.q_proj", True), ("mlp.up_proj", True), ("self_attn.o_proj", False)]:
+        weights = [shard[f"layers.0.{name}.weight"] for shard in shards]
+        full_shape = (64, 64) if "attn" in name else (256, 64)
+        split = 0 if column_parallel else 1
+        assert all(w.shape[split] == full_shape[split] // 2 for w in weights), (name, weights[0].shape)
+        assert not torch.equal(weights[0], weights[1])
+    assert torch.equal(shards[0]["embed_tokens.weight"], shards[1]["embed_tokens.weight"])  # kept whole
 
 
 # A model big enough (25 M parameters, 300 MB of checkpoint) that a save takes long enough to be killed inside.
@@ -349,3 +366,76 @@ def test_killing_the_train_command_takes_its_ranks_with_it(job):
     process.wait()
     _, alive = psutil.wait_procs(descendants, timeout=30)
     assert alive == [], [p.cmdline() for p in alive]
+
+
+def start_layout_run(job, name: str, *extra: str) -> subprocess.Popen:
+    """The reference run's settings (2 ranks, ZeRO-1, ten steps), started in the background with its output piped."""
+    command = [sys.executable, "-m", "pretrain.cli", "train", *job["config"], f"tracking.run_name={name}"]
+    command += [*LAYOUT_RUN, *TWO_RANKS_ZERO1, *extra]
+    return subprocess.Popen(command, cwd=job["work"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def read_until(process: subprocess.Popen, prefix: str) -> str:
+    output = ""
+    for line in process.stdout:
+        output += line
+        if line.startswith(prefix):
+            return output
+    raise AssertionError(f"the run ended before printing {prefix!r}:\n{output[-3000:]}")
+
+
+def test_a_run_killed_after_a_step_resumes_to_the_same_losses_bit_for_bit(job, two_rank_losses):
+    """kill -9 after step 6, resume from the step-4 checkpoint: every step's loss equals the uninterrupted run's."""
+    process = start_layout_run(job, "killed-at-6", "checkpoint.every_steps=2", "checkpoint.keep_last=5")
+    read_until(process, "step      6/10")
+    for child in [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]:
+        child.send_signal(signal.SIGKILL)
+    process.wait()
+    run_dir = job["work"] / "runs" / "killed-at-6"
+    assert latest_tag(run_dir) in ("step_00000004", "step_00000006")
+    resumed = pretrain(
+        "train",
+        *job["config"],
+        "tracking.run_name=killed-at-6",
+        *LAYOUT_RUN,
+        *TWO_RANKS_ZERO1,
+        "checkpoint.every_steps=2",
+        "--resume",
+        cwd=job["work"],
+    )
+    assert "step     10/10" in resumed.stdout
+    losses = logged_metric(job["work"], "killed-at-6")
+    assert sorted(losses) == list(range(1, 11))
+    assert list(losses.values()) == two_rank_losses  # exactly: same data order, same arithmetic
+
+
+def test_sigterm_saves_and_exits_zero_then_resume_continues_exactly(job, two_rank_losses):
+    """SIGTERM to `pretrain train` (what Slurm sends before a time limit): the step finishes, a checkpoint is
+    saved, the command exits 0; the same command continues to the losses of the uninterrupted run."""
+    process = start_layout_run(job, "preempted", "checkpoint.every_steps=1", "checkpoint.keep_last=1")
+    output = read_until(process, "step      2/10")
+    process.send_signal(signal.SIGTERM)
+    output += process.stdout.read()
+    assert process.wait() == 0, output[-3000:]
+    stopped = re.search(r"SIGTERM: stopped after step (\d+), saved (\S+); run the same command to continue", output)
+    assert stopped, output[-3000:]
+    step = int(stopped.group(1))
+    assert 2 <= step < 10
+    run_dir = job["work"] / "runs" / "preempted"
+    assert latest_tag(run_dir) == f"step_{step:08d}"
+    assert "stopped before the end; run the same command again to continue" in output
+    client, run = MlflowClient(f"sqlite:///{job['work'] / 'mlflow.db'}"), None
+    experiment = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'preempted'")
+    assert run.info.status == "KILLED"
+    pretrain(
+        "train",
+        *job["config"],
+        "tracking.run_name=preempted",
+        *LAYOUT_RUN,
+        *TWO_RANKS_ZERO1,
+        cwd=job["work"],
+    )  # the same command again: a run folder with a checkpoint is continued, as a requeued job needs
+    losses = logged_metric(job["work"], "preempted")
+    assert list(losses.values()) == two_rank_losses
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"

@@ -269,7 +269,7 @@ def job_config(dataset, tmp_path, *overrides):
 def test_preflight_refuses_a_dataset_with_a_larger_vocabulary(dataset, tmp_path):
     config = job_config(dataset, tmp_path, "model.vocab_size=512", "data.tokenizer.vocab_size=400")
     with pytest.raises(ConfigError, match=r"model.vocab_size = 512: smaller than the dataset's tokenizer \(1000\)"):
-        check_job(config, resume=False)
+        check_job(config, require_checkpoint=False)
 
 
 def test_preflight_refuses_shards_of_another_tokenizer(dataset, tmp_path):
@@ -277,13 +277,13 @@ def test_preflight_refuses_shards_of_another_tokenizer(dataset, tmp_path):
     config.run_dir.mkdir(parents=True)
     (config.run_dir / "tokenizer.json").write_text('{"another": "tokenizer"}')
     with pytest.raises(DataError, match="tokenized with another tokenizer than this run's"):
-        check_job(config, resume=False)
+        check_job(config, require_checkpoint=False)
 
 
 def test_preflight_names_an_unknown_mixture_source(two_sources, tmp_path):
     config = job_config(two_sources, tmp_path, "train.mixture={web: 0.5, books: 0.5}")
     with pytest.raises(DataError, match="train.mixture: no source 'books'"):
-        check_job(config, resume=False)
+        check_job(config, require_checkpoint=False)
 
 
 @pytest.mark.parametrize(
@@ -296,4 +296,4 @@ def test_preflight_names_an_unknown_mixture_source(two_sources, tmp_path):
 )
 def test_preflight_refuses_splits_smaller_than_a_batch(dataset, tmp_path, overrides, message):
     with pytest.raises(DataError, match=message):
-        check_job(job_config(dataset, tmp_path, *overrides), resume=False)
+        check_job(job_config(dataset, tmp_path, *overrides), require_checkpoint=False)

@@ -1,11 +1,14 @@
 """Learning-rate schedule, weight-decay groups and the generated DeepSpeed config."""
 
+import re
+
 import pytest
+import torch
 
 from model import GPT, GPTConfig
 from pretrain.config import load_config
 from pretrain.deepspeed_config import deepspeed_config
-from pretrain.optim import lr_multiplier, param_groups
+from pretrain.optim import AdamW, lr_multiplier, param_groups
 
 
 def schedule(**train):
@@ -59,3 +62,39 @@ def test_deepspeed_json_follows_the_config():
     assert ds["bf16"] == {"enabled": True}
     assert ds["gradient_clipping"] == 0.5
     assert "tensor_parallel" not in ds
+
+
+def test_tensor_parallel_json_splits_every_projection_of_both_model_families_and_nothing_else():
+    config = load_config(overrides=["launch.nproc_per_node=4", "parallel.tensor_parallel_size=2"])
+    ds = deepspeed_config(config)
+    assert ds["tensor_parallel"]["autotp_size"] == 2
+    specs = ds["tensor_parallel"]["partition_config"]["layer_specs"]
+    assert ds["tensor_parallel"]["partition_config"]["use_default_specs"] is False
+    for mlp in ("gelu", "swiglu"):
+        model = GPT(GPTConfig(vocab_size=64, max_seq_len=8, n_layer=2, n_head=2, n_embd=16, mlp=mlp))
+        for name, _ in model.named_parameters():
+            kinds = [s["partition_type"] for s in specs if any(re.match(p, name) for p in s["patterns"])]
+            projection = re.search(r"\.(q|k|v|o|gate|up|down)_proj\.weight$", name)
+            if projection is None:
+                assert kinds == [], name  # embeddings, norms, biases and the head stay whole
+            else:
+                assert kinds == ["row" if projection.group(1) in ("o", "down") else "column"], name
+
+
+def test_offload_and_fp16_in_the_deepspeed_json():
+    offload = deepspeed_config(load_config(overrides=["parallel.zero_stage=2", "parallel.offload_optimizer=true"]))
+    assert offload["zero_optimization"] == {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": True}}
+    fp16 = deepspeed_config(load_config(overrides=["train.precision=fp16"]))
+    assert fp16["fp16"]["enabled"] and fp16["fp16"]["loss_scale"] == 0  # 0: dynamic loss scaling
+    assert not fp16["bf16"]["enabled"]
+
+
+def test_own_adamw_skips_a_step_with_non_finite_gradients():
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = AdamW([weight], lr=0.1, weight_decay=0.1)
+    weight.grad = torch.tensor([1.0, float("nan"), 1.0])
+    optimizer.step()
+    assert optimizer.overflow and torch.equal(weight.detach(), torch.ones(3)) and optimizer.state[weight] == {}
+    weight.grad = torch.tensor([1.0, 1.0, 1.0])
+    optimizer.step()
+    assert not optimizer.overflow and (weight.detach() < 1).all()

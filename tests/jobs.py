@@ -1,0 +1,44 @@
+"""Running the real `pretrain` CLI from tests, as a user would, and reading what runs left in MLflow."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pretrain(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "pretrain.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"pretrain {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def tiny_job_config(work: Path, data_dir: Path) -> list[str]:
+    """The tiny config, with data, runs and the MLflow store in the test's folders."""
+    return [
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        f"data.output_dir={data_dir}",
+        f"checkpoint.root={work / 'runs'}",
+        f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
+    ]
+
+
+def logged_metric(work: Path, run_name: str, key: str = "loss") -> dict[int, float]:
+    """A metric of a run in the tiny experiment, by step; a step logged twice (a resumed run) keeps its last value."""
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
+    history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.timestamp)
+    return {m.step: m.value for m in history}

@@ -439,3 +439,32 @@ def test_sigterm_saves_and_exits_zero_then_resume_continues_exactly(job, two_ran
     losses = logged_metric(job["work"], "preempted")
     assert list(losses.values()) == two_rank_losses
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_training_with_the_tracking_server_down_finishes_and_runs_sync_sends_it(
+    job, mlflow_server, unreachable_mlflow_uri
+):
+    """`pretrain train` against a server that is not there: it trains to the end at full speed, says once where
+    the record went, and `pretrain runs sync` delivers every logged step to a real server afterwards."""
+    trained = pretrain(
+        "train",
+        *job["config"],
+        "tracking.run_name=offline",
+        f"tracking.uri={unreachable_mlflow_uri}",
+        "train.max_steps=10",
+        "train.warmup_steps=2",
+        "train.log_interval=2",
+        cwd=job["work"],
+    )
+    run_dir = job["work"] / "runs" / "offline"
+    assert trained.stderr.count("cannot be reached") == 1
+    assert f"pretrain runs sync {run_dir}" in trained.stdout + trained.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["mlflow_run_id"] is None
+    synced = pretrain("runs", "sync", str(run_dir), "--uri", mlflow_server, cwd=job["work"])
+    assert "status FINISHED" in synced.stdout
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'offline'")
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [2, 4, 6, 8, 10]
+    assert {"config.yaml", "samples", "plots"} <= {a.path for a in client.list_artifacts(run.info.run_id)}

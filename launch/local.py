@@ -1,4 +1,4 @@
-"""Run a job's ranks as local processes through torchrun.
+"""Run a job's ranks as local processes through torchrun (or DeepSpeed's launcher).
 
 This module only builds and starts processes: what each rank runs is the
 command it is given, so launching never imports the training loop.

@@ -63,22 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         checker = _with_config(data_commands.add_parser(action, help=help_text, epilog=EPILOG))
         checker.add_argument("--dir", type=Path, help="dataset folder (default: data.output_dir)")
 
-    train = _with_config(
-        commands.add_parser(
-            "train",
-            help="train a GPT with DeepSpeed, tracked in MLflow",
-            description="Train on launch.nproc_per_node processes: ZeRO (parallel.zero_stage), tensor parallelism "
-            "(parallel.tensor_parallel_size), checkpoints every checkpoint.every_steps. A run folder that holds a "
-            "checkpoint is continued from it, exactly. SIGTERM saves a checkpoint and exits 0.",
-            epilog="Reference: docs/training.md, docs/parallelism.md. " + EPILOG,
-        )
-    )
-    train.add_argument(
-        "--resume",
-        action="store_true",
-        help="require a checkpoint to continue from (without it, a run folder that holds one is continued anyway)",
-    )
-    train.add_argument("--nproc", type=int, metavar="N", help="processes on this machine (launch.nproc_per_node)")
+    _add_train(commands)
 
     export = _with_config(commands.add_parser("export", help="turn a checkpoint into a model folder", epilog=EPILOG))
     export.add_argument("--run-dir", type=Path, help="run folder (default: checkpoint.root/tracking.run_name)")
@@ -106,13 +91,36 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
 
+    _add_submit(commands)
+    return parser
+
+
+def _add_train(commands) -> None:
+    train = _with_config(
+        commands.add_parser(
+            "train",
+            help="train a GPT with DeepSpeed, tracked in MLflow",
+            description="Train on launch.nproc_per_node processes: ZeRO (parallel.zero_stage), tensor parallelism "
+            "(parallel.tensor_parallel_size), checkpoints every checkpoint.every_steps. A run folder that holds a "
+            "checkpoint is continued from it, exactly. SIGTERM saves a checkpoint and exits 0.",
+            epilog="Reference: docs/training.md, docs/parallelism.md. " + EPILOG,
+        )
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="require a checkpoint to continue from (without it, a run folder that holds one is continued anyway)",
+    )
+    train.add_argument("--nproc", type=int, metavar="N", help="processes on this machine (launch.nproc_per_node)")
+
+
+def _add_submit(commands) -> None:
     submit = _with_config(
         commands.add_parser("submit", help="run the training job on a target (launch.target)", epilog=EPILOG)
     )
     submit.add_argument("--detach", action="store_true", help="return at once; the job logs to <run folder>/job.log")
     submit.add_argument("--resume", action="store_true", help="require a checkpoint to continue from")
     submit.add_argument("--nproc", type=int, metavar="N", help="processes on this machine (launch.nproc_per_node)")
-    return parser
 
 
 def _add_generate(commands) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,8 +37,9 @@ from pathlib import Path
 import psutil
 import torch
 from mlflow import MlflowClient
-from train_speed import single_process_environment
+from train_speed import engine_step, single_process_environment
 
+from launch.local import free_port
 from model import GPT
 from pretrain.config import Config, load_config
 from pretrain.engine import build_engine, init_distributed
@@ -49,9 +49,7 @@ FLUSH_EVERY = (1, 10)
 
 
 def start_server(root: Path, cpu: int | None) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        uri = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    uri = f"http://127.0.0.1:{free_port()}"
     command = ["taskset", "-c", str(cpu)] if cpu is not None else []  # its worker inherits the CPU
     command += [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--workers", "1"]
     command += ["--port", uri.rsplit(":", 1)[1], "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
@@ -87,14 +85,6 @@ def job_config(args: argparse.Namespace, uri: str, root: Path, name: str) -> Con
     return load_config(args.config, overrides)
 
 
-def train_step(engine, micro_batches) -> torch.Tensor:
-    for inputs, targets in micro_batches:
-        _, loss = engine(inputs, targets)
-        engine.backward(loss)
-        engine.step()
-    return loss.detach()
-
-
 @dataclass
 class Round:
     step_s: float  # wall time per step
@@ -107,7 +97,7 @@ def timed_round(engine, micro_batches, steps: range, tracker, flush_every: int, 
     server_cpu, started = cpu_seconds(server), time.perf_counter()
     for step in steps:
         step_started = time.perf_counter()
-        loss = train_step(engine, micro_batches).item()
+        loss = engine_step(engine, micro_batches).item()
         elapsed = time.perf_counter() - step_started
         metrics = {"loss": loss, "lr": engine.get_lr()[0], "tokens_per_s": tokens / elapsed, "step_time_s": elapsed}
         metrics["tokens_seen"] = tokens * step

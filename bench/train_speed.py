@@ -64,11 +64,13 @@ class PlainLoop:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def engine_step(engine, micro_batches) -> None:
+def engine_step(engine, micro_batches) -> torch.Tensor:
+    """Forward, backward and step per micro-batch; the last loss, left on the device."""
     for inputs, targets in micro_batches:
         _, loss = engine(inputs, targets)
         engine.backward(loss)
         engine.step()  # the optimizer steps at the accumulation boundary only
+    return loss.detach()
 
 
 def timed(step, micro_batches, steps: int, device: str) -> float:

@@ -29,6 +29,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from data_pipeline.shards import write_json_atomically
+
 SPOOL_NAME = "mlflow_spool"
 # The most metrics MLflow takes in one log_batch call: the unit of progress of a sync.
 METRICS_PER_BATCH = 1000
@@ -51,8 +53,8 @@ class Spool:
     def create(self, run: dict, run_id: str | None, params: dict[str, str] | None) -> None:
         """Start a spool for `run`: not yet created in MLflow (`run_id` None), or created already."""
         (self.folder / "artifacts").mkdir(parents=True, exist_ok=True)
-        _write_json(self.folder / "run.json", run)
-        _write_json(self.folder / "synced.json", {"run_id": run_id, "events": 0})
+        write_json_atomically(self.folder / "run.json", run)
+        write_json_atomically(self.folder / "synced.json", {"run_id": run_id, "events": 0})
         self.events_path.touch()
         if params:
             self._append({"kind": "params", "params": params})
@@ -68,7 +70,7 @@ class Spool:
         return self.synced()["run_id"]
 
     def record_synced(self, run_id: str, events: int) -> None:
-        _write_json(self.folder / "synced.json", {"run_id": run_id, "events": events})
+        write_json_atomically(self.folder / "synced.json", {"run_id": run_id, "events": events})
 
     def add_metrics(self, metrics: list[Metric]) -> None:
         self._append({"kind": "metrics", "metrics": [[m.key, m.value, m.timestamp, m.step] for m in metrics]})
@@ -110,13 +112,6 @@ class Spool:
     def _append(self, event: dict) -> None:
         with open(self.events_path, "a") as f:
             f.write(json.dumps(event) + "\n")
-
-
-def _write_json(path: Path, value: dict) -> None:
-    """Through a temporary file and a rename: a crash leaves the old file or the new one, never half of one."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(value, indent=1) + "\n")
-    temporary.replace(path)
 
 
 def create_run(client: MlflowClient, run: dict) -> str:

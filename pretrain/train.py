@@ -7,6 +7,7 @@ single process). Rank 0 alone prints and talks to MLflow; collective calls
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 import shutil
@@ -269,9 +270,15 @@ def validation_metrics(config: Config, engine, val: BatchLoader, progress: Progr
     return {"val_loss": progress.val_loss, "val_perplexity": perplexity(progress.val_loss)}
 
 
+@functools.cache
+def dataset_tokenizer(data_dir: str):
+    """Read once per process: every validation with eval prompts and the final sample use it."""
+    return load_tokenizer(Path(data_dir) / TOKENIZER_NAME)
+
+
 def log_eval_samples(config: Config, engine, step: int, tracker) -> None:
     """Continue the fixed evaluation prompts; every rank takes part (ZeRO-3 and TP gather weights collectively)."""
-    tokenizer = load_tokenizer(Path(config.data.output_dir) / TOKENIZER_NAME)
+    tokenizer = dataset_tokenizer(config.data.output_dir)
     texts = generate_texts(engine.module, tokenizer, config.train.eval_prompts, config.train.sample_tokens, seed=0)
     if tracker:
         tracker.log_text("\n\n".join(texts) + "\n", f"samples/step_{step:08d}.txt")
@@ -311,7 +318,7 @@ def save_checkpoint(config: Config, engine, loader: BatchLoader, progress: Progr
 
 def finish(config: Config, engine, loader: BatchLoader, progress: Progress, tracker, manifest: dict) -> None:
     saved = save_checkpoint(config, engine, loader, progress, tracker)
-    tokenizer = load_tokenizer(Path(config.data.output_dir) / TOKENIZER_NAME)
+    tokenizer = dataset_tokenizer(config.data.output_dir)
     # Every rank generates: under ZeRO-3 the forward pass gathers weights collectively.
     sample = generate_text(
         engine.module, tokenizer, config.train.sample_prompt, config.train.sample_tokens, seed=config.train.seed

@@ -40,7 +40,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from launch.local import rank_environment, torchrun_command
+from launch.local import NodeLayout, rank_environment, torchrun_command
 from model import GPT
 from pretrain import checkpoint
 from pretrain.config import Config, load_config
@@ -146,7 +146,7 @@ def run_ranks(args: argparse.Namespace, ranks: int, folder: Path) -> list[dict]:
     worker_args = ["--worker", "--results", str(results), "--dir", str(folder), "--config", args.config]
     worker_args += ["--models", *args.models, "--repeats", str(args.repeats), "--precision", args.precision]
     worker_args += ["--zero-stage", str(args.zero_stage)]
-    command = torchrun_command(ranks, "bench.checkpoint_io", worker_args)
+    command = torchrun_command(NodeLayout(ranks), "bench.checkpoint_io", worker_args)
     subprocess.run(command, cwd=ROOT, env=rank_environment(ranks), check=True, stdout=subprocess.DEVNULL)
     return [result | {"ranks": ranks} for result in json.loads(results.read_text())]
 

@@ -52,7 +52,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from launch.local import rank_environment, torchrun_command
+from launch.local import NodeLayout, rank_environment, torchrun_command
 from model import GPT
 from pretrain.config import Config, load_config
 from pretrain.engine import build_engine, init_distributed
@@ -208,7 +208,7 @@ def run_ranks(args: argparse.Namespace, ranks: int, results: Path) -> list[dict]
     """Start `ranks` worker processes with torchrun; return what rank 0 gathered, one entry per stage and precision."""
     worker_args = ["--worker", *args.overrides, "--results", str(results), "--config", args.config, "--stages"]
     worker_args += [str(s) for s in args.stages] + ["--precisions", *args.precisions]
-    command = torchrun_command(ranks, "bench.zero_memory", worker_args)
+    command = torchrun_command(NodeLayout(ranks), "bench.zero_memory", worker_args)
     subprocess.run(command, cwd=ROOT, env=rank_environment(ranks), check=True, stdout=subprocess.DEVNULL)
     return [result | {"world": ranks} for result in json.loads(results.read_text())]
 

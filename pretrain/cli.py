@@ -7,7 +7,8 @@
     pretrain export     --config configs/demo.yaml
     pretrain generate   --config configs/demo.yaml --prompt "Return the" --prompt "def"
     pretrain attention  --checkpoint outputs/runs/first/export --text "I love it."   # heatmaps
-    pretrain submit     --config configs/demo.yaml --detach
+    pretrain submit     --config configs/demo.yaml --detach                # or --target slurm|ray|multinode
+    pretrain jobs list                                    # submitted jobs and their schedulers' state
     pretrain config     --config configs/demo.yaml train.lr=3e-4   # the resolved config
     pretrain model info llama-1b --zero-stage 3 --world-size 8     # size, FLOPs, memory
     pretrain runs sync outputs/runs/first   # send a run's MLflow spool, kept while the server was down
@@ -18,13 +19,14 @@ Every subcommand takes `--config FILE` and dotted `key.path=value` overrides.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from data_pipeline.errors import DataError
-from pretrain.config import Config, load_config, save_config
+from launch.errors import LaunchError
+from pretrain.config import Config, load_config
 from pretrain.errors import PretrainError
 
 EPILOG = "Overrides: dotted key paths after the options, e.g. train.lr=3e-4 model.n_layer=4."
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_submit(commands)
+    _add_jobs(commands)
     return parser
 
 
@@ -112,15 +115,64 @@ def _add_train(commands) -> None:
         help="require a checkpoint to continue from (without it, a run folder that holds one is continued anyway)",
     )
     train.add_argument("--nproc", type=int, metavar="N", help="processes on this machine (launch.nproc_per_node)")
+    train.add_argument(
+        "--node-rank",
+        type=int,
+        default=0,
+        metavar="K",
+        help="this host's rank in a multi-node job (0 hosts the rendezvous)",
+    )
 
 
 def _add_submit(commands) -> None:
     submit = _with_config(
-        commands.add_parser("submit", help="run the training job on a target (launch.target)", epilog=EPILOG)
+        commands.add_parser(
+            "submit",
+            help="send the training job (or the data build) to launch.target: local, multinode, slurm or ray",
+            description="local: this machine, in the foreground or --detach'ed. multinode: this host's part of a "
+            "job over launch.nnodes hosts (run it on each, with --node-rank). slurm: an sbatch job rendered from "
+            "launch.slurm. ray: a job on the Ray cluster at launch.ray.address (Ray Train workers). Submitted jobs "
+            "are recorded in launch.jobs_dir and followed with `pretrain jobs`.",
+            epilog="Reference: docs/launching.md. " + EPILOG,
+        )
     )
-    submit.add_argument("--detach", action="store_true", help="return at once; the job logs to <run folder>/job.log")
+    submit.add_argument(
+        "--target", choices=["local", "multinode", "slurm", "ray"], help="where the job runs (launch.target)"
+    )
+    submit.add_argument(
+        "--stage", choices=["train", "data"], default="train", help="what runs: training (default) or the data build"
+    )
+    submit.add_argument(
+        "--detach", action="store_true", help="local: return at once; a training job logs to <run folder>/job.log"
+    )
+    submit.add_argument(
+        "--dry-run", action="store_true", help="slurm, ray: print what would be submitted, submit nothing"
+    )
     submit.add_argument("--resume", action="store_true", help="require a checkpoint to continue from")
-    submit.add_argument("--nproc", type=int, metavar="N", help="processes on this machine (launch.nproc_per_node)")
+    submit.add_argument("--nproc", type=int, metavar="N", help="processes per node (launch.nproc_per_node)")
+    submit.add_argument("--node-rank", type=int, default=0, metavar="K", help="multinode: this host's rank")
+
+
+def _add_jobs(commands) -> None:
+    jobs = commands.add_parser(
+        "jobs",
+        help="follow submitted jobs: list, status, logs, cancel (state from Slurm, Ray or the local process)",
+        epilog="Reference: docs/launching.md.",
+    )
+    actions = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    for action, help_text in (
+        ("list", "every recorded job, with its state now"),
+        ("status", "one job: its state, config, run folder, MLflow run and final losses"),
+        ("logs", "the job's output"),
+        ("cancel", "stop the job (Slurm and local jobs get SIGTERM first, so the ranks save a checkpoint)"),
+    ):
+        parser = actions.add_parser(action, help=help_text)
+        if action != "list":
+            parser.add_argument("job_id", metavar="JOB_ID", help="as `pretrain jobs list` shows it")
+        parser.add_argument("--jobs-dir", type=Path, help="where jobs are recorded (default: launch.jobs_dir)")
+        parser.add_argument("--config", help="a config whose launch.jobs_dir to read")
+        if action == "logs":
+            parser.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
 
 
 def _add_generate(commands) -> None:
@@ -209,55 +261,29 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
         from launch.local import exit_with_parent
         from pretrain.train import train
 
+        # The launcher ignores SIGTERM and we inherit that; until the training loop
+        # handles it (and saves), SIGTERM should stop this rank as usual.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         exit_with_parent()
         train(config, require_checkpoint=args.resume)
         return 0
-    return launch_job(args, config, detach=False)
+    from pretrain.submit import run_here
 
-
-def launch_job(args: argparse.Namespace, config: Config, detach: bool) -> int:
-    """Start the job's ranks with torchrun (one process too: DeepSpeed expects a launcher's environment)."""
-    from launch.local import run_local, wait_passing_sigterm_to_ranks
-    from pretrain.preflight import check_job
-
-    _, resume = check_job(config, args.resume)
-    if resume:
-        print(f"continuing {config.run_dir} from its latest checkpoint", flush=True)
-    # The ranks read the fully resolved config, so they run exactly what was validated here.
-    resolved = save_config(config, config.run_dir / "config.yaml")
-    worker_args = ["train", "--config", str(resolved)] + (["--resume"] if resume else [])
-    log_file = config.run_dir / "job.log" if detach else None
-    process = run_local(config.launch.nproc_per_node, "pretrain.cli", worker_args, log_file, config.launch.launcher)
-    if detach:
-        print(f"started {config.launch.nproc_per_node} rank(s), process {process.pid}; log: {log_file.resolve()}")
-        return 0
-    returncode = wait_passing_sigterm_to_ranks(process)
-    if returncode != 0:
-        raise PretrainError(f"the job failed (exit code {returncode}); the failing rank's error is printed above")
-    print_run_outputs(config)
-    return 0
-
-
-def print_run_outputs(config: Config) -> None:
-    summary_path = config.run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    if summary.get("steps") != config.train.max_steps:
-        # Stopped by SIGTERM: the ranks saved a checkpoint and exited cleanly, so the job can be requeued.
-        print(f"stopped before the end; run the same command again to continue (run folder {config.run_dir})")
-        return
-    print(f"final train loss {summary['train_loss']:.4f}, validation loss {summary['val_loss']:.4f}")
-    print(f"run folder:  {config.run_dir.resolve()}")
-    print(f"checkpoint:  {summary['checkpoint']}")
-    if summary["mlflow_run_id"] is None:  # the server was down: everything waits in the run folder's spool
-        print(f"MLflow run:  not sent yet; send it with: pretrain runs sync {config.run_dir}")
-        return
-    print(
-        f"MLflow run:  {summary['mlflow_run_id']} in experiment {config.tracking.experiment!r} at {config.tracking.uri}"
-    )
+    return run_here(config, args.resume, args.node_rank)
 
 
 def cmd_submit(args: argparse.Namespace, config: Config) -> int:
-    return launch_job(args, config, detach=args.detach)
+    from pretrain.submit import Submission, submit
+
+    return submit(config, Submission(args.stage, args.resume, args.node_rank, args.detach, args.dry_run))
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from pretrain.job_status import jobs_command
+
+    jobs_dir = args.jobs_dir or Path(load_config(args.config).launch.jobs_dir)
+    print(jobs_command(args.jobs_command, jobs_dir, getattr(args, "job_id", None), getattr(args, "tail", None)))
+    return 0
 
 
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
@@ -341,6 +367,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.overrides = [*getattr(args, "overrides", []), *late_overrides]
     if getattr(args, "nproc", None):
         args.overrides.append(f"launch.nproc_per_node={args.nproc}")
+    if getattr(args, "target", None):
+        args.overrides.append(f"launch.target={args.target}")
     return args
 
 
@@ -353,9 +381,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_attention(args)
         if args.command == "runs":  # about a run folder: its own config.yaml
             return cmd_runs(args)
+        if args.command == "jobs":  # about recorded jobs
+            return cmd_jobs(args)
         config = load_config(args.config, args.overrides)
         return COMMANDS[args.command](args, config)
-    except (PretrainError, DataError) as err:
+    except (PretrainError, DataError, LaunchError) as err:
         print(f"pretrain {args.command}: error: {err}", file=sys.stderr)
         return 1
 

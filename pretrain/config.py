@@ -13,6 +13,7 @@ allowed. The DeepSpeed JSON is generated from this schema
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -22,9 +23,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from data_pipeline.config import DataConfig
+from launch.config import LaunchConfig
 from model import GPTConfig
 from pretrain.errors import ConfigError
 
+SQLITE = "sqlite:///"
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 
 
@@ -111,15 +114,6 @@ class TrackingConfig(Section):
                 "MLFLOW_TRACKING_PASSWORD in the environment instead"
             )
         return section
-
-
-class LaunchConfig(Section):
-    target: Literal["local"] = "local"
-    launcher: Literal["torchrun", "deepspeed"] = Field(
-        "torchrun", description="what starts the ranks on a host: torchrun, or DeepSpeed's `deepspeed` launcher"
-    )
-    nnodes: int = Field(1, ge=1)
-    nproc_per_node: int = Field(1, ge=1, description="processes (ranks) per node")
 
 
 class Config(Section):
@@ -240,9 +234,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 
 def save_config(config: Config, path: Path) -> Path:
+    """Write the resolved config; atomically, since each host of a multi-node job writes the same file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config.to_yaml())
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(config.to_yaml())
+    os.replace(temporary, path)
     return path
+
+
+def with_absolute_paths(config: Config, base: Path) -> Config:
+    """The config with its local paths made absolute against `base` (where it was submitted from).
+
+    A job on a cluster starts in another folder (Ray uploads the project to a
+    folder of its own; Slurm nodes may start elsewhere), where relative paths
+    would point at nothing; absolute ones reach the shared file system.
+    """
+
+    def absolute(path: str) -> str:
+        return path if "://" in path or Path(path).is_absolute() else str((base / path).resolve())
+
+    raw = config.to_dict()
+    raw["data"]["output_dir"] = absolute(raw["data"]["output_dir"])
+    raw["checkpoint"]["root"] = absolute(raw["checkpoint"]["root"])
+    raw["launch"]["jobs_dir"] = absolute(raw["launch"]["jobs_dir"])
+    tokenizer, launch = raw["data"]["tokenizer"], raw["launch"]
+    if tokenizer["path"]:
+        tokenizer["path"] = absolute(tokenizer["path"])
+    if launch["hostfile"]:
+        launch["hostfile"] = absolute(launch["hostfile"])
+    for source in raw["data"]["sources"]:
+        source["paths"] = [absolute(path) for path in source["paths"]]
+    uri = raw["tracking"]["uri"]
+    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
+        raw["tracking"]["uri"] = SQLITE + absolute(uri.removeprefix(SQLITE))
+    return Config.model_validate(raw)
 
 
 def _load_yaml(path: Path, seen: tuple[Path, ...]) -> dict:

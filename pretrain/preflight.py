@@ -20,8 +20,6 @@ from pretrain.errors import ConfigError
 
 def check_job(config: Config, require_checkpoint: bool) -> tuple[dict, bool]:
     """Raise a clear error if the job cannot start; return the dataset's manifest and whether it resumes."""
-    if config.launch.nnodes > 1:
-        raise ConfigError("launch.nnodes > 1: multi-node jobs are not available yet (issue #6); set launch.nnodes=1")
     resume = resolve_resume(config.run_dir, require_checkpoint, config.train.max_steps)
     manifest = read_manifest(Path(config.data.output_dir))
     vocab = manifest["tokenizer"]["vocab_size"]

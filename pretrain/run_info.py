@@ -7,6 +7,7 @@ apart (or found to be the same) long after their folders are gone.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import socket
 import subprocess
@@ -41,6 +42,9 @@ def run_tags(config: Config) -> dict[str, str]:
     }
     for package in ("torch", "deepspeed", "mlflow"):
         tags[f"version.{package}"] = package_version(package)
+    # Set by `pretrain submit` (and the Slurm script): links the run to `pretrain jobs status`.
+    if job_id := os.environ.get("PRETRAIN_JOB_ID"):
+        tags["pretrain.job_id"] = job_id
     return tags
 
 

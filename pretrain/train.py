@@ -90,6 +90,9 @@ def train(config: Config, require_checkpoint: bool = False) -> Progress:
         state = checkpoint.load(engine, config.run_dir)
         loader.load_state_dict(state["loader"])
         progress.step, progress.tokens_seen, run_id = state["step"], state["tokens_seen"], state["mlflow_run_id"]
+        if dist.get_rank() == 0:
+            # It told of an earlier end (train.max_steps has been raised since); it is written again at the new one.
+            (config.run_dir / "summary.json").unlink(missing_ok=True)
     tracker = start_tracking(config, data_dir, loader, run_id) if dist.get_rank() == 0 else None
     preemption = PreemptionWatch()
     try:

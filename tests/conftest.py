@@ -235,3 +235,12 @@ def tiny_data(tmp_path_factory) -> Path:
     )
     (work / "build.out").write_text(built.stdout)  # what the command printed, for tests of its report
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def two_rank_losses(tmp_path_factory, tiny_data) -> list[float]:
+    """The reference of the resume and launch-target tests: ten steps of the tiny job on 2 ranks, ZeRO-1."""
+    from jobs import TWO_RANKS_ZERO1, tiny_job_config, train_losses
+
+    work = tmp_path_factory.mktemp("two-ranks")
+    return train_losses(work, tiny_job_config(work, tiny_data), "layout-2-1", *TWO_RANKS_ZERO1)

@@ -42,3 +42,14 @@ def logged_metric(work: Path, run_name: str, key: str = "loss") -> dict[int, flo
     (run,) = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
     history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.timestamp)
     return {m.step: m.value for m in history}
+
+
+# The layout tests' run: ten steps, a loss logged at every one.
+LAYOUT_RUN = ["train.max_steps=10", "train.warmup_steps=2", "train.log_interval=1", "train.eval_interval=10"]
+TWO_RANKS_ZERO1 = ("launch.nproc_per_node=2", "parallel.zero_stage=1")
+
+
+def train_losses(work: Path, config: list[str], name: str, *layout: str) -> list[float]:
+    """Ten steps of the tiny job in the given parallel layout, global batch 16; the loss of every step."""
+    pretrain("train", *config, f"tracking.run_name={name}", *LAYOUT_RUN, *layout, cwd=work)
+    return list(logged_metric(work, name).values())

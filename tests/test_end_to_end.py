@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from jobs import logged_metric, pretrain, tiny_job_config
+from jobs import LAYOUT_RUN, TWO_RANKS_ZERO1, logged_metric, pretrain, tiny_job_config, train_losses
 from mlflow import MlflowClient
 
 from data_pipeline.loader import BatchLoader
@@ -213,27 +213,13 @@ def test_resume_continues_the_same_mlflow_run(job):
     assert max(steps) == 40 and steps.count(30) == 1
 
 
-LAYOUT_RUN = ["train.max_steps=10", "train.warmup_steps=2", "train.log_interval=1", "train.eval_interval=10"]
-
-
 def train_layout(job, name: str, *layout: str) -> list[float]:
-    """Ten steps of the tiny job in the given parallel layout, global batch 16; the loss of every step."""
-    pretrain("train", *job["config"], f"tracking.run_name={name}", *LAYOUT_RUN, *layout, cwd=job["work"])
-    return list(logged_metric(job["work"], name).values())
+    return train_losses(job["work"], job["config"], name, *layout)
 
 
 @pytest.fixture(scope="module")
 def single_process_losses(job):
     return train_layout(job, "layout-single", "launch.nproc_per_node=1", "parallel.zero_stage=0")
-
-
-TWO_RANKS_ZERO1 = ("launch.nproc_per_node=2", "parallel.zero_stage=1")
-
-
-@pytest.fixture(scope="module")
-def two_rank_losses(job):
-    """The uninterrupted reference of the resume tests: 2 ranks, ZeRO-1."""
-    return train_layout(job, "layout-2-1", *TWO_RANKS_ZERO1)
 
 
 def test_two_data_parallel_ranks_give_the_single_process_losses(single_process_losses, two_rank_losses):

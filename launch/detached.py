@@ -1,0 +1,97 @@
+"""Detached local jobs: `python -m launch.detached EXIT_FILE -- LAUNCHER COMMAND...`.
+
+`pretrain submit --detach` starts this small supervisor in a session of its
+own, writing to the job's log. It runs the launcher, passes a SIGTERM on to the
+ranks (which save a checkpoint and exit), and writes the exit status to
+EXIT_FILE, so `pretrain jobs status` can tell a finished job from a stopped,
+failed or killed one after the fact. The supervisor's process is the job's id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from launch.errors import LaunchError
+from launch.jobs import JobRecord, JobState, read_log
+from launch.local import launcher_preexec, wait_passing_sigterm_to_ranks
+
+
+def start(command: list[str], env: dict[str, str], log_file: Path, exit_file: Path) -> psutil.Process:
+    """Start the supervisor of `command` (a launcher, or one process), detached, logging to `log_file`."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    exit_file.unlink(missing_ok=True)
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "launch.detached", str(exit_file), "--", *command],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return psutil.Process(process.pid)
+
+
+def supervise(exit_file: Path, command: list[str]) -> int:
+    terminated = False
+
+    def note_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+
+    launcher = subprocess.Popen(command, preexec_fn=launcher_preexec(attached=True))  # noqa: PLW1509
+    returncode = wait_passing_sigterm_to_ranks(launcher, on_sigterm=note_sigterm)
+    temporary = exit_file.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"returncode": returncode, "sigterm": terminated}) + "\n")
+    os.replace(temporary, exit_file)
+    return returncode
+
+
+def _supervisor(record: JobRecord) -> psutil.Process | None:
+    """The job's supervisor while it runs; None once it is gone (a pid reused since is not it)."""
+    try:
+        process = psutil.Process(record.details["pid"])
+        if abs(process.create_time() - record.details["create_time"]) < 1:
+            return process
+    except psutil.NoSuchProcess:
+        pass
+    return None
+
+
+def state(record: JobRecord) -> JobState:
+    exit_file = Path(record.details["exit_file"])
+    if exit_file.is_file():
+        ended = json.loads(exit_file.read_text())
+        if ended["returncode"] != 0:
+            return JobState("FAILED", f"exit code {ended['returncode']}")
+        if ended["sigterm"]:
+            return JobState("STOPPED", "by SIGTERM after saving a checkpoint; submit again to continue")
+        return JobState("SUCCEEDED")
+    if _supervisor(record) is not None:
+        return JobState("RUNNING", f"process {record.details['pid']}")
+    return JobState("LOST", "its process is gone without an exit status: killed with SIGKILL, or the host rebooted")
+
+
+def logs(record: JobRecord, tail: int | None) -> str:
+    return read_log(Path(record.log), tail)
+
+
+def cancel(record: JobRecord) -> str:
+    process = _supervisor(record)
+    if process is None:
+        raise LaunchError(f"job {record.job_id} is not running ({state(record)}); there is nothing to cancel")
+    process.send_signal(signal.SIGTERM)
+    return f"sent SIGTERM to job {record.job_id} (process {process.pid}): the ranks save a checkpoint and exit"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 4 or sys.argv[2] != "--":
+        sys.exit("usage: python -m launch.detached EXIT_FILE -- COMMAND...")
+    sys.exit(supervise(Path(sys.argv[1]), sys.argv[3:]))

@@ -15,7 +15,7 @@ DEMO_RUN  := demo-$(shell date +%Y%m%d-%H%M%S)
 DEMO      := --config configs/demo.yaml tracking.run_name=$(DEMO_RUN)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test mlflow-ui clean
+.PHONY: help install demo test mlflow-ui clean slurm
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,8 +42,25 @@ demo: $(STAMP) ## the main job end to end on the embedded corpus: data, 2-proces
 	@echo "  exported model:       outputs/runs/$(DEMO_RUN)/export/"
 	@echo "  MLflow run '$(DEMO_RUN)' in experiment 'demo' (mlflow.db): make mlflow-ui, then open http://127.0.0.1:5000"
 
-test: $(STAMP) ## the whole test suite
+test: $(STAMP) ## the whole test suite (installs a local Slurm first where it can: make slurm)
+	@$(MAKE) --no-print-directory slurm || echo "make test: no Slurm here; the Slurm tests will say so"
 	$(PY) -m pytest
+
+slurm: ## install a local Slurm (slurm-wlm, munge) for the Slurm tests; quick when already there
+	@if command -v sbatch >/dev/null 2>&1 && command -v slurmctld >/dev/null 2>&1 \
+	    && command -v slurmd >/dev/null 2>&1 && command -v munged >/dev/null 2>&1; then \
+	    echo "slurm: already installed ($$(slurmd -V))"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "slurm: installing slurm-wlm and munge with apt-get"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && \
+	    apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null && \
+	    echo "slurm: installed ($$(slurmd -V))"; \
+	else \
+	    echo "slurm: sbatch/slurmctld/slurmd/munged not found; install them as root, e.g." \
+	         "'apt-get install slurm-wlm munge' (Debian/Ubuntu), then rerun make slurm" >&2; \
+	    exit 1; \
+	fi
 
 mlflow-ui: $(STAMP) ## open the MLflow UI on the local store (mlflow.db) at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -92,6 +92,7 @@ def render_script(settings: SlurmConfig, job: SlurmJob) -> str:
             f'if [ "$status" -eq 0 ] && [ ! -e {shlex.quote(str(job.finished_marker))} ]; then',
             '    echo "stopped before the end: requeueing job $SLURM_JOB_ID"',
             '    scontrol requeue "$SLURM_JOB_ID"',
+            "    exit 0  # Slurm ends this run of the script itself",
             "fi",
         ]
     lines.append('exit "$status"')

@@ -12,6 +12,7 @@ it, so that all stop after the same step and save together.
 from __future__ import annotations
 
 import signal
+import threading
 
 import torch
 import torch.distributed as dist
@@ -27,7 +28,11 @@ class PreemptionWatch:
     def __init__(self):
         self.group = dist.new_group(backend="gloo")  # a collective call: every rank makes it
         self.received = False
-        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        # Python takes signals in the main thread only. Ray Train runs the loop in
+        # another thread and stops its workers itself: there the watch only listens.
+        self._listening = threading.current_thread() is threading.main_thread()
+        if self._listening:
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum, frame) -> None:
         # Only a flag: the step in flight finishes, and collectives stay in step across ranks.
@@ -40,4 +45,5 @@ class PreemptionWatch:
         return bool(flag.item())
 
     def close(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._listening:
+            signal.signal(signal.SIGTERM, self._previous)

@@ -216,7 +216,8 @@ def submit_ray(config: Config, submission: Submission) -> JobRecord | None:
     runtime_env = {
         "working_dir": str(PROJECT_ROOT),
         "excludes": settings.excludes,
-        "env_vars": settings.env_vars | {JOB_ID_VARIABLE: f"ray:{job_id}"},
+        # Ray Train would copy every line a worker prints to stderr too: the job's log would hold each twice.
+        "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"} | settings.env_vars | {JOB_ID_VARIABLE: f"ray:{job_id}"},
     }
     if submission.dry_run:
         print(

@@ -244,3 +244,36 @@ def two_rank_losses(tmp_path_factory, tiny_data) -> list[float]:
 
     work = tmp_path_factory.mktemp("two-ranks")
     return train_losses(work, tiny_job_config(work, tiny_data), "layout-2-1", *TWO_RANKS_ZERO1)
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test this machine cannot run, saying why; CI must run every test, so there it fails."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI runs every test, but this machine cannot: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node Slurm cluster on 127.0.0.1 (munged, slurmctld, slurmd), stopped at the end."""
+    from slurm_cluster import SlurmCluster
+
+    reason = SlurmCluster.unavailable_reason()
+    if reason:
+        unavailable(reason)
+    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A real Ray cluster on this machine, head plus one worker node, with token authentication."""
+    from ray_cluster import RayCluster
+
+    reason = RayCluster.unavailable_reason()
+    if reason:
+        unavailable(reason)
+    cluster = RayCluster(tmp_path_factory.mktemp("ray"), worker_nodes=1)
+    with cluster:
+        yield cluster
+    cluster.remove_temp_dir()

@@ -115,7 +115,7 @@ def test_the_sbatch_script_asks_for_what_the_config_says_and_is_valid_bash(tmp_p
     assert 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in script
     assert 'export PRETRAIN_RDZV_ENDPOINT="$head_node:29500"' in script
     assert "srun --ntasks-per-node=1 --kill-on-bad-exit=1 --cpus-per-task=64" in script
-    assert '[ ! -e /runs/a/summary.json ]; then' in script and 'scontrol requeue "$SLURM_JOB_ID"' in script
+    assert "[ ! -e /runs/a/summary.json ]; then" in script and 'scontrol requeue "$SLURM_JOB_ID"' in script
     path = tmp_path / "job.sbatch"
     path.write_text(script)
     subprocess.run(["bash", "-n", str(path)], check=True)  # it parses

@@ -1,0 +1,287 @@
+"""Every launch target running a real job: detached local processes, two nodes meeting through torchrun's
+c10d rendezvous, a Slurm cluster and a Ray cluster; each followed and stopped with `pretrain jobs`."""
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from jobs import LAYOUT_RUN, logged_metric, pretrain, tiny_job_config
+
+from launch.local import free_port
+from pretrain.checkpoint import latest_tag
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tiny_data):
+    folder = tmp_path_factory.mktemp("targets")
+    return {"work": folder, "config": [*tiny_job_config(folder, tiny_data), f"launch.jobs_dir={folder / 'jobs'}"]}
+
+
+def jobs(work, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return pretrain("jobs", *args, "--jobs-dir", str(work["work"] / "jobs"), cwd=work["work"], check=check)
+
+
+def submitted_id(output: str) -> str:
+    match = re.search(r"submitted \w+ job (\S+)", output)
+    assert match, output
+    return match.group(1)
+
+
+def wait_for_state(work, job_id: str, states: tuple[str, ...], timeout_s: float = 600) -> str:
+    deadline = time.time() + timeout_s
+    while True:
+        status = jobs(work, "status", job_id).stdout
+        state = re.search(r"^state: +(\S+)", status, re.MULTILINE).group(1)
+        if state in states:
+            return status
+        assert time.time() < deadline, f"still {state} after {timeout_s} s:\n{status}"
+        time.sleep(2)
+
+
+def test_two_nodes_meet_through_c10d_and_train_as_one_two_rank_job(work, two_rank_losses):
+    """Two launcher processes on 127.0.0.1, node ranks 0 and 1, one rank each: the 2-rank job's losses."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    layout = [
+        "launch.target=multinode",
+        "launch.nnodes=2",
+        "launch.nproc_per_node=1",
+        f"launch.rdzv_endpoint={endpoint}",
+    ]
+    command = [sys.executable, "-m", "pretrain.cli", "train", *work["config"], "tracking.run_name=two-nodes"]
+    command += [*LAYOUT_RUN, "parallel.zero_stage=1", *layout]
+    nodes = [
+        subprocess.Popen([*command, f"--node-rank={rank}"], cwd=work["work"], stdout=subprocess.PIPE, text=True)
+        for rank in (1, 0)  # the second host may come first: node 0 hosts the rendezvous whenever it arrives
+    ]
+    outputs = [node.communicate(timeout=900)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert "final train loss" in outputs[1]  # node 0 reports the run
+    losses = list(logged_metric(work["work"], "two-nodes").values())
+    assert losses == pytest.approx(two_rank_losses, rel=1e-5)
+
+
+def test_a_detached_local_job_is_followed_to_its_end_and_linked_to_its_mlflow_run(work):
+    submitted = pretrain(
+        "submit",
+        *work["config"],
+        "--detach",
+        "tracking.run_name=detached",
+        "train.max_steps=5",
+        "train.warmup_steps=1",
+        cwd=work["work"],
+    )
+    run_dir = work["work"] / "runs" / "detached"
+    assert f"log: {run_dir / 'job.log'}" in submitted.stdout
+    job_id = submitted_id(submitted.stdout)
+    assert job_id in jobs(work, "list").stdout
+    status = wait_for_state(work, job_id, ("SUCCEEDED", "FAILED", "LOST"))
+    assert re.search(r"^state: +SUCCEEDED$", status, re.MULTILINE), status
+    assert re.search(r"^MLflow run: +[0-9a-f]{32} \(FINISHED\) in experiment 'tiny'", status, re.MULTILINE), status
+    assert re.search(r"^finished: +5 steps, train loss [\d.]+", status, re.MULTILINE), status
+    assert "step      5/5" in jobs(work, "logs", job_id).stdout
+    assert len(jobs(work, "logs", job_id, "--tail", "3").stdout.splitlines()) == 3
+    listed = jobs(work, "list").stdout.splitlines()
+    assert listed[0].split() == ["JOB", "ID", "TARGET", "STAGE", "SUBMITTED", "RUN", "STATE"]
+    assert re.search(rf"^{job_id} +local +train +\S+ +detached +SUCCEEDED$", "\n".join(listed), re.MULTILINE)
+
+
+def test_cancelling_a_detached_job_saves_a_checkpoint_and_the_same_submit_continues_it(work):
+    config = [*work["config"], "tracking.run_name=cancelled", *LAYOUT_RUN, "train.max_steps=400"]
+    job_id = submitted_id(pretrain("submit", *config, "--detach", cwd=work["work"]).stdout)
+    log = work["work"] / "runs" / "cancelled" / "job.log"
+    deadline = time.time() + 600
+    while "step      2/400" not in (log.read_text() if log.exists() else ""):
+        assert time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(1)
+    assert "sent SIGTERM to job" in jobs(work, "cancel", job_id).stdout
+    status = wait_for_state(work, job_id, ("STOPPED", "SUCCEEDED", "FAILED", "LOST"))
+    assert "STOPPED (by SIGTERM after saving a checkpoint; submit again to continue)" in status
+    step = int(re.search(r"SIGTERM: stopped after step (\d+)", log.read_text()).group(1))
+    assert latest_tag(work["work"] / "runs" / "cancelled") == f"step_{step:08d}"
+    cancel_again = jobs(work, "cancel", job_id, check=False)
+    assert cancel_again.returncode == 1 and "is not running (STOPPED" in cancel_again.stderr
+    resumed = pretrain("submit", *config, "train.max_steps=" + str(step + 2), cwd=work["work"])
+    assert "continuing" in resumed.stdout and f"step {step + 2:>6}/{step + 2}" in resumed.stdout
+    summary = json.loads((work["work"] / "runs" / "cancelled" / "summary.json").read_text())
+    assert summary["steps"] == step + 2
+
+
+def test_a_detached_data_build_is_a_job_too(work, tiny_data):
+    out = work["work"] / "data-job"
+    submitted = pretrain(
+        "submit", *work["config"], "--detach", "--stage", "data", f"data.output_dir={out}", cwd=work["work"]
+    )
+    job_id = submitted_id(submitted.stdout)
+    status = wait_for_state(work, job_id, ("SUCCEEDED", "FAILED", "LOST"))
+    assert "state:      SUCCEEDED" in status and "MLflow run" not in status
+    assert (out / "manifest.json").is_file()
+    assert "shards, tokenizer, manifest and rejects" in jobs(work, "logs", job_id).stdout
+
+
+def slurm_submit(work, slurm_cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return pretrain(
+        "submit", *work["config"], "--target", "slurm", *args, cwd=work["work"], env=slurm_cluster.env, check=check
+    )
+
+
+def slurm_jobs(work, slurm_cluster, *args: str) -> subprocess.CompletedProcess:
+    return pretrain("jobs", *args, "--jobs-dir", str(work["work"] / "jobs"), cwd=work["work"], env=slurm_cluster.env)
+
+
+def wait_for_slurm_state(work, slurm_cluster, job_id: str, states: tuple[str, ...], timeout_s: float = 600) -> str:
+    deadline = time.time() + timeout_s
+    while True:
+        status = slurm_jobs(work, slurm_cluster, "status", job_id).stdout
+        state = re.search(r"^state: +(\S+)", status, re.MULTILINE).group(1)
+        if state in states:
+            return status
+        assert time.time() < deadline, f"still {state} after {timeout_s} s:\n{status}\n{slurm_cluster.log_tails()}"
+        time.sleep(2)
+
+
+def test_a_slurm_job_trains_two_ranks_as_torchrun_does(work, slurm_cluster, two_rank_losses):
+    submitted = slurm_submit(work, slurm_cluster, "tracking.run_name=slurm", *LAYOUT_RUN, "parallel.zero_stage=1")
+    job_id = submitted_id(submitted.stdout)
+    assert job_id.isdigit()
+    script = next((work["work"] / "runs" / "slurm").glob("*.sbatch")).read_text()
+    assert "#SBATCH --signal=TERM@120" in script and "#SBATCH --requeue" in script
+    status = wait_for_slurm_state(work, slurm_cluster, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
+    log = slurm_jobs(work, slurm_cluster, "logs", job_id).stdout
+    assert "state:      COMPLETED (exit code 0:0" in status, status + log
+    assert re.search(r"^MLflow run: +[0-9a-f]{32} \(FINISHED\)", status, re.MULTILINE), status
+    assert f"slurm job {job_id} (restart 0)" in log and "step     10/10" in log
+    losses = list(logged_metric(work["work"], "slurm").values())
+    assert losses == pytest.approx(two_rank_losses, rel=1e-5)
+
+
+def test_sigterm_from_slurm_saves_and_the_requeued_job_resumes_from_the_checkpoint(work, slurm_cluster):
+    """`scancel --signal=TERM` (what Slurm sends before the time limit): the ranks save and exit 0,
+    the script requeues the job, and the job's second run continues from the checkpoint to the end."""
+    steps = ["train.max_steps=150", "train.log_interval=1", "train.eval_interval=150", "train.warmup_steps=2"]
+    job_id = submitted_id(slurm_submit(work, slurm_cluster, "tracking.run_name=slurm-requeue", *steps).stdout)
+    log = work["work"] / "runs" / "slurm-requeue" / f"slurm-{job_id}.out"
+    deadline = time.time() + 600
+    while "step      3/150" not in (log.read_text() if log.exists() else ""):
+        assert time.time() < deadline, slurm_cluster.log_tails()
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=TERM", job_id], env=slurm_cluster.env, check=True, timeout=60)
+    status = wait_for_slurm_state(work, slurm_cluster, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
+    output = log.read_text()
+    assert "COMPLETED" in status and "restarts 1" in status, status + output
+    stopped = int(re.search(r"SIGTERM: stopped after step (\d+)", output).group(1))
+    assert stopped < 150
+    assert f"requeueing job {job_id}" in output and f"slurm job {job_id} (restart 1)" in output
+    assert "continuing" in output and "step    150/150" in output
+    losses = logged_metric(work["work"], "slurm-requeue")
+    assert sorted(losses) == list(range(1, 151))  # one MLflow run: every step once, none lost or repeated
+    assert json.loads((work["work"] / "runs" / "slurm-requeue" / "summary.json").read_text())["steps"] == 150
+
+
+def test_slurm_refuses_more_gpus_than_the_partition_has_before_submitting(work, slurm_cluster):
+    refused = slurm_submit(work, slurm_cluster, "launch.slurm.gpus_per_node=4", "tracking.run_name=gpus", check=False)
+    assert refused.returncode == 1
+    assert "launch.slurm.gpus_per_node = 4: partition 'debug' has 0 GPUs per node; ask for at most 0" in refused.stderr
+
+
+def test_an_unreachable_slurm_controller_is_named(work, slurm_cluster, tmp_path):
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(re.sub(r"SlurmctldPort=\d+", f"SlurmctldPort={free_port()}", slurm_cluster.conf.read_text()))
+    env = slurm_cluster.env | {"SLURM_CONF": str(conf)}
+    refused = pretrain(
+        "submit", *work["config"], "--target", "slurm", "tracking.run_name=down", cwd=work["work"], env=env, check=False
+    )
+    assert refused.returncode == 1
+    assert "Slurm's controller cannot be reached" in refused.stderr and "scontrol ping" in refused.stderr
+
+
+def ray_submit(work, ray_cluster, *args: str, env: dict | None = None, check: bool = True):
+    address = f"launch.ray.address={ray_cluster.address}"
+    env = ray_cluster.env if env is None else env
+    return pretrain(
+        "submit", *work["config"], "--target", "ray", address, *args, cwd=work["work"], env=env, check=check
+    )
+
+
+def ray_jobs(work, ray_cluster, *args: str) -> subprocess.CompletedProcess:
+    return pretrain("jobs", *args, "--jobs-dir", str(work["work"] / "jobs"), cwd=work["work"], env=ray_cluster.env)
+
+
+def wait_for_ray_state(work, ray_cluster, job_id: str, timeout_s: float = 600) -> str:
+    deadline = time.time() + timeout_s
+    while True:
+        status = ray_jobs(work, ray_cluster, "status", job_id).stdout
+        state = re.search(r"^state: +(\S+)", status, re.MULTILINE).group(1)
+        if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        assert time.time() < deadline, f"still {state} after {timeout_s} s:\n{status}\n{ray_cluster.log_tails()}"
+        time.sleep(2)
+
+
+def test_a_ray_job_trains_with_ray_train_workers_as_torchrun_does(work, ray_cluster, two_rank_losses):
+    """Two Ray Train workers, one on each node of the cluster, each running the DeepSpeed training loop."""
+    submitted = ray_submit(work, ray_cluster, "tracking.run_name=ray", *LAYOUT_RUN, "parallel.zero_stage=1")
+    job_id = submitted_id(submitted.stdout)
+    status = wait_for_ray_state(work, ray_cluster, job_id)
+    logs = ray_jobs(work, ray_cluster, "logs", job_id).stdout
+    assert "state:      SUCCEEDED" in status, status + logs[-5000:]
+    assert re.search(r"^MLflow run: +[0-9a-f]{32} \(FINISHED\)", status, re.MULTILINE), status
+    assert logs.count("step     10/10") == 1  # printed once: by rank 0, not copied by Ray Train
+    assert list(logged_metric(work["work"], "ray").values()) == pytest.approx(two_rank_losses, rel=1e-5)
+    assert re.search(rf"^{job_id} +ray +train .* SUCCEEDED", ray_jobs(work, ray_cluster, "list").stdout, re.MULTILINE)
+
+
+def test_a_ray_data_build_with_a_bad_source_fails_with_the_error_in_its_logs(work, ray_cluster):
+    bad_source = f"data.sources=[{{name: web, paths: [{work['work']}/missing.jsonl]}}]"
+    out = f"data.output_dir={work['work'] / 'ray-data'}"
+    job_id = submitted_id(ray_submit(work, ray_cluster, "--stage", "data", bad_source, out).stdout)
+    status = wait_for_ray_state(work, ray_cluster, job_id)
+    assert "state:      FAILED" in status, status
+    assert "missing.jsonl' does not exist" in ray_jobs(work, ray_cluster, "logs", job_id).stdout
+
+
+def test_a_ray_job_is_stopped_by_jobs_cancel(work, ray_cluster):
+    job_id = submitted_id(ray_submit(work, ray_cluster, "tracking.run_name=ray-stopped", "train.max_steps=5000").stdout)
+    deadline = time.time() + 600
+    while "step " not in ray_jobs(work, ray_cluster, "logs", job_id).stdout:
+        assert time.time() < deadline
+        time.sleep(2)
+    assert f"stopping Ray job {job_id}" in ray_jobs(work, ray_cluster, "cancel", job_id).stdout
+    assert "state:      STOPPED" in wait_for_ray_state(work, ray_cluster, job_id, timeout_s=120)
+
+
+def test_ray_without_the_token_or_with_a_wrong_one_says_what_to_set(work, ray_cluster):
+    env = {k: v for k, v in ray_cluster.env.items() if not k.startswith("RAY_AUTH")}
+    refused = ray_submit(work, ray_cluster, "tracking.run_name=no-token", env=env, check=False)
+    assert refused.returncode == 1
+    assert "needs a token (token authentication): set RAY_AUTH_TOKEN" in refused.stderr
+    wrong = ray_submit(work, ray_cluster, "tracking.run_name=no-token", env=env | {"RAY_AUTH_TOKEN": "x"}, check=False)
+    assert "refused the token given" in wrong.stderr
+
+
+def test_ray_with_nothing_listening_or_a_gcs_address_says_what_to_give(work, ray_cluster):
+    port = free_port()
+    down = pretrain(
+        "submit",
+        *work["config"],
+        "--target",
+        "ray",
+        f"launch.ray.address=http://127.0.0.1:{port}",
+        cwd=work["work"],
+        check=False,
+    )
+    assert f"no Ray cluster answers at http://127.0.0.1:{port}" in down.stderr
+    gcs = pretrain(
+        "submit",
+        *work["config"],
+        "--target",
+        "ray",
+        f"launch.ray.address={ray_cluster.gcs_address}",
+        cwd=work["work"],
+        check=False,
+    )
+    assert "jobs are submitted to the dashboard's Jobs API, http://HEAD:8265" in gcs.stderr

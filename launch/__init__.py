@@ -1,1 +1,1 @@
-"""Starting jobs as processes: local ranks now, clusters later. Never imports the training loop."""
+"""Starting and following jobs: local ranks, several hosts, Slurm and Ray. Never imports the training loop."""

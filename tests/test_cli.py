@@ -16,7 +16,7 @@ SUBCOMMANDS = [["data", "build"], ["train"], ["export"], ["generate"], ["submit"
 def test_console_script_help_lists_every_stage():
     script = Path(sys.executable).parent / "pretrain"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
-    for command in ("data", "train", "export", "generate", "submit"):
+    for command in ("data", "train", "export", "generate", "submit", "jobs"):
         assert command in result.stdout
     assert "train.lr=3e-4" in result.stdout
 
@@ -28,6 +28,17 @@ def test_every_subcommand_has_help_with_config_and_overrides(command, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--config" in out and "KEY=VALUE" in out
+
+
+def test_submit_and_jobs_help_name_every_target_and_action(capsys):
+    with pytest.raises(SystemExit):
+        main(["submit", "--help"])
+    out = capsys.readouterr().out
+    assert "{local,multinode,slurm,ray}" in out and "--dry-run" in out and "docs/launching.md" in out
+    with pytest.raises(SystemExit):
+        main(["jobs", "--help"])
+    out = capsys.readouterr().out
+    assert all(action in out for action in ("list", "status", "logs", "cancel"))
 
 
 def test_config_prints_the_resolved_config_that_loads_back(tmp_path, capsys):

@@ -133,34 +133,16 @@ def launcher_command(layout: NodeLayout, module: str, args: list[str], launcher:
     return torchrun_command(layout, module, args)
 
 
-def run_local(
-    layout: NodeLayout,
-    module: str,
-    args: list[str],
-    log_file: Path | None = None,
-    launcher: str = "torchrun",
-) -> subprocess.Popen:
-    """Start this host's ranks through `launcher`; with `log_file` they run detached from this terminal.
+def run_local(layout: NodeLayout, module: str, args: list[str], launcher: str = "torchrun") -> subprocess.Popen:
+    """Start this host's ranks through `launcher`, attached: the launcher dies with this process.
 
-    Attached, the launcher dies with this process (and each rank with its
-    parent: the rank calls `exit_with_parent` itself); detached, it outlives it.
+    Each rank dies with its parent too (the rank calls `exit_with_parent`
+    itself). Detached jobs run under launch/detached.py instead.
     """
     command = launcher_command(layout, module, args, launcher)
     env = rank_environment(layout.nproc_per_node)
-    if log_file is None:
-        # preexec_fn runs between fork and exec; it makes two system calls, with nothing to lock.
-        return subprocess.Popen(command, env=env, preexec_fn=launcher_preexec(attached=True))  # noqa: PLW1509
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
-        return subprocess.Popen(
-            command,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=launcher_preexec(attached=False),  # noqa: PLW1509
-        )
+    # preexec_fn runs between fork and exec; it makes two system calls, with nothing to lock.
+    return subprocess.Popen(command, env=env, preexec_fn=launcher_preexec(attached=True))  # noqa: PLW1509
 
 
 def wait_passing_sigterm_to_ranks(process: subprocess.Popen, on_sigterm: Callable[[], None] | None = None) -> int:

@@ -179,25 +179,6 @@ def test_single_process_without_zero_with_accumulation_and_document_masking(job)
     assert masked == pytest.approx(summary["val_loss"], abs=1e-4)
 
 
-def test_detached_submit_runs_to_completion(job):
-    submitted = pretrain(
-        "submit",
-        *job["config"],
-        "--detach",
-        "tracking.run_name=detached",
-        "train.max_steps=5",
-        "train.warmup_steps=1",
-        cwd=job["work"],
-    )
-    run_dir = job["work"] / "runs" / "detached"
-    assert f"log: {run_dir / 'job.log'}" in submitted.stdout
-    deadline = time.time() + 600
-    while not (run_dir / "summary.json").exists():
-        assert time.time() < deadline, (run_dir / "job.log").read_text()[-3000:]
-        time.sleep(2)
-    assert "step      5/5" in (run_dir / "job.log").read_text()
-
-
 def test_a_finished_run_is_not_overwritten(job):
     result = pretrain("train", *job["config"], cwd=job["work"], check=False)
     assert result.returncode == 1

@@ -111,15 +111,18 @@ def test_cancelling_a_detached_job_saves_a_checkpoint_and_the_same_submit_contin
     assert summary["steps"] == step + 2
 
 
-def test_a_detached_data_build_is_a_job_too(work, tiny_data):
+def test_a_detached_data_build_is_a_job_too(work, make_documents):
+    corpus = work["work"] / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": text}) + "\n" for text in make_documents(300)))
     out = work["work"] / "data-job"
+    source = f"data.sources=[{{name: web, paths: [{corpus}]}}]"
     submitted = pretrain(
-        "submit", *work["config"], "--detach", "--stage", "data", f"data.output_dir={out}", cwd=work["work"]
+        "submit", *work["config"], "--detach", "--stage", "data", source, f"data.output_dir={out}", cwd=work["work"]
     )
     job_id = submitted_id(submitted.stdout)
     status = wait_for_state(work, job_id, ("SUCCEEDED", "FAILED", "LOST"))
-    assert "state:      SUCCEEDED" in status and "MLflow run" not in status
-    assert (out / "manifest.json").is_file()
+    assert "state:      SUCCEEDED" in status and "MLflow run" not in status, jobs(work, "logs", job_id).stdout
+    assert json.loads((out / "manifest.json").read_text())["sources"]["web"]["documents_in"] == 300
     assert "shards, tokenizer, manifest and rejects" in jobs(work, "logs", job_id).stdout
 
 

@@ -130,24 +130,24 @@ def new_record(config: Config, target: str, stage: str, job_id: str, config_path
     )
 
 
-def stage_command(config: Config, submission: Submission) -> tuple[Path, list[str]]:
-    """The resolved config and the `pretrain` arguments of a data build, or of every training rank."""
-    if submission.stage == "data":
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        resolved = save_config(config, Path(config.launch.jobs_dir) / f"data-{stamp}.yaml")
-        return resolved, ["data", "build", "--config", str(resolved)]
-    return prepare_training(config, submission.require_checkpoint)
-
-
 def job_name(config: Config, stage: str) -> str:
+    """The run name (or `data`) and the time: readable, and different for each submission."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{config.tracking.run_name if stage == 'train' else 'data'}-{stamp}"
+
+
+def stage_command(config: Config, submission: Submission, name: str) -> tuple[Path, list[str]]:
+    """The resolved config and the `pretrain` arguments of a data build, or of every training rank."""
+    if submission.stage == "data":
+        resolved = save_config(config, Path(config.launch.jobs_dir) / f"{name}.yaml")
+        return resolved, ["data", "build", "--config", str(resolved)]
+    return prepare_training(config, submission.require_checkpoint)
 
 
 def submit_detached(config: Config, submission: Submission) -> JobRecord:
     """This machine's ranks, under a supervisor that outlives this command (launch/detached.py)."""
     job_id = job_name(config, submission.stage)
-    config_path, args = stage_command(config, submission)
+    config_path, args = stage_command(config, submission, job_id)
     if submission.stage == "train":
         command = launcher_command(node_layout(config, 0), CLI_MODULE, args, config.launch.launcher)
         log_file = config.run_dir / "job.log"
@@ -173,13 +173,12 @@ def submit_slurm(config: Config, submission: Submission) -> JobRecord | None:
     """An sbatch script for the job (launch/slurm.py), written beside its outputs and submitted."""
     from launch import slurm
 
-    settings, train = config.launch.slurm, submission.stage == "train"
-    config_path, args = stage_command(config, submission)
+    settings, train, name = config.launch.slurm, submission.stage == "train", job_name(config, submission.stage)
+    config_path, args = stage_command(config, submission, name)
     python = settings.python or sys.executable
     node_command = ["exec", shlex.quote(python), "-m", CLI_MODULE, *map(shlex.quote, args)]
     if train and config.launch.nnodes > 1:
         node_command += ['--node-rank="$SLURM_NODEID"', 'launch.rdzv_endpoint="$PRETRAIN_RDZV_ENDPOINT"']
-    name = job_name(config, submission.stage)
     folder = config.run_dir if train else Path(config.launch.jobs_dir)
     job = slurm.SlurmJob(
         name=f"pretrain-{name}",
@@ -208,8 +207,8 @@ def submit_ray(config: Config, submission: Submission) -> JobRecord | None:
 
     settings = config.launch.ray
     address = ray_jobs.resolve_address(settings.address)
-    config_path, args = stage_command(config, submission)
     job_id = f"pretrain-{job_name(config, submission.stage)}"
+    config_path, args = stage_command(config, submission, job_id)
     # Training runs as a Ray Train TorchTrainer (pretrain/ray_train.py); a data build is Ray Data on the cluster.
     module_args = ["pretrain.ray_train", *args[1:]] if submission.stage == "train" else [CLI_MODULE, *args]
     entrypoint = shlex.join(["python", "-m", *module_args])

@@ -238,6 +238,17 @@ def test_a_ray_job_trains_with_ray_train_workers_as_torchrun_does(work, ray_clus
     assert re.search(rf"^{job_id} +ray +train .* SUCCEEDED", ray_jobs(work, ray_cluster, "list").stdout, re.MULTILINE)
 
 
+def test_a_ray_data_build_runs_on_the_cluster(work, ray_cluster, make_documents):
+    corpus = work["work"] / "ray-corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": text}) + "\n" for text in make_documents(300, seed=1)))
+    out = work["work"] / "ray-data-built"
+    source = f"data.sources=[{{name: web, paths: [{corpus}]}}]"
+    job_id = submitted_id(ray_submit(work, ray_cluster, "--stage", "data", source, f"data.output_dir={out}").stdout)
+    status = wait_for_ray_state(work, ray_cluster, job_id)
+    assert "state:      SUCCEEDED" in status, status + ray_jobs(work, ray_cluster, "logs", job_id).stdout[-5000:]
+    assert json.loads((out / "manifest.json").read_text())["sources"]["web"]["documents_in"] == 300
+
+
 def test_a_ray_data_build_with_a_bad_source_fails_with_the_error_in_its_logs(work, ray_cluster):
     bad_source = f"data.sources=[{{name: web, paths: [{work['work']}/missing.jsonl]}}]"
     out = f"data.output_dir={work['work'] / 'ray-data'}"

@@ -101,7 +101,9 @@ def _start_ray(ray_address: str | None) -> None:
     address = ray_address or os.environ.get("RAY_ADDRESS")
     # On a cluster the workers import this package from the driver's copy, installed or not.
     runtime_env = {"py_modules": [os.path.dirname(data_pipeline.__file__)]} if address else None
-    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
+    # Without an address, a Ray of our own: ray.init() would otherwise join whatever cluster
+    # /tmp/ray/ray_current_cluster names, and wait forever on one that died without cleaning up.
+    ray.init(address=address or "local", runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     # A DataError raised by a worker (a source that cannot be opened) reaches the caller as itself.

@@ -1,10 +1,11 @@
-"""Detached local jobs: `python -m launch.detached EXIT_FILE -- LAUNCHER COMMAND...`.
+"""Detached local jobs: `python -m launch.detached EXIT_FILE {ranks|process} -- COMMAND...`.
 
 `pretrain submit --detach` starts this small supervisor in a session of its
-own, writing to the job's log. It runs the launcher, passes a SIGTERM on to the
-ranks (which save a checkpoint and exit), and writes the exit status to
+own, writing to the job's log. It runs the command (a launcher and its ranks,
+or one process such as a data build), passes a SIGTERM on (to the ranks, which
+save a checkpoint and exit; or to the process), and writes the exit status to
 EXIT_FILE, so `pretrain jobs status` can tell a finished job from a stopped,
-failed or killed one after the fact. The supervisor's process is the job's id.
+cancelled, failed or killed one after the fact.
 """
 
 from __future__ import annotations
@@ -20,16 +21,21 @@ import psutil
 
 from launch.errors import LaunchError
 from launch.jobs import JobRecord, JobState, read_log
-from launch.local import launcher_preexec, wait_passing_sigterm_to_ranks
+from launch.local import exit_with_parent, launcher_preexec, wait_passing_sigterm_to_ranks
 
 
-def start(command: list[str], env: dict[str, str], log_file: Path, exit_file: Path) -> psutil.Process:
-    """Start the supervisor of `command` (a launcher, or one process), detached, logging to `log_file`."""
+def start(command: list[str], env: dict[str, str], log_file: Path, exit_file: Path, ranks: bool) -> psutil.Process:
+    """Start the supervisor of `command`, detached, logging to `log_file`.
+
+    `ranks`: the command is a launcher whose ranks handle SIGTERM themselves;
+    otherwise it is one process, which SIGTERM stops.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     exit_file.unlink(missing_ok=True)
+    kind = "ranks" if ranks else "process"
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "launch.detached", str(exit_file), "--", *command],
+            [sys.executable, "-m", "launch.detached", str(exit_file), kind, "--", *command],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -39,15 +45,25 @@ def start(command: list[str], env: dict[str, str], log_file: Path, exit_file: Pa
     return psutil.Process(process.pid)
 
 
-def supervise(exit_file: Path, command: list[str]) -> int:
+def supervise(exit_file: Path, command: list[str], ranks: bool) -> int:
     terminated = False
 
     def note_sigterm() -> None:
         nonlocal terminated
         terminated = True
 
-    launcher = subprocess.Popen(command, preexec_fn=launcher_preexec(attached=True))  # noqa: PLW1509
-    returncode = wait_passing_sigterm_to_ranks(launcher, on_sigterm=note_sigterm)
+    if ranks:
+        launcher = subprocess.Popen(command, preexec_fn=launcher_preexec(attached=True))  # noqa: PLW1509
+        returncode = wait_passing_sigterm_to_ranks(launcher, on_sigterm=note_sigterm)
+    else:
+        child = subprocess.Popen(command, preexec_fn=exit_with_parent)  # noqa: PLW1509
+
+        def pass_on(signum, frame) -> None:
+            note_sigterm()
+            child.send_signal(signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, pass_on)
+        returncode = child.wait()
     temporary = exit_file.with_suffix(".tmp")
     temporary.write_text(json.dumps({"returncode": returncode, "sigterm": terminated}) + "\n")
     os.replace(temporary, exit_file)
@@ -69,10 +85,12 @@ def state(record: JobRecord) -> JobState:
     exit_file = Path(record.details["exit_file"])
     if exit_file.is_file():
         ended = json.loads(exit_file.read_text())
+        if ended["sigterm"] and ended["returncode"] == 0:
+            return JobState("STOPPED", "by SIGTERM after saving a checkpoint; submit again to continue")
+        if ended["sigterm"]:
+            return JobState("CANCELLED", f"by SIGTERM, exit code {ended['returncode']}; submit again to resume")
         if ended["returncode"] != 0:
             return JobState("FAILED", f"exit code {ended['returncode']}")
-        if ended["sigterm"]:
-            return JobState("STOPPED", "by SIGTERM after saving a checkpoint; submit again to continue")
         return JobState("SUCCEEDED")
     if _supervisor(record) is not None:
         return JobState("RUNNING", f"process {record.details['pid']}")
@@ -88,10 +106,11 @@ def cancel(record: JobRecord) -> str:
     if process is None:
         raise LaunchError(f"job {record.job_id} is not running ({state(record)}); there is nothing to cancel")
     process.send_signal(signal.SIGTERM)
-    return f"sent SIGTERM to job {record.job_id} (process {process.pid}): the ranks save a checkpoint and exit"
+    then = "the ranks save a checkpoint and exit" if record.stage == "train" else "it stops; submit it again to resume"
+    return f"sent SIGTERM to job {record.job_id} (process {process.pid}): {then}"
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 4 or sys.argv[2] != "--":
-        sys.exit("usage: python -m launch.detached EXIT_FILE -- COMMAND...")
-    sys.exit(supervise(Path(sys.argv[1]), sys.argv[3:]))
+    if len(sys.argv) < 5 or sys.argv[2] not in ("ranks", "process") or sys.argv[3] != "--":
+        sys.exit("usage: python -m launch.detached EXIT_FILE {ranks|process} -- COMMAND...")
+    sys.exit(supervise(Path(sys.argv[1]), sys.argv[4:], ranks=sys.argv[2] == "ranks"))

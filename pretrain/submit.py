@@ -156,7 +156,7 @@ def submit_detached(config: Config, submission: Submission) -> JobRecord:
         log_file = Path(config.launch.jobs_dir) / f"{job_id}.log"
     exit_file = log_file.with_name(f".{job_id}.exit")
     env = rank_environment(config.launch.nproc_per_node) | {JOB_ID_VARIABLE: f"local:{job_id}"}
-    process = detached.start(command, env, log_file, exit_file)
+    process = detached.start(command, env, log_file, exit_file, ranks=submission.stage == "train")
     print(f"started {config.launch.nproc_per_node} rank(s) under process {process.pid}; log: {log_file}")
     return new_record(
         config,

@@ -126,6 +126,17 @@ def test_a_detached_data_build_is_a_job_too(work, make_documents):
     assert "shards, tokenizer, manifest and rejects" in jobs(work, "logs", job_id).stdout
 
 
+def test_cancelling_a_detached_data_build_stops_its_process(work):
+    out = f"data.output_dir={work['work'] / 'data-cancelled'}"  # the embedded corpus: a build of a minute or more
+    job_id = submitted_id(
+        pretrain("submit", *work["config"], "--detach", "--stage", "data", out, cwd=work["work"]).stdout
+    )
+    time.sleep(5)
+    assert "it stops; submit it again to resume" in jobs(work, "cancel", job_id).stdout
+    status = wait_for_state(work, job_id, ("CANCELLED", "SUCCEEDED", "FAILED", "LOST"), timeout_s=120)
+    assert "state:      CANCELLED (by SIGTERM" in status, status
+
+
 def slurm_submit(work, slurm_cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return pretrain(
         "submit", *work["config"], "--target", "slurm", *args, cwd=work["work"], env=slurm_cluster.env, check=check

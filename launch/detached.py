@@ -11,7 +11,6 @@ cancelled, failed or killed one after the fact.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from launch.errors import LaunchError
-from launch.jobs import JobRecord, JobState, read_log
+from launch.jobs import JobRecord, JobState, read_log, write_json_atomically
 from launch.local import exit_with_parent, launcher_preexec, wait_passing_sigterm_to_ranks
 
 
@@ -64,9 +63,7 @@ def supervise(exit_file: Path, command: list[str], ranks: bool) -> int:
 
         signal.signal(signal.SIGTERM, pass_on)
         returncode = child.wait()
-    temporary = exit_file.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"returncode": returncode, "sigterm": terminated}) + "\n")
-    os.replace(temporary, exit_file)
+    write_json_atomically(exit_file, {"returncode": returncode, "sigterm": terminated})
     return returncode
 
 

@@ -53,13 +53,17 @@ class JobState:
         return f"{self.state} ({self.detail})" if self.detail else self.state
 
 
-def save_record(jobs_dir: Path, record: JobRecord) -> Path:
-    jobs_dir.mkdir(parents=True, exist_ok=True)
-    path = jobs_dir / f"{record.target}-{record.job_id}.json"
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
+def write_json_atomically(path: Path, payload: dict) -> Path:
+    """Write under a temporary name, then rename: `pretrain jobs` never reads half a file."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(temporary, path)
     return path
+
+
+def save_record(jobs_dir: Path, record: JobRecord) -> Path:
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    return write_json_atomically(jobs_dir / f"{record.target}-{record.job_id}.json", dataclasses.asdict(record))
 
 
 def load_records(jobs_dir: Path) -> list[JobRecord]:

@@ -22,8 +22,9 @@ def work(tmp_path_factory, tiny_data):
     return {"work": folder, "config": [*tiny_job_config(folder, tiny_data), f"launch.jobs_dir={folder / 'jobs'}"]}
 
 
-def jobs(work, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return pretrain("jobs", *args, "--jobs-dir", str(work["work"] / "jobs"), cwd=work["work"], check=check)
+def jobs(work, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`pretrain jobs ...` on the test's jobs folder; `env` reaches a scheduler (a cluster's variables)."""
+    return pretrain("jobs", *args, "--jobs-dir", str(work["work"] / "jobs"), cwd=work["work"], check=check, env=env)
 
 
 def submitted_id(output: str) -> str:
@@ -32,14 +33,17 @@ def submitted_id(output: str) -> str:
     return match.group(1)
 
 
-def wait_for_state(work, job_id: str, states: tuple[str, ...], timeout_s: float = 600) -> str:
+def wait_for_state(work, job_id: str, states: tuple[str, ...], timeout_s: float = 600, cluster=None) -> str:
+    """Poll `pretrain jobs status` until the job is in one of `states`; with a cluster, through its environment."""
+    env = cluster.env if cluster else None
     deadline = time.time() + timeout_s
     while True:
-        status = jobs(work, "status", job_id).stdout
+        status = jobs(work, "status", job_id, env=env).stdout
         state = re.search(r"^state: +(\S+)", status, re.MULTILINE).group(1)
         if state in states:
             return status
-        assert time.time() < deadline, f"still {state} after {timeout_s} s:\n{status}"
+        daemons = cluster.log_tails() if cluster else ""
+        assert time.time() < deadline, f"still {state} after {timeout_s} s:\n{status}\n{daemons}"
         time.sleep(2)
 
 
@@ -143,29 +147,14 @@ def slurm_submit(work, slurm_cluster, *args: str, check: bool = True) -> subproc
     )
 
 
-def slurm_jobs(work, slurm_cluster, *args: str) -> subprocess.CompletedProcess:
-    return pretrain("jobs", *args, "--jobs-dir", str(work["work"] / "jobs"), cwd=work["work"], env=slurm_cluster.env)
-
-
-def wait_for_slurm_state(work, slurm_cluster, job_id: str, states: tuple[str, ...], timeout_s: float = 600) -> str:
-    deadline = time.time() + timeout_s
-    while True:
-        status = slurm_jobs(work, slurm_cluster, "status", job_id).stdout
-        state = re.search(r"^state: +(\S+)", status, re.MULTILINE).group(1)
-        if state in states:
-            return status
-        assert time.time() < deadline, f"still {state} after {timeout_s} s:\n{status}\n{slurm_cluster.log_tails()}"
-        time.sleep(2)
-
-
 def test_a_slurm_job_trains_two_ranks_as_torchrun_does(work, slurm_cluster, two_rank_losses):
     submitted = slurm_submit(work, slurm_cluster, "tracking.run_name=slurm", *LAYOUT_RUN, "parallel.zero_stage=1")
     job_id = submitted_id(submitted.stdout)
     assert job_id.isdigit()
     script = next((work["work"] / "runs" / "slurm").glob("*.sbatch")).read_text()
     assert "#SBATCH --signal=TERM@120" in script and "#SBATCH --requeue" in script
-    status = wait_for_slurm_state(work, slurm_cluster, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
-    log = slurm_jobs(work, slurm_cluster, "logs", job_id).stdout
+    status = wait_for_state(work, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), cluster=slurm_cluster)
+    log = jobs(work, "logs", job_id, env=slurm_cluster.env).stdout
     assert "state:      COMPLETED (exit code 0:0" in status, status + log
     assert re.search(r"^MLflow run: +[0-9a-f]{32} \(FINISHED\)", status, re.MULTILINE), status
     assert f"slurm job {job_id} (restart 0)" in log and "step     10/10" in log
@@ -184,7 +173,7 @@ def test_sigterm_from_slurm_saves_and_the_requeued_job_resumes_from_the_checkpoi
         assert time.time() < deadline, slurm_cluster.log_tails()
         time.sleep(0.5)
     subprocess.run(["scancel", "--signal=TERM", job_id], env=slurm_cluster.env, check=True, timeout=60)
-    status = wait_for_slurm_state(work, slurm_cluster, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
+    status = wait_for_state(work, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), cluster=slurm_cluster)
     output = log.read_text()
     assert "COMPLETED" in status and "restarts 1" in status, status + output
     stopped = int(re.search(r"SIGTERM: stopped after step (\d+)", output).group(1))
@@ -221,32 +210,22 @@ def ray_submit(work, ray_cluster, *args: str, env: dict | None = None, check: bo
     )
 
 
-def ray_jobs(work, ray_cluster, *args: str) -> subprocess.CompletedProcess:
-    return pretrain("jobs", *args, "--jobs-dir", str(work["work"] / "jobs"), cwd=work["work"], env=ray_cluster.env)
-
-
-def wait_for_ray_state(work, ray_cluster, job_id: str, timeout_s: float = 600) -> str:
-    deadline = time.time() + timeout_s
-    while True:
-        status = ray_jobs(work, ray_cluster, "status", job_id).stdout
-        state = re.search(r"^state: +(\S+)", status, re.MULTILINE).group(1)
-        if state in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return status
-        assert time.time() < deadline, f"still {state} after {timeout_s} s:\n{status}\n{ray_cluster.log_tails()}"
-        time.sleep(2)
+RAY_ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def test_a_ray_job_trains_with_ray_train_workers_as_torchrun_does(work, ray_cluster, two_rank_losses):
     """Two Ray Train workers, one on each node of the cluster, each running the DeepSpeed training loop."""
     submitted = ray_submit(work, ray_cluster, "tracking.run_name=ray", *LAYOUT_RUN, "parallel.zero_stage=1")
     job_id = submitted_id(submitted.stdout)
-    status = wait_for_ray_state(work, ray_cluster, job_id)
-    logs = ray_jobs(work, ray_cluster, "logs", job_id).stdout
+    status = wait_for_state(work, job_id, RAY_ENDED, cluster=ray_cluster)
+    logs = jobs(work, "logs", job_id, env=ray_cluster.env).stdout
     assert "state:      SUCCEEDED" in status, status + logs[-5000:]
     assert re.search(r"^MLflow run: +[0-9a-f]{32} \(FINISHED\)", status, re.MULTILINE), status
     assert logs.count("step     10/10") == 1  # printed once: by rank 0, not copied by Ray Train
     assert list(logged_metric(work["work"], "ray").values()) == pytest.approx(two_rank_losses, rel=1e-5)
-    assert re.search(rf"^{job_id} +ray +train .* SUCCEEDED", ray_jobs(work, ray_cluster, "list").stdout, re.MULTILINE)
+    assert re.search(
+        rf"^{job_id} +ray +train .* SUCCEEDED", jobs(work, "list", env=ray_cluster.env).stdout, re.MULTILINE
+    )
 
 
 def test_a_ray_data_build_runs_on_the_cluster(work, ray_cluster, make_documents):
@@ -255,8 +234,8 @@ def test_a_ray_data_build_runs_on_the_cluster(work, ray_cluster, make_documents)
     out = work["work"] / "ray-data-built"
     source = f"data.sources=[{{name: web, paths: [{corpus}]}}]"
     job_id = submitted_id(ray_submit(work, ray_cluster, "--stage", "data", source, f"data.output_dir={out}").stdout)
-    status = wait_for_ray_state(work, ray_cluster, job_id)
-    assert "state:      SUCCEEDED" in status, status + ray_jobs(work, ray_cluster, "logs", job_id).stdout[-5000:]
+    status = wait_for_state(work, job_id, RAY_ENDED, cluster=ray_cluster)
+    assert "state:      SUCCEEDED" in status, status + jobs(work, "logs", job_id, env=ray_cluster.env).stdout[-5000:]
     assert json.loads((out / "manifest.json").read_text())["sources"]["web"]["documents_in"] == 300
 
 
@@ -264,19 +243,19 @@ def test_a_ray_data_build_with_a_bad_source_fails_with_the_error_in_its_logs(wor
     bad_source = f"data.sources=[{{name: web, paths: [{work['work']}/missing.jsonl]}}]"
     out = f"data.output_dir={work['work'] / 'ray-data'}"
     job_id = submitted_id(ray_submit(work, ray_cluster, "--stage", "data", bad_source, out).stdout)
-    status = wait_for_ray_state(work, ray_cluster, job_id)
+    status = wait_for_state(work, job_id, RAY_ENDED, cluster=ray_cluster)
     assert "state:      FAILED" in status, status
-    assert "missing.jsonl' does not exist" in ray_jobs(work, ray_cluster, "logs", job_id).stdout
+    assert "missing.jsonl' does not exist" in jobs(work, "logs", job_id, env=ray_cluster.env).stdout
 
 
 def test_a_ray_job_is_stopped_by_jobs_cancel(work, ray_cluster):
     job_id = submitted_id(ray_submit(work, ray_cluster, "tracking.run_name=ray-stopped", "train.max_steps=5000").stdout)
     deadline = time.time() + 600
-    while "step " not in ray_jobs(work, ray_cluster, "logs", job_id).stdout:
+    while "step " not in jobs(work, "logs", job_id, env=ray_cluster.env).stdout:
         assert time.time() < deadline
         time.sleep(2)
-    assert f"stopping Ray job {job_id}" in ray_jobs(work, ray_cluster, "cancel", job_id).stdout
-    assert "state:      STOPPED" in wait_for_ray_state(work, ray_cluster, job_id, timeout_s=120)
+    assert f"stopping Ray job {job_id}" in jobs(work, "cancel", job_id, env=ray_cluster.env).stdout
+    assert "state:      STOPPED" in wait_for_state(work, job_id, RAY_ENDED, timeout_s=120, cluster=ray_cluster)
 
 
 def test_ray_without_the_token_or_with_a_wrong_one_says_what_to_set(work, ray_cluster):

@@ -67,10 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train(commands)
 
-    export = _with_config(commands.add_parser("export", help="turn a checkpoint into a model folder", epilog=EPILOG))
-    export.add_argument("--run-dir", type=Path, help="run folder (default: checkpoint.root/tracking.run_name)")
-    export.add_argument("--tag", help="checkpoint tag (default: the latest)")
-    export.add_argument("--out", type=Path, help="output folder (default: <run folder>/export)")
+    _add_export(commands)
 
     _add_generate(commands)
     _add_attention(commands)
@@ -116,6 +113,12 @@ def _add_train(commands) -> None:
     )
     train.add_argument("--nproc", type=int, metavar="N", help="processes on this machine (launch.nproc_per_node)")
     train.add_argument(
+        "--init-from",
+        metavar="FOLDER",
+        help="start from an exported folder's weights (train.init_from): `pretrain export` output of either "
+        "format, or a Hugging Face GPT-2 or Llama folder; its architecture replaces the model section",
+    )
+    train.add_argument(
         "--node-rank",
         type=int,
         default=0,
@@ -150,6 +153,7 @@ def _add_submit(commands) -> None:
     )
     submit.add_argument("--resume", action="store_true", help="require a checkpoint to continue from")
     submit.add_argument("--nproc", type=int, metavar="N", help="processes per node (launch.nproc_per_node)")
+    submit.add_argument("--init-from", metavar="FOLDER", help="start from an exported folder's weights (train.init_from)")
     submit.add_argument("--node-rank", type=int, default=0, metavar="K", help="multinode: this host's rank")
 
 
@@ -173,6 +177,45 @@ def _add_jobs(commands) -> None:
         parser.add_argument("--config", help="a config whose launch.jobs_dir to read")
         if action == "logs":
             parser.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+
+
+def _add_export(commands) -> None:
+    export = _with_config(
+        commands.add_parser(
+            "export",
+            help="turn a checkpoint into a Hugging Face (or our own) model folder; register it in MLflow",
+            description="Gather the full weights of a checkpoint (any ZeRO stage, any tensor-parallel degree, in "
+            "one process) and write a folder that transformers' AutoModelForCausalLM and AutoTokenizer load "
+            "(--format hf: GPT-2 or Llama), or our own parameter names (--format torch), which `pretrain train "
+            "--init-from` starts from. --register logs the folder to the training run and registers a new version "
+            "of a model in MLflow's registry; --from-registry fetches one back.",
+            epilog="Reference: docs/export.md. " + EPILOG,
+        )
+    )
+    export.add_argument(
+        "--checkpoint",
+        "--run-dir",
+        dest="checkpoint",
+        type=Path,
+        help="a run folder (its latest checkpoint) or one of its checkpoint folders "
+        "(default: checkpoint.root/tracking.run_name)",
+    )
+    export.add_argument("--tag", help="checkpoint tag, e.g. step_00001000 (default: the latest complete one)")
+    export.add_argument("--out", type=Path, help="output folder (default: <run folder>/export)")
+    export.add_argument("--format", choices=["hf", "torch"], default="hf", help="hf (default) or torch")
+    export.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="of the saved weights")
+    export.add_argument(
+        "--max-shard-size", default="5GB", help="hf: larger weights are split into shards with an index (5GB)"
+    )
+    export.add_argument("--register", metavar="NAME", help="register the folder as a new version of model NAME")
+    export.add_argument(
+        "--alias", action="append", default=[], help="with --register: an alias for the new version (repeatable)"
+    )
+    export.add_argument(
+        "--from-registry",
+        metavar="NAME@ALIAS",
+        help="fetch a registered version (NAME@ALIAS, NAME/VERSION or NAME for the latest) into --out",
+    )
 
 
 def _add_generate(commands) -> None:
@@ -287,11 +330,27 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
+    if args.from_registry:
+        from pretrain.registry import fetch
+
+        out = args.out or Path(args.from_registry.replace("@", "-").replace("/", "-"))
+        folder, version = fetch(args.from_registry, out, config.tracking.uri)
+        print(f"fetched {version.name} version {version.version} ({version.source}): {folder.resolve()}")
+        return 0
     from pretrain.export import export
 
-    run_dir = args.run_dir or config.run_dir
-    out_dir = export(run_dir, args.out or run_dir / "export", args.tag)
-    print(f"exported model folder: {out_dir.resolve()}")
+    path = args.checkpoint or config.run_dir
+    folder, found, info = export(path, args.out, args.tag, args.format, args.dtype, args.max_shard_size)
+    print(f"exported model folder: {folder.resolve()}")
+    if args.register:
+        from pretrain.registry import register, validation_loss_at
+
+        uri = found.config.tracking.uri
+        val_loss = validation_loss_at(uri, found.mlflow_run_id, found.step)
+        version = register(folder, info, args.register, args.alias, uri, val_loss)
+        print(f"registered {version.name} version {version.version} ({version.source}) at {uri}")
+        for alias in args.alias:
+            print(f"  {version.name}@{alias}")
     return 0
 
 
@@ -367,6 +426,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.overrides = [*getattr(args, "overrides", []), *late_overrides]
     if getattr(args, "nproc", None):
         args.overrides.append(f"launch.nproc_per_node={args.nproc}")
+    if getattr(args, "init_from", None):
+        args.overrides.append(f"train.init_from={args.init_from}")
     if getattr(args, "target", None):
         args.overrides.append(f"launch.target={args.target}")
     return args

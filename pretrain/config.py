@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationErro
 from data_pipeline.config import DataConfig
 from launch.config import LaunchConfig
 from model import GPTConfig
-from pretrain.errors import ConfigError
+from pretrain.errors import ConfigError, PretrainError
+from pretrain.hf_config import folder_model_config
 
 SQLITE = "sqlite:///"
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
@@ -75,6 +76,11 @@ class TrainConfig(Section):
     sample_tokens: int = Field(64, ge=1)
     eval_prompts: list[str] = Field(
         default_factory=list, description="prompts continued at every validation, logged to MLflow as text"
+    )
+    init_from: str | None = Field(
+        None,
+        description="start from the weights of an exported folder (--format torch) or a Hugging Face GPT-2 or "
+        "Llama folder, whose architecture replaces the model section (model.dropout is kept)",
     )
 
 
@@ -227,10 +233,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         config = Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(f"invalid config ({origin}):\n" + "\n".join(_describe(e) for e in err.errors())) from None
+    if config.train.init_from:
+        config = with_model_of_init_from(config)
     problems = consistency_problems(config)
     if problems:
         raise ConfigError(f"invalid config ({origin}):\n" + "\n".join(f"  {p}" for p in problems))
     return config
+
+
+def with_model_of_init_from(config: Config) -> Config:
+    """The config with the model section of train.init_from's folder: its weights fit no other architecture."""
+    folder = config.train.init_from
+    try:
+        model = folder_model_config(Path(folder))
+    except (PretrainError, ValueError, KeyError) as err:
+        raise ConfigError(f"train.init_from = {folder!r}: {err}") from None
+    return config.model_copy(update={"model": dataclasses.replace(model, dropout=config.model.dropout)})
 
 
 def save_config(config: Config, path: Path) -> Path:
@@ -260,6 +278,8 @@ def with_absolute_paths(config: Config, base: Path) -> Config:
     tokenizer, launch = raw["data"]["tokenizer"], raw["launch"]
     if tokenizer["path"]:
         tokenizer["path"] = absolute(tokenizer["path"])
+    if raw["train"]["init_from"]:
+        raw["train"]["init_from"] = absolute(raw["train"]["init_from"])
     if launch["hostfile"]:
         launch["hostfile"] = absolute(launch["hostfile"])
     for source in raw["data"]["sources"]:

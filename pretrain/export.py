@@ -1,10 +1,9 @@
-"""From a sharded DeepSpeed checkpoint to a self-contained model folder (see model_folder.py),
+"""From a sharded DeepSpeed checkpoint to an exported model folder (see model_folder.py),
 or straight to a model in memory for `pretrain generate` and `pretrain attention`."""
 
 from __future__ import annotations
 
-import contextlib
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,54 +14,129 @@ from data_pipeline.tokenizer import load_tokenizer
 from model import GPT
 from pretrain import checkpoint
 from pretrain.config import Config, load_config
-from pretrain.errors import CheckpointError
-from pretrain.model_folder import WEIGHTS_NAME, load_model_folder, write_model_folder
+from pretrain.consolidate import consolidated_state_dict
+from pretrain.errors import CheckpointError, ExportError
+from pretrain.hf_config import HF_CONFIG_NAME, TORCH_CONFIG_NAME, hf_architecture
+from pretrain.model_folder import load_model_folder, write_model_folder
 
 
-def consolidated_state_dict(config: Config, run_dir: Path, tag: str) -> dict[str, torch.Tensor]:
-    """The full fp32 weights, gathered from the shards of every rank, in one process."""
-    directory = checkpoint.checkpoint_dir(run_dir)
-    if config.parallel.zero_stage == 0:
-        # Without ZeRO every rank holds the whole model; rank 0's file has it.
-        states = torch.load(directory / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-        return states["module"]
-    # DeepSpeed reports on stdout (its accelerator when imported, its progress
-    # while merging), but a command's stdout is its result: a generated text, a
-    # table. Imported here, so that reading an exported folder does not pay for it.
-    with contextlib.redirect_stdout(sys.stderr):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+@dataclass
+class Checkpoint:
+    """One complete checkpoint of a run: its folder, and the config and progress it was saved with."""
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag)
+    run_dir: Path
+    tag: str
+    config: Config
+    step: int
+    tokens_seen: int
+    mlflow_run_id: str | None
+
+    @property
+    def folder(self) -> Path:
+        return checkpoint.checkpoint_dir(self.run_dir) / self.tag
 
 
-def load_checkpoint_model(run_dir: Path, tag: str | None = None) -> tuple[GPT, str]:
-    """The model of a run's checkpoint (the latest unless `tag`), on the CPU, and the tag."""
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise CheckpointError(f"{run_dir}: not a run folder (no config.yaml); pass the folder `pretrain train` printed")
-    config = load_config(config_path)
+def find_checkpoint(path: Path, tag: str | None = None) -> Checkpoint:
+    """The checkpoint at `path`: a run folder (its latest checkpoint, or `tag`), or a checkpoint folder in one."""
+    run_dir = path
+    if (path / checkpoint.COMPLETE).is_file() or path.name.startswith("step_"):  # <run>/checkpoints/step_N
+        run_dir, tag = path.parent.parent, tag or path.name
+    elif path.name == "checkpoints" and not (path / "config.yaml").is_file():
+        run_dir = path.parent
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{path}: not a run folder (no config.yaml); pass the folder `pretrain train` printed")
     tag = tag or checkpoint.latest_tag(run_dir)
-    if tag is None or not (checkpoint.checkpoint_dir(run_dir) / tag).is_dir():
-        raise CheckpointError(f"{checkpoint.checkpoint_dir(run_dir)}: no checkpoint {tag or ''} to load")
-    model = GPT(config.model)
-    model.load_state_dict(consolidated_state_dict(config, run_dir, tag))  # strict: the weights are complete
-    return model, tag
+    folder = checkpoint.checkpoint_dir(run_dir) / (tag or "")
+    if tag is None or not (folder / checkpoint.COMPLETE).is_file():
+        complete = ", ".join(checkpoint.complete_tags(checkpoint.checkpoint_dir(run_dir))) or "none"
+        raise CheckpointError(
+            f"{checkpoint.checkpoint_dir(run_dir)}: no complete checkpoint {tag or ''} (complete ones: {complete})"
+        )
+    state = client_state(folder)
+    return Checkpoint(
+        run_dir=run_dir,
+        tag=tag,
+        config=load_config(run_dir / "config.yaml"),
+        step=state["step"],
+        tokens_seen=state["tokens_seen"],
+        mlflow_run_id=state.get("mlflow_run_id"),
+    )
 
 
-def export(run_dir: Path, out_dir: Path, tag: str | None = None) -> Path:
-    model, tag = load_checkpoint_model(run_dir, tag)
-    info = {"run_dir": str(run_dir.resolve()), "checkpoint_tag": tag}
-    return write_model_folder(model, run_dir / TOKENIZER_NAME, out_dir, info)
+def client_state(folder: Path) -> dict:
+    """What the trainer saved beside the weights (step, tokens seen, MLflow run), from rank 0's model states."""
+    rank_zero = sorted(folder.glob("*mp_rank_00_model_states.pt"))  # ZeRO-3: one per data-parallel rank
+    if not rank_zero:
+        raise CheckpointError(f"{folder}: no model states of rank 0 (mp_rank_00_model_states.pt)")
+    # mmap: only the small client state is read, not the module's weights beside it.
+    return torch.load(rank_zero[0], map_location="cpu", weights_only=False, mmap=True)
+
+
+def load_checkpoint_model(path: Path, tag: str | None = None) -> tuple[GPT, Checkpoint]:
+    """The model of a run's checkpoint (the latest unless `tag`), fp32 on the CPU, and the checkpoint."""
+    found = find_checkpoint(path, tag)
+    model = GPT(found.config.model)
+    model.load_state_dict(consolidated_state_dict(found.config.model, found.folder))  # strict: complete weights
+    return model, found
+
+
+def check_exportable(config: Config, export_format: str) -> None:
+    """Refuse, naming the setting, a model that the chosen format cannot reproduce."""
+    if export_format != "hf":
+        return
+    hf_architecture(config.model)  # raises, naming the layers that have no Hugging Face equivalent
+    if config.train.document_masking:
+        raise ExportError(
+            "train.document_masking = true: the model was trained with attention kept inside each document and "
+            "positions restarting at each, which Hugging Face's GPT-2 and Llama do not do; export it with "
+            "--format torch (for `pretrain generate` and --init-from)"
+        )
+
+
+def export(
+    path: Path,
+    out_dir: Path | None = None,
+    tag: str | None = None,
+    export_format: str = "hf",
+    dtype: str = "fp32",
+    max_shard_size: str = "5GB",
+) -> tuple[Path, Checkpoint, dict]:
+    """Write the exported folder of a checkpoint (default: <run folder>/export).
+
+    Returns the folder, the checkpoint it came from and what export_info.json says of it.
+    """
+    found = find_checkpoint(path, tag)
+    check_exportable(found.config, export_format)
+    weights = consolidated_state_dict(found.config.model, found.folder)
+    info = {
+        "run_dir": str(found.run_dir.resolve()),
+        "checkpoint_tag": found.tag,
+        "step": found.step,
+        "tokens_seen": found.tokens_seen,
+        "mlflow_run_id": found.mlflow_run_id,
+    }
+    tokenizer = found.run_dir / TOKENIZER_NAME
+    folder, info = write_model_folder(
+        weights,
+        found.config.model,
+        tokenizer,
+        out_dir or found.run_dir / "export",
+        info,
+        export_format=export_format,
+        dtype=dtype,
+        max_shard_size=max_shard_size,
+    )
+    return folder, found, info
 
 
 def load_trained_model(path: Path, tag: str | None = None) -> tuple[GPT, Tokenizer]:
     """The model (eval mode, CPU) and tokenizer of an exported folder or of a run folder's checkpoint."""
-    if (path / WEIGHTS_NAME).is_file():
+    if (path / HF_CONFIG_NAME).is_file() or (path / TORCH_CONFIG_NAME).is_file():
         return load_model_folder(path)
-    if not (path / "config.yaml").is_file():
+    if not (path / "config.yaml").is_file() and not path.name.startswith("step_"):
         raise CheckpointError(
-            f"{path}: neither an exported model folder (no {WEIGHTS_NAME}) nor a run folder (no config.yaml); "
-            f"pass the folder `pretrain export` or `pretrain train` printed"
+            f"{path}: neither an exported model folder (no {HF_CONFIG_NAME} or {TORCH_CONFIG_NAME}) nor a run "
+            f"folder (no config.yaml); pass the folder `pretrain export` or `pretrain train` printed"
         )
-    model, _ = load_checkpoint_model(path, tag)
-    return model.eval(), load_tokenizer(path / TOKENIZER_NAME)
+    model, found = load_checkpoint_model(path, tag)
+    return model.eval(), load_tokenizer(found.run_dir / TOKENIZER_NAME)

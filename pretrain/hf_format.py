@@ -1,21 +1,21 @@
 """Our GPT's weights in Hugging Face `transformers` form, and back.
 
-Two of the architectures `GPTConfig` can describe exist in `transformers`:
-GPT-2 (learned positions, LayerNorm, tanh GELU, biases) and Llama (RoPE,
-RMSNorm, SwiGLU). A model of either kind can be handed to the Hugging Face
-ecosystem (evaluation harnesses, inference servers) and a Hugging Face model
-of either kind can be loaded here, if the parameters are renamed and reshaped:
+A model of either architecture `pretrain/hf_config.py` maps (GPT-2, Llama) can
+be handed to the Hugging Face ecosystem (evaluation harnesses, inference
+servers) and a Hugging Face model of either kind can be loaded here, if the
+parameters are renamed and reshaped:
 
 - Llama: our module names are Llama's already (see model/gpt.py); Hugging
   Face only puts the body under `model.`.
 - GPT-2: Hugging Face keeps OpenAI's names (`transformer.h.N.attn.c_attn`),
   fuses the query, key and value projections into one matrix, and stores
   every projection as a `Conv1D`, whose weight is the transpose of a Linear's:
-  (in, out), not (out, in).
+  (in, out), not (out, in). Sinusoidal positions become GPT-2's position
+  embedding table.
 
-This module works on plain dicts of tensors and a dict for the config, and
-does not import `transformers`: the tests check it against `transformers`
-itself (tests/test_hf_parity.py), logits and greedy generations included.
+This module works on plain dicts of tensors and does not import
+`transformers`: the tests check it against `transformers` itself
+(tests/test_hf_parity.py), logits and greedy generations included.
 
 Tied heads: the state dicts of both sides list `lm_head.weight` beside the
 token embedding, as the same tensor. `to_hf_state_dict` does too, so that the
@@ -28,77 +28,13 @@ from __future__ import annotations
 import torch
 
 from model.config import GPTConfig
+from model.layers import sinusoidal_table
 from pretrain.errors import ExportError
+from pretrain.hf_config import hf_architecture
 
-# The config values each Hugging Face architecture requires.
-ARCHITECTURES = {
-    "gpt2": {"pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "n_kv_heads": None},
-    "llama": {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu"},
-}
 # Hugging Face buffers that are recomputed from the config, not weights: the
 # causal mask of old GPT-2 checkpoints, and the rotary frequencies.
 HF_BUFFERS = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq", "rotary_emb.original_inv_freq")
-
-
-def hf_architecture(config: GPTConfig) -> str:
-    """The Hugging Face architecture with this config's layers: "gpt2" or "llama"."""
-    # n_kv_heads equal to n_head is plain multi-head attention, whether it is spelled out or not.
-    fields = {**config.__dict__, "n_kv_heads": None if config.kv_heads == config.n_head else config.n_kv_heads}
-    for name, required in ARCHITECTURES.items():
-        if all(fields[key] == value for key, value in required.items()):
-            return name
-    needs = "; ".join(
-        f"{title} needs "
-        + ", ".join(
-            f"{key}={value} (not {fields[key]})" for key, value in ARCHITECTURES[name].items() if fields[key] != value
-        )
-        for name, title in (("gpt2", "GPT-2"), ("llama", "Llama"))
-    )
-    hint = "; sinusoidal positions have no Hugging Face equivalent" if config.pos_encoding == "sinusoidal" else ""
-    raise ExportError(f"no Hugging Face architecture has this model's layers: {needs}{hint}")
-
-
-def hf_config_dict(config: GPTConfig) -> dict:
-    """The keyword arguments of transformers' GPT2Config or LlamaConfig, with model_type and architectures.
-
-    The special token ids belong to the tokenizer, not to GPTConfig: they are
-    None here (Hugging Face's defaults are GPT-2's and Llama's own) for the
-    caller that knows the tokenizer to fill in.
-    """
-    common = {"vocab_size": config.vocab_size, "tie_word_embeddings": config.tie_embeddings}
-    common |= {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
-    if hf_architecture(config) == "gpt2":
-        return common | {
-            "model_type": "gpt2",
-            "architectures": ["GPT2LMHeadModel"],
-            "n_positions": config.max_seq_len,
-            "n_embd": config.n_embd,
-            "n_layer": config.n_layer,
-            "n_head": config.n_head,
-            "n_inner": config.ffn_hidden,
-            "activation_function": "gelu_new",  # the tanh approximation, as in model/layers.py
-            "layer_norm_epsilon": config.norm_eps,
-            "resid_pdrop": config.dropout,
-            "embd_pdrop": config.dropout,
-            "attn_pdrop": config.dropout,
-        }
-    return common | {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "hidden_size": config.n_embd,
-        "intermediate_size": config.ffn_hidden,
-        "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head,
-        "num_key_value_heads": config.kv_heads,
-        "head_dim": config.head_dim,
-        "max_position_embeddings": config.max_seq_len,
-        "rms_norm_eps": config.norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
-        "attention_bias": config.bias,
-        "mlp_bias": config.bias,
-        "attention_dropout": config.dropout,  # Llama has no residual or embedding dropout
-        "hidden_act": "silu",
-    }
 
 
 def _renames(config: GPTConfig) -> tuple[dict[str, str], set[str]]:
@@ -114,11 +50,12 @@ def _renames(config: GPTConfig) -> tuple[dict[str, str], set[str]]:
         return {name: f"model.{name}" for name in names} | {"lm_head.weight": "lm_head.weight"}, set()
     renames = {
         "embed_tokens.weight": "transformer.wte.weight",
-        "embed_positions.weight": "transformer.wpe.weight",
         "norm.weight": "transformer.ln_f.weight",
         "norm.bias": "transformer.ln_f.bias",
         "lm_head.weight": "lm_head.weight",
     }
+    if config.pos_encoding == "learned":
+        renames["embed_positions.weight"] = "transformer.wpe.weight"
     transposed = set()
     layer = {
         "input_layernorm": "ln_1",
@@ -145,6 +82,8 @@ def to_hf_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig) -> 
     if config.tie_embeddings:
         state_dict.setdefault("lm_head.weight", state_dict["embed_tokens.weight"])
     hf = {theirs: state_dict[ours] for ours, theirs in renames.items()}
+    if config.pos_encoding == "sinusoidal":  # a buffer of ours, not in the state dict: the table itself
+        hf["transformer.wpe.weight"] = sinusoidal_table(config.max_seq_len, config.n_embd)
     if hf_architecture(config) == "gpt2":
         for i in range(config.n_layer):
             for kind in ("weight", "bias"):

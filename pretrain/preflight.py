@@ -12,7 +12,7 @@ from pathlib import Path
 from data_pipeline.errors import DataError
 from data_pipeline.loader import TokenSequences, check_mixture
 from data_pipeline.shards import TOKENIZER_NAME, read_manifest
-from data_pipeline.tokenizer import file_sha256
+from data_pipeline.tokenizer import file_sha256, load_tokenizer
 from pretrain.checkpoint import resolve_resume
 from pretrain.config import Config
 from pretrain.errors import ConfigError
@@ -29,6 +29,8 @@ def check_job(config: Config, require_checkpoint: bool) -> tuple[dict, bool]:
             f"set model.vocab_size={vocab} or more"
         )
     check_tokenizer(config, manifest)
+    if config.train.init_from:
+        check_init_from_tokenizer(config)
     check_split_sizes(config, manifest)
     return manifest, resume
 
@@ -40,6 +42,20 @@ def check_tokenizer(config: Config, manifest: dict) -> None:
         raise DataError(
             f"{config.data.output_dir}: the shards were tokenized with another tokenizer than this run's ({own}); "
             f"point data.output_dir at the dataset the run started with, or start a new run"
+        )
+
+
+def check_init_from_tokenizer(config: Config) -> None:
+    """Weights trained on one tokenizer's ids read another tokenizer's ids as other words."""
+    theirs = Path(config.train.init_from) / TOKENIZER_NAME
+    ours = Path(config.data.output_dir) / TOKENIZER_NAME
+    if not theirs.is_file():
+        raise ConfigError(f"train.init_from = {config.train.init_from}: no {TOKENIZER_NAME} in that folder")
+    if load_tokenizer(theirs).get_vocab() != load_tokenizer(ours).get_vocab():
+        raise ConfigError(
+            f"train.init_from = {config.train.init_from}: its tokenizer is not the one the dataset was built with "
+            f"({ours}), so the token ids would mean other words to the model; build the data with "
+            f"data.tokenizer.path={theirs}"
         )
 
 

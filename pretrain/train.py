@@ -30,6 +30,7 @@ from pretrain.engine import build_engine, init_distributed
 from pretrain.errors import ConfigError, TrainingError
 from pretrain.generate import generate_text, generate_texts
 from pretrain.metrics import IntervalMeter, format_duration, perplexity
+from pretrain.model_folder import folder_state_dict
 from pretrain.model_info import model_cost
 from pretrain.preemption import PreemptionWatch
 from pretrain.preflight import check_job
@@ -82,6 +83,9 @@ def train(config: Config, require_checkpoint: bool = False) -> Progress:
     check_world_size(config)
     torch.manual_seed(config.train.seed)  # every rank starts from the same weights
     model = GPT(config.model)
+    if config.train.init_from and not resume:
+        # Continued pretraining: the weights of an export; the optimizer and schedule start afresh.
+        model.load_state_dict(folder_state_dict(Path(config.train.init_from), config.model))
     model.activation_checkpointing = config.train.activation_checkpointing
     engine = build_engine(config, model)
     loader, val = make_loaders(config, manifest)

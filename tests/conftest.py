@@ -208,7 +208,7 @@ def mlflow_auth_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_model_folder(tmp_path_factory, make_documents):
-    """An exported folder (as `pretrain export` writes) of a random 2-layer GPT and a small BPE tokenizer."""
+    """A Hugging Face folder (as `pretrain export` writes it) of a random 2-layer GPT and a small BPE tokenizer."""
     import torch
 
     from data_pipeline.tokenizer import train_tokenizer
@@ -220,7 +220,8 @@ def tiny_model_folder(tmp_path_factory, make_documents):
     tokenizer.save(str(root / "tokenizer.json"))
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=tokenizer.get_vocab_size(), max_seq_len=32, n_layer=2, n_head=2, n_embd=32)
-    return write_model_folder(GPT(config), root / "tokenizer.json", root / "model", {"test": True})
+    folder, _ = write_model_folder(GPT(config).state_dict(), config, root / "tokenizer.json", root / "model", {})
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -70,8 +70,8 @@ def test_unknown_subcommand_is_a_usage_error(capsys):
 def test_generate_from_a_folder_that_is_neither_export_nor_run_says_what_to_pass(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path)]) == 1
     assert (
-        f"{tmp_path}: neither an exported model folder (no model.safetensors) nor a run folder (no config.yaml); "
-        "pass the folder `pretrain export` or `pretrain train` printed"
+        f"{tmp_path}: neither an exported model folder (no config.json or model_config.json) nor a run "
+        "folder (no config.yaml); pass the folder `pretrain export` or `pretrain train` printed"
     ) in capsys.readouterr().err
 
 

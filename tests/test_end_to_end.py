@@ -173,7 +173,11 @@ def test_single_process_without_zero_with_accumulation_and_document_masking(job)
     assert summary["steps"] == 4 and summary["tokens_seen"] == 4 * 16 * 64
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
     assert kept == ["step_00000003", "step_00000004"]
-    pretrain("export", *single, cwd=job["work"])
+    refused = pretrain("export", *single, cwd=job["work"], check=False)
+    assert refused.returncode == 1
+    assert "train.document_masking = true: the model was trained with attention kept inside each" in refused.stderr
+    assert "export it with --format torch" in refused.stderr
+    pretrain("export", *single, "--format", "torch", cwd=job["work"])
     # Trained with document masking: the trainer's validation loss is the masked one.
     masked = exported_validation_loss(run_dir, job["data_dir"])
     assert masked == pytest.approx(summary["val_loss"], abs=1e-4)

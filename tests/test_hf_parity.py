@@ -7,6 +7,9 @@ perturbed: Hugging Face and we both start norms at 1 and biases at 0, which
 would hide two swapped norms or biases.
 """
 
+import dataclasses
+import re
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -15,7 +18,8 @@ from transformers.models.llama.modeling_llama import LlamaConfig, LlamaRotaryEmb
 from model import GPT, GPTConfig, generate
 from model.layers import apply_rope, rope_cos_sin
 from pretrain.errors import ExportError
-from pretrain.hf_format import from_hf_state_dict, hf_architecture, hf_config_dict, to_hf_state_dict
+from pretrain.hf_config import gpt_config_from_hf, hf_architecture, hf_config_dict
+from pretrain.hf_format import from_hf_state_dict, to_hf_state_dict
 from pretrain.model_info import load_preset
 
 SMALL = {"vocab_size": 300, "max_seq_len": 64, "n_embd": 64, "n_head": 4}
@@ -147,6 +151,7 @@ def test_rope_matches_hf_llama(theta):
 
 PRESETS = {
     "tiny": "gpt2",
+    "transformer-base": "gpt2",  # sinusoidal positions, written as GPT-2's position embeddings
     "gpt2-small": "gpt2",
     "gpt2-medium": "gpt2",
     "gpt2-large": "gpt2",
@@ -165,16 +170,59 @@ def test_presets_have_hf_shapes(preset):
     with torch.device("meta"):  # shapes only, no memory
         ours = GPT(config)
         hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(**hf_config_dict(config)))
-    assert ours.num_parameters() == sum(p.numel() for p in hf.parameters())
+    # Sinusoids are a fixed table of ours, a parameter of GPT-2's.
+    table = config.max_seq_len * config.n_embd if config.pos_encoding == "sinusoidal" else 0
+    assert ours.num_parameters() + table == sum(p.numel() for p in hf.parameters())
     exported = to_hf_state_dict(ours.state_dict(), config)
     assert {k: v.shape for k, v in exported.items()} == {k: v.shape for k, v in hf.state_dict().items()}
 
 
+def test_sinusoidal_positions_export_as_gpt2_position_embeddings():
+    """The paper's fixed table becomes GPT-2's (learned) position embedding: same logits, and back as `learned`."""
+    config = GPTConfig(**SMALL, n_layer=2, pos_encoding="sinusoidal", dropout=0.1)
+    assert hf_architecture(config) == "gpt2"
+    torch.manual_seed(7)
+    ours = GPT(config).eval()
+    perturb(ours, seed=8)
+    hf = hf_model(config)
+    hf.load_state_dict(to_hf_state_dict(ours.state_dict(), config))  # strict: wpe included
+    assert max(max_logit_difference(ours, hf, config, seq) for seq in SEQ_LENS) <= TOLERANCE
+    learned = gpt_config_from_hf(hf_config_dict(config), "config.json")
+    assert learned.pos_encoding == "learned" and learned.n_embd == config.n_embd
+    assert max(max_logit_difference(our_model_from(hf, learned), hf, learned, seq) for seq in SEQ_LENS) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_hf_config_reads_back_as_the_same_gpt_config(name):
+    config = CONFIGS[name]
+    back = gpt_config_from_hf(hf_config_dict(config), "config.json")
+
+    def spelled_out(c: GPTConfig) -> GPTConfig:  # defaults that mean the same, written out
+        return dataclasses.replace(c, n_kv_heads=c.kv_heads, ffn_hidden_size=c.ffn_hidden)
+
+    assert spelled_out(back) == spelled_out(config)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model_type": "mistral"}, "model_type 'mistral' is not supported; supported are gpt2 and llama"),
+        ({"hidden_act": "gelu"}, "hidden_act = 'gelu' is not supported; our GPT has 'silu'"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "rope_type = 'yarn' is not supported"),
+        ({"intermediate_size": None, "num_hidden_layers": None}, None),
+    ],
+    ids=["model-type", "activation", "rope-scaling", "missing-keys"],
+)
+def test_unsupported_hf_configs_name_the_setting(change, message):
+    hf = hf_config_dict(CONFIGS["llama-gqa-untied"]) | change
+    if message is None:  # keys left out, not set to None
+        hf = {k: v for k, v in hf.items() if k not in change}
+        message = "no num_hidden_layers; a llama config.json needs it"
+    with pytest.raises(ExportError, match=re.escape(f"x/config.json: {message}")):
+        gpt_config_from_hf(hf, "x/config.json")
+
+
 UNSUPPORTED = {
-    "transformer-base-sinusoidal": (
-        load_preset("transformer-base"),
-        "sinusoidal positions have no Hugging Face equivalent",
-    ),
     "gpt2-without-bias": (GPTConfig(**SMALL, bias=False), "bias=True (not False)"),
     "gpt2-with-gqa": (GPTConfig(**SMALL, n_kv_heads=2), "n_kv_heads=None (not 2)"),
     "rope-with-layernorm": (GPTConfig(**SMALL, pos_encoding="rope", mlp="swiglu"), "norm=rmsnorm (not layernorm)"),

@@ -22,6 +22,8 @@ def check_job(config: Config, require_checkpoint: bool) -> tuple[dict, bool]:
     """Raise a clear error if the job cannot start; return the dataset's manifest and whether it resumes."""
     resume = resolve_resume(config.run_dir, require_checkpoint, config.train.max_steps)
     manifest = read_manifest(Path(config.data.output_dir))
+    if config.train.init_from:
+        check_init_from_tokenizer(config)
     vocab = manifest["tokenizer"]["vocab_size"]
     if config.model.vocab_size < vocab:
         raise ConfigError(
@@ -29,8 +31,6 @@ def check_job(config: Config, require_checkpoint: bool) -> tuple[dict, bool]:
             f"set model.vocab_size={vocab} or more"
         )
     check_tokenizer(config, manifest)
-    if config.train.init_from:
-        check_init_from_tokenizer(config)
     check_split_sizes(config, manifest)
     return manifest, resume
 

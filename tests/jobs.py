@@ -53,3 +53,24 @@ def train_losses(work: Path, config: list[str], name: str, *layout: str) -> list
     """Ten steps of the tiny job in the given parallel layout, global batch 16; the loss of every step."""
     pretrain("train", *config, f"tracking.run_name={name}", *LAYOUT_RUN, *layout, cwd=work)
     return list(logged_metric(work, name).values())
+
+
+def validation_batches(run_dir: Path, data_dir: Path):
+    """The micro-batches (inputs, targets[, document ids]) of every rank that the trainer's validation ran on."""
+    from data_pipeline.loader import BatchLoader
+    from pretrain.config import load_config
+
+    config = load_config(run_dir / "config.yaml")
+    for rank in range(config.dp_size):
+        loader = BatchLoader(
+            data_dir,
+            "val",
+            config.train.seq_len,
+            config.train.micro_batch_size,
+            config.train.eval_batches,
+            rank,
+            config.dp_size,
+            config.train.seed,
+            document_ids=config.train.document_masking,
+        )
+        yield from loader.next_step()

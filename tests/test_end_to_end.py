@@ -14,12 +14,18 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from jobs import LAYOUT_RUN, TWO_RANKS_ZERO1, logged_metric, pretrain, tiny_job_config, train_losses
+from jobs import (
+    LAYOUT_RUN,
+    TWO_RANKS_ZERO1,
+    logged_metric,
+    pretrain,
+    tiny_job_config,
+    train_losses,
+    validation_batches,
+)
 from mlflow import MlflowClient
 
-from data_pipeline.loader import BatchLoader
 from pretrain.checkpoint import COMPLETE, checkpoint_dir, latest_tag
-from pretrain.config import load_config
 from pretrain.model_folder import load_model_folder
 
 pytestmark = pytest.mark.slow
@@ -126,23 +132,9 @@ def test_export_folder_and_generation(job):
 
 def exported_validation_loss(run_dir: Path, data_dir: Path) -> float:
     """The validation loss of a run's exported model, on the batches the trainer evaluated."""
-    config = load_config(run_dir / "config.yaml")
     model, _ = load_model_folder(run_dir / "export")
-    losses = []
-    for rank in range(config.dp_size):
-        loader = BatchLoader(
-            data_dir,
-            "val",
-            config.train.seq_len,
-            config.train.micro_batch_size,
-            config.train.eval_batches,
-            rank,
-            config.dp_size,
-            config.train.seed,
-            document_ids=config.train.document_masking,
-        )
-        with torch.no_grad():
-            losses += [model(*(torch.from_numpy(array) for array in batch))[1] for batch in loader.next_step()]
+    with torch.no_grad():
+        losses = [model(*map(torch.from_numpy, batch))[1] for batch in validation_batches(run_dir, data_dir)]
     return torch.stack(losses).mean().item()
 
 

@@ -1,0 +1,274 @@
+"""`pretrain export` proven exact: checkpoints of both families, trained with ZeRO 1, ZeRO 3 and tensor
+parallelism, become Hugging Face folders that `transformers` loads offline and that give our logits, the
+trainer's own validation loss and our greedy tokens; registered in a real MLflow server and fetched back;
+and started from again with `--init-from`.
+"""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from jobs import pretrain, tiny_job_config, validation_batches
+from mlflow import MlflowClient
+from safetensors import safe_open
+
+from data_pipeline.tokenizer import END_OF_TEXT, load_tokenizer
+from model import GPTConfig, generate
+from pretrain.cli import main
+from pretrain.config import load_config
+from pretrain.errors import CheckpointError, ConfigError, ExportError
+from pretrain.export import export, load_checkpoint_model
+from pretrain.model_folder import load_model_folder
+from pretrain.preflight import check_job
+
+pytestmark = pytest.mark.slow
+transformers = pytest.importorskip("transformers")
+
+FAMILIES = {
+    "gpt2": [],  # the tiny config's model: learned positions, LayerNorm, GELU, tied head
+    "llama": [
+        "model.pos_encoding=rope",
+        "model.norm=rmsnorm",
+        "model.mlp=swiglu",
+        "model.bias=false",
+        "model.tie_embeddings=false",
+        "model.n_head=4",
+        "model.n_kv_heads=2",  # grouped-query attention, split over tensor-parallel ranks too
+    ],
+}
+HF_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
+LAYOUTS = {
+    "zero1": ["launch.nproc_per_node=2", "parallel.zero_stage=1"],
+    "zero3": ["launch.nproc_per_node=2", "parallel.zero_stage=3"],
+    "tp2": ["launch.nproc_per_node=2", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2"],
+}
+SHORT_RUN = ["train.max_steps=3", "train.warmup_steps=1", "train.log_interval=3", "train.eval_interval=3"]
+TEXT = "def main():\n    return the value"
+TOLERANCE = 1e-4
+
+
+class Runs:
+    """Short training runs of each family and layout, trained and exported on first use, tracked in MLflow."""
+
+    def __init__(self, work, data_dir, tracking_uri):
+        self.work, self.data_dir, self.uri = work, data_dir, tracking_uri
+        self.config = [
+            *tiny_job_config(work, data_dir),
+            f"tracking.uri={tracking_uri}",
+            "tracking.experiment=export",
+            "train.sample_tokens=4",
+        ]
+        self.done = {}
+
+    def options(self, family: str, layout: str) -> list[str]:
+        return [*self.config, *FAMILIES[family], *LAYOUTS[layout], *SHORT_RUN, f"tracking.run_name={family}-{layout}"]
+
+    def run_dir(self, family: str, layout: str):
+        """The run folder, trained and exported (`pretrain export`, defaults: <run folder>/export) once."""
+        if (family, layout) not in self.done:
+            pretrain("train", *self.options(family, layout), cwd=self.work)
+            exported = pretrain("export", *self.options(family, layout), cwd=self.work)
+            self.done[family, layout] = exported.stdout
+        return self.work / "runs" / f"{family}-{layout}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_data, mlflow_server):
+    return Runs(tmp_path_factory.mktemp("export"), tiny_data, mlflow_server)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Loading must need nothing from the Hub: any attempt to reach it fails."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def hf_validation_loss(hf, run_dir, data_dir) -> float:
+    losses = []
+    with torch.no_grad():
+        for inputs, targets in validation_batches(run_dir, data_dir):
+            logits = hf(torch.from_numpy(inputs)).logits
+            losses.append(F.cross_entropy(logits.flatten(0, 1), torch.from_numpy(targets).flatten().long()))
+    return torch.stack(losses).mean().item()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hugging_face_export_gives_our_logits_loss_and_tokens(runs, family, layout):
+    run_dir = runs.run_dir(family, layout)
+    folder = run_dir / "export"
+    assert f"exported model folder: {folder}" in runs.done[family, layout]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    assert type(hf).__name__ == HF_CLASSES[family]
+    assert hf.dtype == torch.float32
+    ids = load_tokenizer(run_dir / "tokenizer.json").encode(TEXT).ids
+    assert tokenizer.encode(TEXT) == ids
+    assert tokenizer.decode(ids) == TEXT
+
+    ours, found = load_checkpoint_model(run_dir)
+    with torch.no_grad():
+        difference = (hf(torch.tensor([ids])).logits - ours.eval()(torch.tensor([ids]))[0]).abs().max().item()
+    assert difference <= TOLERANCE
+    # The trainer's own number, computed on the sharded engine: the export carries exactly its weights.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert found.step == summary["steps"] == 3
+    assert hf_validation_loss(hf, run_dir, runs.data_dir) == pytest.approx(summary["val_loss"], abs=TOLERANCE)
+
+    end = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    theirs = hf.generate(torch.tensor([ids[:4]]), max_new_tokens=12, do_sample=False)[0, 4:].tolist()
+    theirs = theirs[: theirs.index(end)] if end in theirs else theirs
+    assert generate(ours, [ids[:4]], 12, temperature=0, stop_tokens=[end]) == [theirs]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_generation_pipeline_loads_the_folder(runs, family):
+    folder = runs.run_dir(family, "zero1") / "export"
+    generator = transformers.pipeline("text-generation", model=str(folder))
+    text = generator("def main", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert text.startswith("def main") and len(text) > len("def main")
+
+
+def test_sharded_bf16_export_loads_in_both_libraries(runs, tmp_path):
+    run_dir = runs.run_dir("llama", "zero3")
+    folder, _, info = export(run_dir, tmp_path / "sharded", dtype="bf16", max_shard_size="40KB")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and all((folder / shard).is_file() for shard in shards)
+    with safe_open(folder / shards[0], framework="pt") as weights:
+        assert weights.metadata() == {"format": "pt"}
+        assert all(weights.get_tensor(name).dtype == torch.bfloat16 for name in weights.keys())  # noqa: SIM118
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    assert info["dtype"] == "bf16" and info["step"] == 3
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    assert hf.dtype == torch.bfloat16
+    ours, _ = load_model_folder(folder)  # read back in fp32, from the shards
+    reference, _ = load_checkpoint_model(run_dir)
+    ids = torch.tensor([load_tokenizer(run_dir / "tokenizer.json").encode(TEXT).ids])
+    with torch.no_grad():
+        exact = reference.eval()(ids)[0]
+        assert (ours(ids)[0] - exact).abs().max().item() < 0.05  # bf16 rounding of the weights only
+        assert (hf(ids).logits.float() - exact).abs().max().item() < 0.1
+
+
+def test_torch_format_holds_our_parameters_exactly(runs, tmp_path):
+    run_dir = runs.run_dir("gpt2", "tp2")
+    folder, _, _ = export(run_dir, tmp_path / "torch", export_format="torch")
+    assert {p.name for p in folder.iterdir()} == {
+        "model.safetensors",
+        "model_config.json",
+        "tokenizer.json",
+        "export_info.json",
+    }
+    reference, _ = load_checkpoint_model(run_dir)
+    loaded, _ = load_model_folder(folder)
+    expected = reference.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in loaded.state_dict().items())
+
+
+def spelled_out(config: GPTConfig) -> GPTConfig:
+    """The config with the defaults that stand for a number written as that number."""
+    return dataclasses.replace(config, n_kv_heads=config.kv_heads, ffn_hidden_size=config.ffn_hidden)
+
+
+def test_init_from_a_hugging_face_folder_starts_from_its_weights(runs):
+    """Round trip: the new run's untrained validation loss is the exported run's final one."""
+    source = runs.run_dir("llama", "zero1")
+    folder = source / "export"
+    # The gpt2 tiny model on the command line: the folder's Llama architecture replaces it.
+    options = [*runs.config, *LAYOUTS["zero1"], *SHORT_RUN, "train.max_steps=1", "tracking.run_name=continued"]
+    trained = pretrain("train", *options, "--init-from", str(folder), cwd=runs.work)
+    assert "step      1/1" in trained.stdout
+    run_dir = runs.work / "runs" / "continued"
+    config = load_config(run_dir / "config.yaml")
+    assert spelled_out(config.model) == spelled_out(load_config(source / "config.yaml").model)
+    assert config.train.init_from == str(folder)
+    summary = json.loads((source / "summary.json").read_text())
+    client = MlflowClient(runs.uri)
+    continued = json.loads((run_dir / "summary.json").read_text())["mlflow_run_id"]
+    (start,) = [m.value for m in client.get_metric_history(continued, "val_loss") if m.step == 0]
+    assert start == pytest.approx(summary["val_loss"], abs=TOLERANCE)
+
+
+def export_command(capsys, *args: str) -> tuple[int, str, str]:
+    """`pretrain export ARGS` in this process (the training runs are the subprocesses): exit code, stdout, stderr."""
+    code = main(["export", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_register_fetch_and_find_versions(runs, tmp_path, capsys):
+    run_dir = runs.run_dir("gpt2", "zero1")
+    options = [*runs.config, "--checkpoint", str(run_dir)]
+    name = "tiny-gpt2"
+    register = ["--out", str(tmp_path / "v1"), "--register", name, "--alias", "candidate", "--alias", "latest"]
+    code, out, _ = export_command(capsys, *options, *register)
+    assert code == 0 and f"registered {name} version 1 (runs:/" in out
+    client = MlflowClient(runs.uri)
+    version = client.get_model_version_by_alias(name, "candidate")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert version.version == "1" and version.run_id == summary["mlflow_run_id"]
+    assert version.tags["step"] == "3" and version.tags["checkpoint"] == "step_00000003"
+    assert version.tags["tokens_seen"] == str(3 * 16 * 64)
+    assert float(version.tags["val_loss"]) == pytest.approx(summary["val_loss"], abs=1e-6)
+    assert version.tags["format"] == "hf" and version.tags["dtype"] == "fp32"
+    logged = {a.path for a in client.list_artifacts(version.run_id, "export/step_00000003/hf-fp32")}
+    assert "export/step_00000003/hf-fp32/model.safetensors" in logged
+
+    code, out, _ = export_command(
+        capsys, *options, "--from-registry", f"{name}@candidate", "--out", str(tmp_path / "got")
+    )
+    assert code == 0 and f"fetched {name} version 1" in out
+    for file in (tmp_path / "v1").iterdir():
+        assert (tmp_path / "got" / file.name).read_bytes() == file.read_bytes()
+    transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "got", local_files_only=True)
+
+    # A second version takes the alias; NAME and NAME@latest are the newest, NAME/1 the first.
+    second = ["--format", "torch", "--out", str(tmp_path / "v2"), "--register", name, "--alias", "candidate"]
+    assert export_command(capsys, *options, *second)[0] == 0
+    assert client.get_model_version_by_alias(name, "candidate").version == "2"
+    for reference, config_file in (
+        (name, "model_config.json"),
+        (f"{name}@latest", "model_config.json"),
+        (f"{name}/1", "config.json"),
+    ):
+        out_dir = tmp_path / reference.replace("@", "-").replace("/", "-")
+        assert export_command(capsys, *options, "--from-registry", reference, "--out", str(out_dir))[0] == 0
+        assert (out_dir / config_file).is_file()
+
+    code, _, err = export_command(capsys, *options, "--from-registry", f"{name}@nonesuch")
+    assert code == 1
+    assert f"--from-registry {name}@nonesuch: " in err and "alias nonesuch" in err
+
+
+def test_export_without_a_complete_checkpoint_names_the_complete_ones(runs, tmp_path):
+    run_dir = runs.run_dir("gpt2", "zero1")
+    with pytest.raises(CheckpointError, match=r"no complete checkpoint step_00000009 \(complete ones: step_00000003\)"):
+        export(run_dir, tmp_path / "out", tag="step_00000009")
+
+
+def test_export_does_not_overwrite_a_folder_of_something_else(runs, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="exists and is not an exported model folder; choose another --out"):
+        export(runs.run_dir("gpt2", "zero1"), tmp_path / "notes")
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+
+
+def test_init_from_a_folder_that_is_not_a_model(tmp_path):
+    with pytest.raises(ConfigError, match=f"train.init_from = '{tmp_path}': .*not an exported model folder"):
+        load_config(None, [f"train.init_from={tmp_path}"])
+
+
+def test_init_from_a_model_of_another_tokenizer_is_refused(tiny_model_folder, tiny_data, tmp_path):
+    tokenizer = tiny_model_folder / "tokenizer.json"
+    overrides = [f"train.init_from={tiny_model_folder}", f"data.output_dir={tiny_data}", "train.seq_len=16"]
+    config = load_config(None, [*overrides, f"data.tokenizer.path={tokenizer}"])
+    assert config.model.n_embd == 32  # the folder's model, not the default one
+    config = config.model_copy(update={"checkpoint": config.checkpoint.model_copy(update={"root": str(tmp_path)})})
+    with pytest.raises(ConfigError, match=f"its tokenizer is not the one the dataset was built with .*{tokenizer}"):
+        check_job(config, require_checkpoint=False)

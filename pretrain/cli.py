@@ -153,7 +153,9 @@ def _add_submit(commands) -> None:
     )
     submit.add_argument("--resume", action="store_true", help="require a checkpoint to continue from")
     submit.add_argument("--nproc", type=int, metavar="N", help="processes per node (launch.nproc_per_node)")
-    submit.add_argument("--init-from", metavar="FOLDER", help="start from an exported folder's weights (train.init_from)")
+    submit.add_argument(
+        "--init-from", metavar="FOLDER", help="start from an exported folder's weights (train.init_from)"
+    )
     submit.add_argument("--node-rank", type=int, default=0, metavar="K", help="multinode: this host's rank")
 
 
@@ -202,7 +204,12 @@ def _add_export(commands) -> None:
     )
     export.add_argument("--tag", help="checkpoint tag, e.g. step_00001000 (default: the latest complete one)")
     export.add_argument("--out", type=Path, help="output folder (default: <run folder>/export)")
-    export.add_argument("--format", choices=["hf", "torch"], default="hf", help="hf (default) or torch")
+    export.add_argument(
+        "--format",
+        choices=["hf", "torch"],
+        default="hf",
+        help="hf (default): a Hugging Face folder; torch: our parameter names (any model; for --init-from)",
+    )
     export.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="of the saved weights")
     export.add_argument(
         "--max-shard-size", default="5GB", help="hf: larger weights are split into shards with an index (5GB)"

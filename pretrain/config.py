@@ -77,6 +77,17 @@ class TrainConfig(Section):
     eval_prompts: list[str] = Field(
         default_factory=list, description="prompts continued at every validation, logged to MLflow as text"
     )
+    export_every: int = Field(
+        0,
+        ge=0,
+        description="export every N steps (a multiple of checkpoint.every_steps) into <run folder>/exports/; 0: never",
+    )
+    export_register: str | None = Field(
+        None, description="register each export of export_every as a new version of this MLflow model"
+    )
+    export_aliases: list[str] = Field(
+        default_factory=list, description="aliases that move to each registered export, e.g. [candidate]"
+    )
     init_from: str | None = Field(
         None,
         description="start from the weights of an exported folder (--format torch) or a Hugging Face GPT-2 or "
@@ -175,6 +186,12 @@ def consistency_problems(config: Config) -> list[str]:
     if train.seq_len > config.model.max_seq_len:
         problems.append(
             f"train.seq_len = {train.seq_len}: must not exceed model.max_seq_len ({config.model.max_seq_len})"
+        )
+    every = config.checkpoint.every_steps
+    if train.export_every and (not every or train.export_every % every):
+        problems.append(
+            f"train.export_every = {train.export_every}: must be a multiple of checkpoint.every_steps ({every}), "
+            f"since each export is made from a checkpoint"
         )
     if train.min_lr > train.lr:
         problems.append(f"train.min_lr = {train.min_lr}: must not exceed train.lr ({train.lr})")

@@ -127,7 +127,9 @@ def _gpt_config_from_hf(hf: dict, source: str) -> GPTConfig:
         _require({"rope_type": rope.get("rope_type", "default")}, source, rope_type=("default",))
         _require(hf, source, hidden_act=("silu",))
         if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
-            raise ExportError(f"{source}: attention_bias and mlp_bias differ; our Llama has biases everywhere or nowhere")
+            raise ExportError(
+                f"{source}: attention_bias and mlp_bias differ; our Llama has biases everywhere or nowhere"
+            )
         config = GPTConfig(
             vocab_size=hf["vocab_size"],
             max_seq_len=hf["max_position_embeddings"],
@@ -159,7 +161,7 @@ def _require(hf: dict, source: str, **allowed: tuple) -> None:
 
 
 def folder_format(folder: Path) -> str:
-    """"hf" or "torch", from the folder's config file; an error that says what to pass otherwise."""
+    """ "hf" or "torch", from the folder's config file; an error that says what to pass otherwise."""
     if (folder / HF_CONFIG_NAME).is_file():
         return "hf"
     if (folder / TORCH_CONFIG_NAME).is_file():

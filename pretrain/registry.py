@@ -34,8 +34,7 @@ REFERENCE = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+
 class RegisteredVersion:
     name: str
     version: str
-    source: str
-    aliases: list[str]
+    source: str  # where its files are: runs:/RUN_ID/export/TAG/FORMAT-DTYPE
 
 
 def register(
@@ -69,7 +68,7 @@ def register(
                 client.set_registered_model_alias(name, alias, version.version)
     except REQUEST_ERRORS as err:
         raise TrackingError(f"registering {name} at {tracking_uri} failed: {err}") from None
-    return RegisteredVersion(name, version.version, version.source, aliases)
+    return RegisteredVersion(name=name, version=version.version, source=version.source)
 
 
 def validation_loss_at(tracking_uri: str, run_id: str | None, step: int) -> float | None:
@@ -96,31 +95,36 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
 
 def fetch(reference: str, out_dir: Path, tracking_uri: str) -> tuple[Path, RegisteredVersion]:
     """Download the folder of `NAME@ALIAS`, `NAME/VERSION` or `NAME` (its latest version) into `out_dir`."""
-    match = REFERENCE.match(reference)
-    if not match:
-        raise ExportError(f"--from-registry {reference!r}: write it as NAME@ALIAS, NAME/VERSION or NAME")
-    name, alias, number = match["name"], match["alias"], match["version"]
+    check_replaceable(out_dir)
     configure_mlflow_client()
     client = MlflowClient(tracking_uri)
+    staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.download")
     try:
-        if number:
-            version = client.get_model_version(name, number)
-        elif alias and alias.lower() != LATEST:
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            versions = client.search_model_versions(f"name = '{name}'")
-            if not versions:
-                raise ExportError(f"--from-registry {reference}: {name} has no versions at {tracking_uri}")
-            version = max(versions, key=lambda v: int(v.version))
-        check_replaceable(out_dir)
-        staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.download")
+        version = find_version(client, reference, tracking_uri)
         staging.mkdir(parents=True)
         downloaded = download_artifacts(artifact_uri=version.source, dst_path=str(staging), tracking_uri=tracking_uri)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        Path(downloaded).rename(out_dir)
     except MlflowException as err:
         raise ExportError(f"--from-registry {reference}: {err.message} (at {tracking_uri})") from None
     except REQUEST_ERRORS as err:
         raise TrackingError(f"--from-registry {reference}: {tracking_uri} cannot be reached: {err}") from None
-    shutil.rmtree(out_dir, ignore_errors=True)
-    Path(downloaded).rename(out_dir)
-    shutil.rmtree(staging)
-    return out_dir, RegisteredVersion(name, version.version, version.source, list(version.aliases))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir, RegisteredVersion(name=version.name, version=version.version, source=version.source)
+
+
+def find_version(client: MlflowClient, reference: str, tracking_uri: str):
+    """The model version that `NAME@ALIAS`, `NAME/VERSION` or `NAME` (the newest) names."""
+    match = REFERENCE.match(reference)
+    if not match:
+        raise ExportError(f"--from-registry {reference!r}: write it as NAME@ALIAS, NAME/VERSION or NAME")
+    name, alias, number = match["name"], match["alias"], match["version"]
+    if number:
+        return client.get_model_version(name, number)
+    if alias and alias.lower() != LATEST:
+        return client.get_model_version_by_alias(name, alias)
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise ExportError(f"--from-registry {reference}: {name} has no versions at {tracking_uri}")
+    return max(versions, key=lambda v: int(v.version))

@@ -22,7 +22,7 @@ from data_pipeline.loader import BatchLoader
 from data_pipeline.shards import MANIFEST_NAME, TOKENIZER_NAME
 from data_pipeline.tokenizer import load_tokenizer
 from model import GPT
-from pretrain import checkpoint
+from pretrain import checkpoint, periodic_export
 from pretrain.config import Config, save_config
 from pretrain.console import Console
 from pretrain.deepspeed_config import deepspeed_config
@@ -227,6 +227,7 @@ def run_loop(config: Config, engine, loader, val, progress: Progress, tracker, p
             return False
         if config.checkpoint.every_steps and progress.step % config.checkpoint.every_steps == 0 and not last:
             save_checkpoint(config, engine, loader, progress, tracker)
+            export_if_due(config, progress, console.line if console else None)
     return True
 
 
@@ -323,8 +324,20 @@ def save_checkpoint(config: Config, engine, loader: BatchLoader, progress: Progr
     return checkpoint.save(engine, config.run_dir, progress.step, client_state, config.checkpoint.keep_last)
 
 
+def export_if_due(config: Config, progress: Progress, say) -> None:
+    """Export the checkpoint just saved when train.export_every says so (pretrain/periodic_export.py).
+
+    `say` prints a line: rank 0 exports; the other ranks pass None and go on to wait at the next collective.
+    """
+    if say is None or not periodic_export.due(config, progress.step):
+        return
+    evaluated = progress.step % config.train.eval_interval == 0 or progress.step == config.train.max_steps
+    say(periodic_export.export_saved_checkpoint(config, progress.step, progress.val_loss if evaluated else None))
+
+
 def finish(config: Config, engine, loader: BatchLoader, progress: Progress, tracker, manifest: dict) -> None:
     saved = save_checkpoint(config, engine, loader, progress, tracker)
+    export_if_due(config, progress, print if tracker else None)
     tokenizer = dataset_tokenizer(config.data.output_dir)
     # Every rank generates: under ZeRO-3 the forward pass gathers weights collectively.
     sample = generate_text(

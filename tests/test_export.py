@@ -272,3 +272,33 @@ def test_init_from_a_model_of_another_tokenizer_is_refused(tiny_model_folder, ti
     config = config.model_copy(update={"checkpoint": config.checkpoint.model_copy(update={"root": str(tmp_path)})})
     with pytest.raises(ConfigError, match=f"its tokenizer is not the one the dataset was built with .*{tokenizer}"):
         check_job(config, require_checkpoint=False)
+
+
+def test_export_every_exports_and_registers_while_training(runs):
+    name = "tiny-llama-periodic"
+    options = [*runs.config, *FAMILIES["llama"], *LAYOUTS["zero1"], *SHORT_RUN, "tracking.run_name=periodic"]
+    periodic = ["train.max_steps=4", "checkpoint.every_steps=2", "train.export_every=2", "train.eval_interval=2"]
+    registry = [f"train.export_register={name}", "train.export_aliases=[candidate]"]
+    trained = pretrain("train", *options, *periodic, *registry, cwd=runs.work)
+    exports = runs.work / "runs" / "periodic" / "exports"
+    for version, step in ((1, 2), (2, 4)):
+        assert f"exported step {step}: {exports / f'step_0000000{step}'}, registered as {name} version {version}" in (
+            trained.stdout
+        )
+    assert sorted(p.name for p in exports.iterdir()) == ["step_00000002", "step_00000004"]
+    client = MlflowClient(runs.uri)
+    newest = client.get_model_version_by_alias(name, "candidate")
+    assert newest.version == "2" and newest.tags["step"] == "4"
+    summary = json.loads((runs.work / "runs" / "periodic" / "summary.json").read_text())
+    assert float(newest.tags["val_loss"]) == pytest.approx(summary["val_loss"], abs=1e-6)
+    first = client.get_model_version(name, "1")
+    assert first.tags["step"] == "2" and "val_loss" in first.tags  # evaluated at step 2 too
+    hf = transformers.AutoModelForCausalLM.from_pretrained(exports / "step_00000002", local_files_only=True)
+    assert type(hf).__name__ == "LlamaForCausalLM"
+
+
+def test_export_every_must_fall_on_checkpoints():
+    with pytest.raises(
+        ConfigError, match=r"train.export_every = 3: must be a multiple of checkpoint.every_steps \(2\)"
+    ):
+        load_config(None, ["train.export_every=3", "checkpoint.every_steps=2"])

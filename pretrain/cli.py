@@ -214,11 +214,12 @@ def _add_export(commands) -> None:
     export.add_argument(
         "--max-shard-size", default="5GB", help="hf: larger weights are split into shards with an index (5GB)"
     )
-    export.add_argument("--register", metavar="NAME", help="register the folder as a new version of model NAME")
+    registry = export.add_mutually_exclusive_group()
+    registry.add_argument("--register", metavar="NAME", help="register the folder as a new version of model NAME")
     export.add_argument(
         "--alias", action="append", default=[], help="with --register: an alias for the new version (repeatable)"
     )
-    export.add_argument(
+    registry.add_argument(
         "--from-registry",
         metavar="NAME@ALIAS",
         help="fetch a registered version (NAME@ALIAS, NAME/VERSION or NAME for the latest) into --out",

@@ -263,7 +263,7 @@ def with_model_of_init_from(config: Config) -> Config:
     folder = config.train.init_from
     try:
         model = folder_model_config(Path(folder))
-    except (PretrainError, ValueError, KeyError) as err:
+    except (PretrainError, ValueError, TypeError) as err:  # GPTConfig's own checks, or an unknown field
         raise ConfigError(f"train.init_from = {folder!r}: {err}") from None
     return config.model_copy(update={"model": dataclasses.replace(model, dropout=config.model.dropout)})
 

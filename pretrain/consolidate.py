@@ -65,7 +65,9 @@ def tensor_parallel_rank_state(folder: Path, files: list[Path], rank: int) -> di
             try:
                 return get_fp32_state_dict_from_zero_checkpoint(scratch, tag=folder.name)
             except (FileNotFoundError, ValueError) as err:
-                raise CheckpointError(f"{folder}: the ZeRO shards of tensor-parallel rank {rank} are not whole: {err}")
+                raise CheckpointError(
+                    f"{folder}: the ZeRO shards of tensor-parallel rank {rank} are not whole: {err}"
+                ) from None
 
 
 def join_tensor_parallel_shards(
@@ -90,12 +92,12 @@ def join_tensor_parallel_shards(
             joined[name] = parts[0]
             continue
         # The one dimension AutoTP split: smaller in each part than in the model.
-        (dim,) = [d for d, (part, full) in enumerate(zip(parts[0].shape, shape, strict=True)) if part != full]
-        joined[name] = torch.cat(parts, dim=dim)
+        split = [d for d, (part, full) in enumerate(zip(parts[0].shape, shape, strict=True)) if part != full]
+        joined[name] = torch.cat(parts, dim=split[0]) if len(split) == 1 else parts[0]
         if joined[name].shape != shape:
             raise CheckpointError(
                 f"{folder}: {len(parts)} tensor-parallel parts of {name} join to {tuple(joined[name].shape)}, "
-                f"not the model's {tuple(shape)}; a tensor-parallel rank's files are missing"
+                f"not the model's {tuple(shape)} in config.yaml: another model's checkpoint, or a rank's files are missing"
             )
     if model_config.tie_embeddings:  # the same tensor under both names, as in the model's own state dict
         joined["lm_head.weight"] = joined["embed_tokens.weight"]

@@ -54,28 +54,36 @@ def write_model_folder(
 ) -> tuple[Path, dict]:
     """Write an exported folder and return it with its export_info.json.
 
-    A folder of an earlier export at `out_dir` is replaced as a whole, atomically.
+    The folder is written beside `out_dir` and renamed into place, replacing an
+    earlier export there as a whole: never a mix of two exports' files.
     """
     check_replaceable(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    weights = {name: own_storage(tensor.to(DTYPES[dtype])) for name, tensor in state_dict.items()}
-    if export_format == "hf":
-        _write_hf(weights, config, tokenizer_path, staging, dtype, max_shard_size)
-    else:
-        if config.tie_embeddings:
-            # Tied weights are one tensor; safetensors stores each tensor once.
-            weights.pop("lm_head.weight", None)
-        save_file({k: v.contiguous() for k, v in weights.items()}, staging / WEIGHTS_NAME, metadata={"format": "pt"})
-        (staging / TORCH_CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-        shutil.copyfile(tokenizer_path, staging / TOKENIZER_NAME)
-    parameters = sum(t.numel() for n, t in state_dict.items() if not (config.tie_embeddings and n == "lm_head.weight"))
-    info = info | {"format": export_format, "dtype": dtype, "parameters": parameters}
-    (staging / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    try:
+        weights = {name: own_storage(tensor.to(DTYPES[dtype])) for name, tensor in state_dict.items()}
+        if export_format == "hf":
+            _write_hf(weights, config, tokenizer_path, staging, dtype, max_shard_size)
+        else:
+            _write_torch(weights, config, tokenizer_path, staging)
+        tied = {"lm_head.weight"} if config.tie_embeddings else set()
+        parameters = sum(tensor.numel() for name, tensor in state_dict.items() if name not in tied)
+        info = info | {"format": export_format, "dtype": dtype, "parameters": parameters}
+        _write_json(staging / INFO_NAME, info)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out_dir, info
+
+
+def _write_torch(weights: dict[str, torch.Tensor], config: GPTConfig, tokenizer_path: Path, out: Path) -> None:
+    if config.tie_embeddings:  # tied weights are one tensor; safetensors stores each tensor once
+        weights = {name: tensor for name, tensor in weights.items() if name != "lm_head.weight"}
+    save_file({k: v.contiguous() for k, v in weights.items()}, out / WEIGHTS_NAME, metadata={"format": "pt"})
+    _write_json(out / TORCH_CONFIG_NAME, dataclasses.asdict(config))
+    shutil.copyfile(tokenizer_path, out / TOKENIZER_NAME)
 
 
 def own_storage(tensor: torch.Tensor) -> torch.Tensor:

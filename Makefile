@@ -39,7 +39,7 @@ demo: $(STAMP) ## the main job end to end on the embedded corpus: data, 2-proces
 	@echo "Outputs of this demo:"
 	@echo "  shards and manifest:  outputs/data/stdlib/"
 	@echo "  run folder:           outputs/runs/$(DEMO_RUN)/  (checkpoints/, config.yaml, summary.json)"
-	@echo "  exported model:       outputs/runs/$(DEMO_RUN)/export/"
+	@echo "  exported model:       outputs/runs/$(DEMO_RUN)/export/  (a Hugging Face folder: docs/export.md)"
 	@echo "  MLflow run '$(DEMO_RUN)' in experiment 'demo' (mlflow.db): make mlflow-ui, then open http://127.0.0.1:5000"
 
 test: $(STAMP) ## the whole test suite (installs a local Slurm first where it can: make slurm)

@@ -302,3 +302,22 @@ def test_export_every_must_fall_on_checkpoints():
         ConfigError, match=r"train.export_every = 3: must be a multiple of checkpoint.every_steps \(2\)"
     ):
         load_config(None, ["train.export_every=3", "checkpoint.every_steps=2"])
+
+
+def test_a_bf16_run_exports_its_fp32_master_weights(runs):
+    """Mixed precision: the export holds the optimizer's fp32 masters, of which the engine's weights are the
+    bf16 rounding; not the bf16 weights themselves."""
+    options = [*runs.config, *LAYOUTS["zero1"], *SHORT_RUN, "train.max_steps=1", "train.precision=bf16"]
+    pretrain("train", *options, "tracking.run_name=bf16", cwd=runs.work)
+    run_dir = runs.work / "runs" / "bf16"
+    model, found = load_checkpoint_model(run_dir)
+    module = torch.load(found.folder / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    exported = model.state_dict()
+    assert all(bf16.dtype == torch.bfloat16 for bf16 in module.values())
+    assert all(torch.equal(exported[name].to(torch.bfloat16), bf16) for name, bf16 in module.items())
+    assert all(not torch.equal(exported[name], bf16.float()) for name, bf16 in module.items())
+    folder, _, _ = export(run_dir)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    ids = torch.tensor([load_tokenizer(run_dir / "tokenizer.json").encode(TEXT).ids])
+    with torch.no_grad():
+        assert (hf(ids).logits - model.eval()(ids)[0]).abs().max().item() <= TOLERANCE

@@ -52,8 +52,10 @@ class TrainConfig(Section):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="bf16 on GPUs that have it; fp16 adds dynamic loss scaling"
+    precision: Literal["fp32", "bf16", "bf16-autocast", "fp16"] = Field(
+        "fp32",
+        description="bf16: bf16 weights, fp32 masters in the optimizer; bf16-autocast: fp32 weights and optimizer, "
+        "matrix products in bf16 (PyTorch autocast, as nanoGPT); fp16 adds dynamic loss scaling",
     )
     activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward")
     document_masking: bool = Field(

@@ -14,6 +14,9 @@ def deepspeed_config(config: Config) -> dict:
         "gradient_clipping": train.grad_clip,
         "zero_optimization": zero_config(config),
         "bf16": {"enabled": train.precision == "bf16"},
+        # PyTorch autocast inside the engine: fp32 weights, gradients and optimizer
+        # (PyTorch's fused AdamW, no master copy); DeepSpeed autocasts the Linear layers to bf16.
+        "torch_autocast": {"enabled": train.precision == "bf16-autocast", "dtype": "bfloat16"},
         # Dynamic loss scaling: fp16 gradients underflow without it. A step
         # whose gradients overflow is skipped and the scale halved.
         "fp16": {"enabled": train.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},

@@ -239,6 +239,19 @@ def test_parallel_layouts_give_the_single_process_losses(job, single_process_los
     assert losses == pytest.approx(single_process_losses, rel=1e-5)
 
 
+def test_bf16_autocast_trains_fp32_weights_with_bf16_matrix_products(job, two_rank_losses):
+    """train.precision=bf16-autocast: the checkpoint's weights stay fp32, and the losses are the fp32 run's
+    to bf16's accuracy, not bit for bit: the Linear layers did run in bf16."""
+    losses = train_layout(job, "autocast", *TWO_RANKS_ZERO1, "train.precision=bf16-autocast")
+    assert losses == pytest.approx(two_rank_losses, rel=2e-2)
+    assert losses != pytest.approx(two_rank_losses, rel=1e-5)
+    run_dir = job["work"] / "runs" / "autocast"
+    assert json.loads((run_dir / "deepspeed_config.json").read_text())["torch_autocast"]["enabled"]
+    states = checkpoint_dir(run_dir) / latest_tag(run_dir) / "mp_rank_00_model_states.pt"
+    module = torch.load(states, weights_only=False)["module"]
+    assert {tensor.dtype for tensor in module.values()} == {torch.float32}
+
+
 def test_tensor_parallel_checkpoints_hold_one_shard_per_tensor_parallel_rank(job):
     """Tensor parallelism really splits the projections: each model shard holds half of every head's matrix."""
     folder = checkpoint_dir(job["work"] / "runs" / "layout-4-1-2") / "step_00000010"

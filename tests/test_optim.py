@@ -87,6 +87,9 @@ def test_offload_and_fp16_in_the_deepspeed_json():
     fp16 = deepspeed_config(load_config(overrides=["train.precision=fp16"]))
     assert fp16["fp16"]["enabled"] and fp16["fp16"]["loss_scale"] == 0  # 0: dynamic loss scaling
     assert not fp16["bf16"]["enabled"]
+    autocast = deepspeed_config(load_config(overrides=["train.precision=bf16-autocast"]))
+    assert autocast["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert not autocast["bf16"]["enabled"] and not autocast["fp16"]["enabled"]  # fp32 weights and optimizer
 
 
 def test_own_adamw_skips_a_step_with_non_finite_gradients():

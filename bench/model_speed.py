@@ -4,7 +4,7 @@
     python bench/model_speed.py --device cuda --presets gpt2-medium llama-1b --seq-len 2048 --batch 8
 
 Both sides get the same architecture and size (transformers' model is built
-from `pretrain.hf_format.hf_config_dict`, its default SDPA attention), the same
+from `pretrain.hf_config.hf_config_dict`, its default SDPA attention), the same
 dtype (fp32 on CPU, bf16 on CUDA, weights cast as a whole), the same token ids
 and the same loss (cross-entropy over all positions, in fp32), so the timing
 compares the networks alone. Rounds alternate the two, and the order within a
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import transformers
 
 from model import GPT, GPTConfig
-from pretrain.hf_format import hf_config_dict
+from pretrain.hf_config import hf_config_dict
 from pretrain.model_info import load_preset, mfu, model_cost
 
 

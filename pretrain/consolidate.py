@@ -96,8 +96,8 @@ def join_tensor_parallel_shards(
         joined[name] = torch.cat(parts, dim=split[0]) if len(split) == 1 else parts[0]
         if joined[name].shape != shape:
             raise CheckpointError(
-                f"{folder}: {len(parts)} tensor-parallel parts of {name} join to {tuple(joined[name].shape)}, "
-                f"not the model's {tuple(shape)} in config.yaml: another model's checkpoint, or a rank's files are missing"
+                f"{folder}: {len(parts)} tensor-parallel parts of {name} join to {tuple(joined[name].shape)}, not "
+                f"the model's {tuple(shape)} in config.yaml: another model's checkpoint, or a rank's files are missing"
             )
     if model_config.tie_embeddings:  # the same tensor under both names, as in the model's own state dict
         joined["lm_head.weight"] = joined["embed_tokens.weight"]

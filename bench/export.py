@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from train_speed import single_process_environment  # bench/, the script's folder, is on sys.path
 
 from data_pipeline.tokenizer import train_tokenizer
 from model import GPT
@@ -44,14 +44,6 @@ MB = 1e6
 
 def size_of(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-
-
-def single_process_group() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    init_distributed()
 
 
 def saved_run(work: Path, model: str, zero_stage: int) -> Path:
@@ -127,7 +119,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", type=Path, help="where the runs and exports go (default: a temporary folder)")
     args = parser.parse_args()
-    single_process_group()
+    single_process_environment()
+    init_distributed()
     rows = [
         "| model | what | in-process s | x read | whole command s | MB on disk |",
         "| --- | --- | --- | --- | --- | --- |",

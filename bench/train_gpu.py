@@ -25,12 +25,11 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import os
-import socket
 import statistics
 import time
 
 import torch
+from train_speed import single_process_environment  # bench/, the script's folder, is on sys.path
 
 from model import GPT
 from pretrain.config import Config, load_config
@@ -39,14 +38,6 @@ from pretrain.model_info import mfu, model_cost
 from pretrain.optim import param_groups
 
 ATTENTION_WORDS = ("flash", "fmha", "scaled_dot_product", "attention")
-
-
-def single_process_environment() -> None:
-    """The variables torchrun would set, for a one-process run started as a plain script."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
 
 
 def job_config(args: argparse.Namespace) -> Config:

@@ -243,9 +243,14 @@ def step_metrics(config: Config, engine, val, progress: Progress, tracker, meter
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
-    if progress.step % train.eval_interval == 0 or last:
+    if validates_at(config, progress.step):
         metrics |= validation_metrics(config, engine, val, progress, tracker)
     return metrics
+
+
+def validates_at(config: Config, step: int) -> bool:
+    """Validation runs every train.eval_interval steps and at the last."""
+    return step % config.train.eval_interval == 0 or step == config.train.max_steps
 
 
 def memory_metrics() -> dict[str, float]:
@@ -331,8 +336,8 @@ def export_if_due(config: Config, progress: Progress, say) -> None:
     """
     if say is None or not periodic_export.due(config, progress.step):
         return
-    evaluated = progress.step % config.train.eval_interval == 0 or progress.step == config.train.max_steps
-    say(periodic_export.export_saved_checkpoint(config, progress.step, progress.val_loss if evaluated else None))
+    val_loss = progress.val_loss if validates_at(config, progress.step) else None
+    say(periodic_export.export_saved_checkpoint(config, progress.step, val_loss))
 
 
 def finish(config: Config, engine, loader: BatchLoader, progress: Progress, tracker, manifest: dict) -> None:

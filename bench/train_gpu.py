@@ -4,27 +4,28 @@
     python3 bench/train_gpu.py --preset llama-1b --seq-len 2048 --micro-batch 8
 
 **Ours**: `pretrain.engine.build_engine` with the DeepSpeed JSON generated
-from the config (bf16, ZeRO 1, PyTorch's fused AdamW), then
+from the config (`--precision`, `--zero-stage`, PyTorch's fused AdamW),
+the loss in chunks of `--loss-chunk-tokens` tokens (model/loss.py), then
 `engine.compile()`, exactly as a training run would have it.
 **Plain loop**: what nanoGPT's train.py does with the same model and batch:
-fp32 weights, bf16 autocast, `torch.compile(model)`, AdamW with the same
-parameter groups and `fused=True`, gradient clipping, `zero_grad(set_to_none)`.
+fp32 weights, bf16 autocast, `torch.compile(model)`, the whole logits
+tensor and F.cross_entropy, AdamW with the same parameter groups and
+`fused=True`, gradient clipping, `zero_grad(set_to_none)`.
 
 For each: tokens/s and MFU (PaLM's FLOP count, `pretrain.model_info`,
 against the chip's dense bf16 peak), the median of `--rounds` rounds of
 `--steps` steps after `--warmup` steps (compilation); the peak memory; and a
 step-time breakdown (forward, backward, optimizer) from CUDA events in
-`--breakdown-steps` extra steps. The vocabulary is rounded up to a multiple
-of `--vocab-multiple` for both (50,257 -> 50,304 for GPT-2, as nanoGPT does),
-and the attention kernel that SDPA picks is read from a profile of one
-forward pass. The batches are random token ids, on the GPU.
+`--breakdown-steps` extra steps. The presets' vocabularies are padded to a
+multiple of 128 (GPT-2's 50,257 -> 50,304, as nanoGPT does), and the
+attention kernel that SDPA picks is read from a profile of one forward
+pass. The batches are random token ids, on the GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import math
 import statistics
 import time
 
@@ -42,16 +43,15 @@ ATTENTION_WORDS = ("flash", "fmha", "scaled_dot_product", "attention")
 
 def job_config(args: argparse.Namespace) -> Config:
     preset = load_config(None, [f"model.preset={args.preset}"]).model
-    vocab = args.vocab_multiple * math.ceil(preset.vocab_size / args.vocab_multiple)
     return load_config(
         None,
         [
             f"model.preset={args.preset}",
-            f"model.vocab_size={vocab}",
             f"model.max_seq_len={max(args.seq_len, preset.max_seq_len)}",
             "model.dropout=0",
             f"train.precision={args.precision}",
             f"parallel.zero_stage={args.zero_stage}",
+            f"train.loss_chunk_tokens={args.loss_chunk_tokens}",
             "launch.nproc_per_node=1",
             f"train.seq_len={args.seq_len}",
             f"train.micro_batch_size={args.micro_batch}",
@@ -67,6 +67,7 @@ class Engine:
     name = "pretrain (DeepSpeed engine)"
 
     def __init__(self, config: Config, model: GPT):
+        model.loss_chunk_tokens = config.train.loss_chunk_tokens  # as pretrain/train.py sets it
         self.engine = build_engine(config, model)
         self.engine.compile()
 
@@ -182,7 +183,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--zero-stage", type=int, default=1, choices=[0, 1, 2, 3])
     parser.add_argument("--precision", default="bf16", choices=["bf16", "bf16-autocast"], help="ours: train.precision")
-    parser.add_argument("--vocab-multiple", type=int, default=128)
+    parser.add_argument(
+        "--loss-chunk-tokens", type=int, default=4096, help="ours: train.loss_chunk_tokens (0: all logits at once)"
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
@@ -201,7 +204,8 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     print(
         f"{args.preset}: vocabulary {config.model.vocab_size:,}, batch {args.micro_batch} x {args.seq_len}, "
-        f"ours: {args.precision}, ZeRO {args.zero_stage}; plain: bf16 autocast"
+        f"ours: {args.precision}, ZeRO {args.zero_stage}, loss chunks of {args.loss_chunk_tokens} tokens; "
+        f"plain: bf16 autocast, all logits at once"
     )
     loops = {"ours": Engine, "plain": PlainLoop}
     results = {}

@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from model.attention import CausalSelfAttention, KVCache
 from model.config import GPTConfig
 from model.layers import MLP, make_norm, rope_cos_sin, sinusoidal_table
+from model.loss import LMHead
 
 
 class Block(nn.Module):
@@ -59,10 +60,11 @@ class GPT(nn.Module):
         self.embed_dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.norm = make_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = LMHead(config.n_embd, config.vocab_size)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.activation_checkpointing = False  # the trainer's switch
+        self.activation_checkpointing = False  # the trainer's switches
+        self.loss_chunk_tokens = 0  # > 0: the loss in chunks of this many tokens, without logits (model/loss.py)
         self.apply(self._init_weights)
         # GPT-2: scale the projections that write into the residual stream by
         # 1/sqrt(2 * n_layer), so the residual's variance does not grow with depth.
@@ -98,6 +100,9 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits, loss); loss is the mean next-token cross-entropy when targets are given.
 
+        With `loss_chunk_tokens` set and targets given, the logits are never
+        formed whole and None is returned in their place.
+
         document_ids: (batch, seq), the document each token of a packed sequence
             belongs to; positions restart at each document and attention stays
             inside it.
@@ -106,6 +111,8 @@ class GPT(nn.Module):
         cache: keys and values of the tokens before these (generation).
         """
         x, _ = self._run(input_ids, document_ids, attention_mask, cache, explicit=False)
+        if targets is not None and self.loss_chunk_tokens:
+            return None, self.lm_head(x, targets, self.loss_chunk_tokens)
         logits = self.lm_head(x)
         loss = None
         if targets is not None:

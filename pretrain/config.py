@@ -58,6 +58,12 @@ class TrainConfig(Section):
         "matrix products in bf16 (PyTorch autocast, as nanoGPT); fp16 adds dynamic loss scaling",
     )
     activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward")
+    loss_chunk_tokens: int = Field(
+        4096,
+        ge=0,
+        description="compute the loss (and its gradients) this many tokens at a time, so the logits of the whole "
+        "micro-batch (tokens x vocabulary) never exist at once; 0: all logits at once",
+    )
     document_masking: bool = Field(
         False,
         description="packed sequences: positions restart at each document and attention stays inside it",

@@ -71,8 +71,12 @@ def evaluate(engine, val: BatchLoader) -> float:
     return mean_over_ranks(torch.stack(losses).mean())
 
 
-def to_device(batch, device) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.from_numpy(array).to(device, non_blocking=True) for array in batch)
+def to_device(batch, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The loader's arrays on the device; to a GPU from page-locked memory, so the copy does not block the host."""
+    tensors = [torch.from_numpy(array) for array in batch]
+    if device.type == "cuda":
+        tensors = [tensor.pin_memory() for tensor in tensors]
+    return tuple(tensor.to(device, non_blocking=True) for tensor in tensors)
 
 
 def train(config: Config, require_checkpoint: bool = False) -> Progress:
@@ -87,6 +91,7 @@ def train(config: Config, require_checkpoint: bool = False) -> Progress:
         # Continued pretraining: the weights of an export; the optimizer and schedule start afresh.
         model.load_state_dict(folder_state_dict(Path(config.train.init_from), config.model))
     model.activation_checkpointing = config.train.activation_checkpointing
+    model.loss_chunk_tokens = config.train.loss_chunk_tokens
     engine = build_engine(config, model)
     loader, val = make_loaders(config, manifest)
     progress, run_id = Progress(), None

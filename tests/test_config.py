@@ -78,8 +78,9 @@ def error_of(path=None, overrides=()) -> str:
         ("train.max_steps=lots", ["train.max_steps = 'lots'", "valid integer"]),
         ("parallel.zero_stage=4", ["parallel.zero_stage = '4'", "less than or equal to 3"]),
         ("model.pos_encoding=alibi", ["model.pos_encoding = 'alibi'", "'learned', 'sinusoidal' or 'rope'"]),
+        ("train.loss_chunk_tokens=-1", ["train.loss_chunk_tokens = '-1'", "greater than or equal to 0"]),
     ],
-    ids=["unknown key", "unknown model key", "wrong type", "out of range", "not an allowed value"],
+    ids=["unknown key", "unknown model key", "wrong type", "out of range", "not an allowed value", "negative chunk"],
 )
 def test_invalid_value_names_path_value_and_what_is_allowed(override, expected):
     message = error_of(overrides=[override])
@@ -168,7 +169,7 @@ def test_a_model_preset_replaces_the_inherited_model_and_keys_beside_it_win(tmp_
 
 def test_a_preset_override_replaces_the_model_and_other_overrides_apply_on_top():
     config = load_config(CONFIGS / "demo.yaml", ["model.max_seq_len=256", "model.preset=gpt2-small"])
-    assert config.model.n_layer == 12 and config.model.vocab_size == 50257
+    assert config.model.n_layer == 12 and config.model.vocab_size == 50304
     assert config.model.max_seq_len == 256  # given before the preset, still applied after it
 
 

@@ -208,15 +208,22 @@ def test_two_data_parallel_ranks_give_the_single_process_losses(single_process_l
 @pytest.mark.parametrize(
     "layout",
     [
-        ("launch.nproc_per_node=2", "parallel.zero_stage=2"),
-        ("launch.nproc_per_node=2", "parallel.zero_stage=3"),
+        # The single process computes the loss in one chunk (train.loss_chunk_tokens=4096 > 8 x 64 tokens);
+        # these layouts from the whole logits, and in uneven chunks of 100 tokens under ZeRO-3's gathered head.
+        ("launch.nproc_per_node=2", "parallel.zero_stage=2", "train.loss_chunk_tokens=0"),
+        ("launch.nproc_per_node=2", "parallel.zero_stage=3", "train.loss_chunk_tokens=100"),
         ("launch.nproc_per_node=2", "parallel.zero_stage=2", "parallel.offload_optimizer=true"),
         # 2 accumulation steps of 4 per rank
         ("launch.nproc_per_node=2", "parallel.zero_stage=1", "train.micro_batch_size=4"),
         ("launch.nproc_per_node=2", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2"),
         # 2 data-parallel x 2 tensor-parallel ranks
         ("launch.nproc_per_node=4", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2"),
-        ("launch.nproc_per_node=4", "parallel.zero_stage=3", "parallel.tensor_parallel_size=2"),
+        (
+            "launch.nproc_per_node=4",
+            "parallel.zero_stage=3",
+            "parallel.tensor_parallel_size=2",
+            "train.loss_chunk_tokens=100",
+        ),
         # DeepSpeed's launcher instead of torchrun, and the --nproc shorthand
         ("--nproc=2", "launch.launcher=deepspeed"),
     ],

@@ -9,11 +9,13 @@ from pretrain.errors import ConfigError
 from pretrain.model_info import load_preset, memory_per_rank, mfu, model_cost, peak_bf16_flops
 
 # Parameter counts of the reference models in Hugging Face transformers.
+# Our GPT-2 presets pad the vocabulary from 50,257 to 50,304 rows (a multiple of 128): 47 rows of n_embd more.
+GPT2_PADDING = 50_304 - 50_257
 REFERENCE_PARAMETERS = {
-    "gpt2-small": 124_439_808,  # GPT2LMHeadModel "gpt2"
-    "gpt2-medium": 354_823_168,
-    "gpt2-large": 774_030_080,
-    "gpt2-xl": 1_557_611_200,
+    "gpt2-small": 124_439_808 + GPT2_PADDING * 768,  # GPT2LMHeadModel "gpt2"
+    "gpt2-medium": 354_823_168 + GPT2_PADDING * 1024,
+    "gpt2-large": 774_030_080 + GPT2_PADDING * 1280,
+    "gpt2-xl": 1_557_611_200 + GPT2_PADDING * 1600,
     "llama-1b": 1_100_048_384,  # TinyLlama-1.1B
     "llama-7b": 6_738_415_616,  # Llama-2-7b
 }
@@ -29,6 +31,12 @@ def test_every_preset_loads_and_the_issue_lists_are_there():
     }
     for name in model_preset_names():
         load_preset(name)
+
+
+def test_every_preset_pads_its_vocabulary_to_a_multiple_of_128():
+    """The head's matrix products run on whole tiles of the GPU's tensor cores only at such sizes."""
+    for name in model_preset_names():
+        assert load_preset(name).vocab_size % 128 == 0, name
 
 
 @pytest.mark.parametrize("name, expected", REFERENCE_PARAMETERS.items())

@@ -58,6 +58,11 @@ class TrainConfig(Section):
         "matrix products in bf16 (PyTorch autocast, as nanoGPT); fp16 adds dynamic loss scaling",
     )
     activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward")
+    compile: bool | None = Field(
+        None,
+        description="torch.compile the model under the engine (DeepSpeed's engine.compile()); null: on CUDA GPUs "
+        "only, since on CPUs compiling costs more than it saves in short runs",
+    )
     loss_chunk_tokens: int = Field(
         4096,
         ge=0,

@@ -50,12 +50,14 @@ def build_engine(config: Config, model: GPT):
 def make_optimizer(config: Config, model: GPT) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only; fused into one kernel on GPUs.
 
-    ZeRO and mixed precision wrap it in DeepSpeed optimizers that skip steps
-    with non-finite gradients; alone (ZeRO 0, fp32), our AdamW does that itself.
+    ZeRO and DeepSpeed's bf16 and fp16 wrap it in DeepSpeed optimizers that
+    skip steps with non-finite gradients. Without ZeRO, in fp32 or under
+    autocast (fp32 weights), DeepSpeed steps it directly: our AdamW then
+    does that check itself.
     """
     train = config.train
-    plain_fp32 = config.parallel.zero_stage == 0 and train.precision == "fp32"
-    optimizer_class = AdamW if plain_fp32 else torch.optim.AdamW
+    stepped_directly = config.parallel.zero_stage == 0 and train.precision in ("fp32", "bf16-autocast")
+    optimizer_class = AdamW if stepped_directly else torch.optim.AdamW
     fused = torch.cuda.is_available() and not config.parallel.offload_optimizer
     return optimizer_class(
         param_groups(model, train.weight_decay), lr=train.lr, betas=(train.beta1, train.beta2), fused=fused or None

@@ -29,10 +29,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 class AdamW(torch.optim.AdamW):
     """PyTorch's AdamW, which skips a step whose gradients are not all finite.
 
-    Without ZeRO and in fp32, DeepSpeed steps the client optimizer itself;
-    like its own ZeRO and mixed-precision optimizers, this one then sets
-    `overflow`, which DeepSpeed reads to count the step as skipped and to
-    hold the learning-rate schedule (pretrain/stability.py).
+    Without ZeRO, in fp32 or under autocast, DeepSpeed steps the client
+    optimizer itself; like its own ZeRO and mixed-precision optimizers, this
+    one then sets `overflow`, which DeepSpeed reads to count the step as
+    skipped and to hold the learning-rate schedule (pretrain/stability.py).
+    DeepSpeed needs that answer as a Python bool before it steps the
+    schedule, so on a GPU the check waits for the gradients: one host-device
+    synchronization per optimizer step (not per micro-batch), as DeepSpeed's
+    own overflow checks make.
     """
 
     overflow = False

@@ -3,8 +3,9 @@
 DeepSpeed's ZeRO and mixed-precision optimizers already refuse to apply
 gradients whose norm is not finite (a NaN loss makes NaN gradients): the
 step is skipped, the learning-rate schedule does not advance, and the engine
-counts it in `skipped_steps`. Without ZeRO in fp32, DeepSpeed steps our own
-optimizer, which does the same check (`pretrain.optim.AdamW`). A skipped
+counts it in `skipped_steps`. Without ZeRO, in fp32 or under autocast,
+DeepSpeed steps our own optimizer, which does the same check
+(`pretrain.optim.AdamW`). A skipped
 step leaves the weights as they were, so after `limit` consecutive ones the
 run saves them (from before the trouble) and stops with an error.
 """

@@ -93,6 +93,8 @@ def train(config: Config, require_checkpoint: bool = False) -> Progress:
     model.activation_checkpointing = config.train.activation_checkpointing
     model.loss_chunk_tokens = config.train.loss_chunk_tokens
     engine = build_engine(config, model)
+    if compiles(config):
+        engine.compile()
     loader, val = make_loaders(config, manifest)
     progress, run_id = Progress(), None
     if resume:
@@ -121,6 +123,11 @@ def train(config: Config, require_checkpoint: bool = False) -> Progress:
     dist.barrier()
     dist.destroy_process_group()
     return progress
+
+
+def compiles(config: Config) -> bool:
+    """train.compile, where null means: on a CUDA GPU."""
+    return torch.cuda.is_available() if config.train.compile is None else config.train.compile
 
 
 def make_loaders(config: Config, manifest: dict) -> tuple[BatchLoader, BatchLoader]:
@@ -297,7 +304,8 @@ def dataset_tokenizer(data_dir: str):
 def log_eval_samples(config: Config, engine, step: int, tracker) -> None:
     """Continue the fixed evaluation prompts; every rank takes part (ZeRO-3 and TP gather weights collectively)."""
     tokenizer = dataset_tokenizer(config.data.output_dir)
-    texts = generate_texts(engine.module, tokenizer, config.train.eval_prompts, config.train.sample_tokens, seed=0)
+    with torch.compiler.set_stance("force_eager"):  # a compiled model would recompile for every cache length
+        texts = generate_texts(engine.module, tokenizer, config.train.eval_prompts, config.train.sample_tokens, seed=0)
     if tracker:
         tracker.log_text("\n\n".join(texts) + "\n", f"samples/step_{step:08d}.txt")
 
@@ -350,9 +358,10 @@ def finish(config: Config, engine, loader: BatchLoader, progress: Progress, trac
     export_if_due(config, progress, print if tracker else None)
     tokenizer = dataset_tokenizer(config.data.output_dir)
     # Every rank generates: under ZeRO-3 the forward pass gathers weights collectively.
-    sample = generate_text(
-        engine.module, tokenizer, config.train.sample_prompt, config.train.sample_tokens, seed=config.train.seed
-    )
+    with torch.compiler.set_stance("force_eager"):
+        sample = generate_text(
+            engine.module, tokenizer, config.train.sample_prompt, config.train.sample_tokens, seed=config.train.seed
+        )
     if tracker is None:
         return
     summary = {

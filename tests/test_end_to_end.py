@@ -246,6 +246,18 @@ def test_parallel_layouts_give_the_single_process_losses(job, single_process_los
     assert losses == pytest.approx(single_process_losses, rel=1e-5)
 
 
+def test_a_compiled_model_trains_to_the_single_process_losses(job, single_process_losses):
+    """train.compile=true: DeepSpeed's engine.compile() (torch.compile with inductor, here on the CPU), the loss
+    in chunks included; generation with eval prompts and the final sample run eagerly on the same model."""
+    layout = ("launch.nproc_per_node=1", "parallel.zero_stage=0", "train.compile=true", "train.eval_prompts=[The]")
+    losses = train_layout(job, "compiled", *layout)
+    # Compiled kernels add in another order: equal to fp32 rounding, and not bit for bit (they did run).
+    assert losses == pytest.approx(single_process_losses, rel=1e-4)
+    assert losses != single_process_losses
+    summary = json.loads((job["work"] / "runs" / "compiled" / "summary.json").read_text())
+    assert summary["sample"].startswith("Return the")  # train.sample_prompt (configs/demo.yaml), continued
+
+
 def test_bf16_autocast_trains_fp32_weights_with_bf16_matrix_products(job, two_rank_losses):
     """train.precision=bf16-autocast: the checkpoint's weights stay fp32, and the losses are the fp32 run's
     to bf16's accuracy, not bit for bit: the Linear layers did run in bf16."""

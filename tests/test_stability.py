@@ -61,17 +61,18 @@ def run_poisoned(work, tiny_data, spec: str, *overrides: str) -> subprocess.Comp
     )
 
 
-@pytest.mark.parametrize("zero_stage", [0, 1], ids=["own-adamw", "deepspeed-zero1"])
-def test_a_nan_loss_skips_its_step_and_training_goes_on(tmp_path, tiny_data, zero_stage):
-    name = f"nan-once-{zero_stage}"
-    result = run_poisoned(
-        tmp_path,
-        tiny_data,
-        "6,7",
-        f"tracking.run_name={name}",
-        f"parallel.zero_stage={zero_stage}",
-        "train.max_steps=8",
-    )
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ("parallel.zero_stage=0",),
+        ("parallel.zero_stage=0", "train.precision=bf16-autocast"),
+        ("parallel.zero_stage=1",),
+    ],
+    ids=["own-adamw", "own-adamw-autocast", "deepspeed-zero1"],
+)
+def test_a_nan_loss_skips_its_step_and_training_goes_on(tmp_path, tiny_data, layout):
+    name = "nan-once"
+    result = run_poisoned(tmp_path, tiny_data, "6,7", f"tracking.run_name={name}", "train.max_steps=8", *layout)
     assert result.returncode == 0, result.stderr[-3000:]
     losses = logged_metric(tmp_path, name)
     assert math.isnan(losses[4])

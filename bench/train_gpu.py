@@ -19,7 +19,8 @@ step-time breakdown (forward, backward, optimizer) from CUDA events in
 `--breakdown-steps` extra steps. The presets' vocabularies are padded to a
 multiple of 128 (GPT-2's 50,257 -> 50,304, as nanoGPT does), and the
 attention kernel that SDPA picks is read from a profile of one forward
-pass. The batches are random token ids, on the GPU.
+pass, and the places where one step makes the host wait for the GPU from
+torch's sync debug mode. The batches are random token ids, on the GPU.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import argparse
 import gc
 import statistics
 import time
+import warnings
+from collections import Counter
+from pathlib import Path
 
 import torch
 from train_speed import single_process_environment  # bench/, the script's folder, is on sys.path
@@ -151,6 +155,19 @@ def attention_kernel(loop, batch) -> str:
     return "; ".join(used) or "none found"
 
 
+def host_waits(loop, batch) -> str:
+    """Where one step makes the host wait for the GPU: torch's sync debug mode warns at each such call."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_steps(loop, batch, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    places = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    return ", ".join(f"{place} x{count}" for place, count in sorted(places.items())) or "none"
+
+
 def measure(loop, batch, config: Config, args: argparse.Namespace) -> dict:
     train_steps(loop, batch, args.warmup)  # compilation, allocator warm-up
     torch.cuda.reset_peak_memory_stats()
@@ -163,6 +180,7 @@ def measure(loop, batch, config: Config, args: argparse.Namespace) -> dict:
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
         "breakdown_ms": breakdown_ms(loop, batch, args.breakdown_steps),
         "attention": attention_kernel(loop, batch),
+        "host_waits": host_waits(loop, batch),
     }
 
 
@@ -173,6 +191,7 @@ def report(name: str, result: dict) -> str:
     parts.append(f"peak {result['peak_gib']:.1f} GiB")
     parts.append(", ".join(f"{phase} {ms:.1f} ms" for phase, ms in result["breakdown_ms"].items()))
     parts.append(f"attention: {result['attention']}")
+    parts.append(f"host waits per step: {result['host_waits']}")
     return f"  {name}: " + " | ".join(parts)
 
 

@@ -27,9 +27,9 @@ from launch.config import LaunchConfig
 from model import GPTConfig
 from pretrain.errors import ConfigError, PretrainError
 from pretrain.hf_config import folder_model_config
+from pretrain.presets import read_model_preset
 
 SQLITE = "sqlite:///"
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 
 
 class Section(BaseModel):
@@ -341,29 +341,6 @@ def _load_yaml(path: Path, seen: tuple[Path, ...]) -> dict:
         merged.pop("model", None)
         raw["model"] = {**read_model_preset(str(model.pop("preset"))), **model}
     return _deep_merge(merged, raw)
-
-
-def model_preset_names() -> list[str]:
-    return sorted(path.stem for path in PRESETS_DIR.glob("*.yaml"))
-
-
-def model_preset_path(name: str) -> Path:
-    """configs/model/NAME.yaml, or NAME itself when it is a YAML file."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"model preset {name!r} does not exist; choose one of {', '.join(model_preset_names())}")
-    return path
-
-
-def read_model_preset(name: str) -> dict:
-    path = model_preset_path(name)
-    try:
-        settings = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML:\n{err}") from None
-    if not isinstance(settings, dict):
-        raise ConfigError(f"{path}: a model preset is a mapping of model settings (n_layer: 12, ...)")
-    return settings
 
 
 def _deep_merge(base: dict, update: dict) -> dict:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from model import GPT, GPTConfig
-from pretrain.config import model_preset_path, read_model_preset
 from pretrain.errors import ConfigError
+from pretrain.presets import model_preset_path, read_model_preset
 
 BYTES_PER_PARAM = {"bf16": (2, 2, 12), "fp32": (4, 4, 8)}  # weights, gradients, optimizer state
 # Dense bf16 peak FLOP/s by the name CUDA reports, most specific first (the

@@ -71,7 +71,6 @@ class Engine:
     name = "pretrain (DeepSpeed engine)"
 
     def __init__(self, config: Config, model: GPT):
-        model.loss_chunk_tokens = config.train.loss_chunk_tokens  # as pretrain/train.py sets it
         self.engine = build_engine(config, model)
         self.engine.compile()
 

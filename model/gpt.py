@@ -63,7 +63,8 @@ class GPT(nn.Module):
         self.lm_head = LMHead(config.n_embd, config.vocab_size)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.activation_checkpointing = False  # the trainer's switches
+        # The trainer's switches: how the forward pass runs, not what it computes.
+        self.activation_checkpointing = False
         self.loss_chunk_tokens = 0  # > 0: the loss in chunks of this many tokens, without logits (model/loss.py)
         self.apply(self._init_weights)
         # GPT-2: scale the projections that write into the residual stream by

@@ -31,6 +31,9 @@ def init_distributed() -> None:
 
 
 def build_engine(config: Config, model: GPT):
+    # How the model's forward pass runs (not what it computes), as the config says.
+    model.activation_checkpointing = config.train.activation_checkpointing
+    model.loss_chunk_tokens = config.train.loss_chunk_tokens
     mpu = None
     if config.parallel.tensor_parallel_size > 1:
         # The (data-parallel, tensor-parallel) process groups, made before the

@@ -90,8 +90,6 @@ def train(config: Config, require_checkpoint: bool = False) -> Progress:
     if config.train.init_from and not resume:
         # Continued pretraining: the weights of an export; the optimizer and schedule start afresh.
         model.load_state_dict(folder_state_dict(Path(config.train.init_from), config.model))
-    model.activation_checkpointing = config.train.activation_checkpointing
-    model.loss_chunk_tokens = config.train.loss_chunk_tokens
     engine = build_engine(config, model)
     if compiles(config):
         engine.compile()

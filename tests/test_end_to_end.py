@@ -213,8 +213,13 @@ def test_two_data_parallel_ranks_give_the_single_process_losses(single_process_l
         ("launch.nproc_per_node=2", "parallel.zero_stage=2", "train.loss_chunk_tokens=0"),
         ("launch.nproc_per_node=2", "parallel.zero_stage=3", "train.loss_chunk_tokens=100"),
         ("launch.nproc_per_node=2", "parallel.zero_stage=2", "parallel.offload_optimizer=true"),
-        # 2 accumulation steps of 4 per rank
-        ("launch.nproc_per_node=2", "parallel.zero_stage=1", "train.micro_batch_size=4"),
+        # 2 accumulation steps of 4 per rank, each block's activations recomputed in backward
+        (
+            "launch.nproc_per_node=2",
+            "parallel.zero_stage=1",
+            "train.micro_batch_size=4",
+            "train.activation_checkpointing=true",
+        ),
         ("launch.nproc_per_node=2", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2"),
         # 2 data-parallel x 2 tensor-parallel ranks
         ("launch.nproc_per_node=4", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2"),
@@ -231,7 +236,7 @@ def test_two_data_parallel_ranks_give_the_single_process_losses(single_process_l
         "zero2",
         "zero3",
         "zero2-offload",
-        "zero1-micro4-accum2",
+        "zero1-micro4-accum2-recompute",
         "tp2",
         "dp2-tp2-zero1",
         "dp2-tp2-zero3",

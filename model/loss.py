@@ -30,15 +30,15 @@ class LMHead(nn.Linear):
 
     The loss is computed inside this module's call, not from its weight
     outside it: what wraps a module's call holds for the loss too (ZeRO-3
-    gathers a partitioned weight around it and releases it after).
+    gathers a partitioned weight around it and releases it after). The
+    caller says how many tokens a chunk holds (GPT passes its
+    `loss_chunk_tokens`, which the trainer sets from the config).
     """
 
     def __init__(self, n_embd: int, vocab_size: int):
         super().__init__(n_embd, vocab_size, bias=False)
 
-    def forward(
-        self, hidden: torch.Tensor, targets: torch.Tensor | None = None, chunk_tokens: int = 4096
-    ) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None, chunk_tokens: int = 0) -> torch.Tensor:
         if targets is None:
             return super().forward(hidden)
         return linear_cross_entropy(hidden, self.weight, targets, chunk_tokens)

@@ -28,11 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import ray
+from ray._private import ray_constants
 
 import data_pipeline
 from data_pipeline.cleaning import HASH_BYTES
 from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
+from data_pipeline.locks import LOCK_NAME, FolderLock
 from data_pipeline.manifest import assemble_manifest, write_rejects
 from data_pipeline.shards import DATASET_FILES, TOKENIZER_NAME, write_json_atomically, write_manifest
 from data_pipeline.sources import WorkUnit, plan_fingerprint, plan_units
@@ -47,6 +49,7 @@ from data_pipeline.work import (
 )
 
 PLAN_NAME = "plan.json"
+RAY_CLUSTER_MODE = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR  # "0": Ray's single-machine mode, on loopback
 
 
 def build_dataset(config: DataConfig, resolved_config: dict, ray_address: str | None = None) -> dict:
@@ -56,6 +59,12 @@ def build_dataset(config: DataConfig, resolved_config: dict, ray_address: str | 
         raise DataError(f"data.tokenizer.path: {config.tokenizer.path} does not exist; give a tokenizer.json or null")
     units = plan_units(config)  # bad sources fail here, before any work
     out_dir = Path(config.output_dir)
+    _refuse_foreign_files(out_dir)  # before the lock, which would add its file to a folder that is not ours
+    with FolderLock(out_dir, "pretrain data build"):
+        return _build_holding_the_folder(config, resolved_config, units, out_dir, ray_address, started)
+
+
+def _build_holding_the_folder(config, resolved_config: dict, units, out_dir: Path, ray_address, started) -> dict:
     resumed = _prepare_output_dir(out_dir, units, config)
     _start_ray(ray_address)
     try:
@@ -64,7 +73,7 @@ def build_dataset(config: DataConfig, resolved_config: dict, ray_address: str | 
         tokenizer_path = _tokenizer(units, scans, keep, config, out_dir)
         _write_units(units, keep, config, tokenizer_path, out_dir)
     finally:
-        ray.shutdown()
+        _stop_ray()
     markers = [json.loads(unit_marker(out_dir, unit.index).read_text()) for unit in units]
     write_rejects(out_dir, [s["rejects"] for s in scans])
     stats = {"seconds": round(time.time() - started, 1), "resumed": resumed, "units": len(units)}
@@ -84,23 +93,37 @@ def _prepare_output_dir(out_dir: Path, units: list[WorkUnit], config: DataConfig
     plan_path = out_dir / WORK_DIR / PLAN_NAME
     if plan_path.is_file() and json.loads(plan_path.read_text()).get("fingerprint") == fingerprint:
         return True
-    if out_dir.exists():
-        foreign = [p.name for p in out_dir.iterdir() if not any(fnmatch(p.name, pat) for pat in DATASET_FILES)]
-        if foreign:
-            raise DataError(
-                f"data.output_dir: {out_dir} holds files that are not a dataset's ({', '.join(sorted(foreign)[:5])}); "
-                f"choose an empty or new folder"
-            )
-        shutil.rmtree(out_dir)
+    _refuse_foreign_files(out_dir)
+    for path in out_dir.iterdir():
+        if path.name == LOCK_NAME:  # held by this build
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     (out_dir / WORK_DIR).mkdir(parents=True)
     write_json_atomically(plan_path, {"fingerprint": fingerprint, "units": [u.to_dict() for u in units]})
     return False
+
+
+def _refuse_foreign_files(out_dir: Path) -> None:
+    if not out_dir.is_dir():
+        return
+    names = [p.name for p in out_dir.iterdir() if p.name != LOCK_NAME]
+    foreign = [name for name in names if not any(fnmatch(name, pattern) for pattern in DATASET_FILES)]
+    if foreign:
+        raise DataError(
+            f"data.output_dir: {out_dir} holds files that are not a dataset's ({', '.join(sorted(foreign)[:5])}); "
+            f"choose an empty or new folder"
+        )
 
 
 def _start_ray(ray_address: str | None) -> None:
     address = ray_address or os.environ.get("RAY_ADDRESS")
     # On a cluster the workers import this package from the driver's copy, installed or not.
     runtime_env = {"py_modules": [os.path.dirname(data_pipeline.__file__)]} if address else None
+    if not address:
+        _loopback_only(True)
     # Without an address, a Ray of our own: ray.init() would otherwise join whatever cluster
     # /tmp/ray/ray_current_cluster names, and wait forever on one that died without cleaning up.
     ray.init(address=address or "local", runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
@@ -108,6 +131,27 @@ def _start_ray(ray_address: str | None) -> None:
     context.execution_options.preserve_order = True
     # A DataError raised by a worker (a source that cannot be opened) reaches the caller as itself.
     context.raise_original_map_exception = True
+
+
+def _loopback_only(on: bool) -> None:
+    """A Ray of our own answers on this machine only: every server it starts binds 127.0.0.1.
+
+    That is Ray's single-machine mode (its default on macOS and Windows):
+    its processes read the variable when they start, and this process read
+    it when it imported Ray, hence the constant too. Turned off again when
+    the build ends, for a later connection to a cluster from this process.
+    """
+    if on:
+        os.environ[RAY_CLUSTER_MODE] = "0"
+    else:
+        os.environ.pop(RAY_CLUSTER_MODE, None)
+    ray_constants.ENABLE_RAY_CLUSTER = not on
+
+
+def _stop_ray() -> None:
+    ray.shutdown()
+    if os.environ.get(RAY_CLUSTER_MODE) == "0":
+        _loopback_only(False)
 
 
 def _get(refs):

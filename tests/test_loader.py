@@ -9,13 +9,21 @@ import pytest
 
 from data_pipeline.errors import DataError
 from data_pipeline.loader import MIX_BLOCK, BatchLoader, TokenSequences
-from data_pipeline.shards import ShardWriter, core_manifest, read_manifest, verify_dataset, write_manifest
+from data_pipeline.shards import (
+    ShardWriter,
+    core_manifest,
+    read_manifest,
+    verify_dataset,
+    verify_shard,
+    write_manifest,
+)
 from data_pipeline.tokenizer import file_sha256
 from pretrain.config import load_config
 from pretrain.errors import ConfigError
 from pretrain.preflight import check_job
 
 SEQ_LEN = 8
+VOCAB = 16_000  # numbered_documents' token ids stay below it
 
 
 def write_dataset(out_dir: Path, sources: dict[str, list[list[int]]], target_bytes: int = 400) -> dict:
@@ -33,7 +41,7 @@ def write_dataset(out_dir: Path, sources: dict[str, list[list[int]]], target_byt
             writer.close()
             shards += writer.records
     (out_dir / "tokenizer.json").write_text("{}")
-    tokenizer = {"file": "tokenizer.json", "sha256": file_sha256(out_dir / "tokenizer.json"), "vocab_size": 1000}
+    tokenizer = {"file": "tokenizer.json", "sha256": file_sha256(out_dir / "tokenizer.json"), "vocab_size": VOCAB}
     manifest = core_manifest(shards, tokenizer, pa.uint16())
     write_manifest(out_dir, manifest)
     return manifest
@@ -233,8 +241,25 @@ def test_verify_finds_an_altered_shard_of_the_same_size(dataset):
     data[len(data) // 2] ^= 0xFF  # a token in the values buffer
     path.write_bytes(bytes(data))
     read_manifest(dataset)  # size and schema still match
-    with pytest.raises(DataError, match="train-synthetic-00000-00.arrow: checksum differs from the manifest"):
+    with pytest.raises(DataError, match="train-synthetic-00000-00.arrow: its checksum differs from the manifest"):
         verify_dataset(dataset)
+
+
+def test_a_token_id_outside_the_vocabulary_is_named_with_its_file_and_row(tmp_path):
+    documents = numbered_documents(20)
+    documents[4] = [1, 2, VOCAB + 7, 3]  # a shard written by another tokenizer, its checksum in the manifest
+    write_dataset(tmp_path / "data", {"synthetic": documents})
+    manifest = read_manifest(tmp_path / "data")
+    shard = next(s for s in manifest["shards"] if s["split"] == "train")
+    with pytest.raises(DataError, match=rf"{shard['file']}: row 4 \(a document\) holds token id {VOCAB + 7}, outside"):
+        verify_shard(tmp_path / "data", shard, VOCAB)
+
+
+def test_an_unreadable_shard_is_named(dataset):
+    path = dataset / "train-synthetic-00000-00.arrow"
+    path.write_bytes(b"\0" * path.stat().st_size)  # same size: read_manifest's cheap checks would not see it
+    with pytest.raises(DataError, match="train-synthetic-00000-00.arrow: not a readable shard"):
+        TokenSequences(dataset, "train", SEQ_LEN, manifest=json.loads((dataset / "manifest.json").read_text()))
 
 
 def test_split_too_small_for_the_sequence_length(dataset):
@@ -255,8 +280,8 @@ def job_config(dataset, tmp_path, *overrides):
     return load_config(
         overrides=[
             f"data.output_dir={dataset}",
-            "model.vocab_size=1000",
-            "data.tokenizer.vocab_size=1000",
+            f"model.vocab_size={VOCAB}",
+            f"data.tokenizer.vocab_size={VOCAB}",
             "train.seq_len=8",
             "train.micro_batch_size=4",
             "train.global_batch_size=4",
@@ -268,7 +293,7 @@ def job_config(dataset, tmp_path, *overrides):
 
 def test_preflight_refuses_a_dataset_with_a_larger_vocabulary(dataset, tmp_path):
     config = job_config(dataset, tmp_path, "model.vocab_size=512", "data.tokenizer.vocab_size=400")
-    with pytest.raises(ConfigError, match=r"model.vocab_size = 512: smaller than the dataset's tokenizer \(1000\)"):
+    with pytest.raises(ConfigError, match=r"model.vocab_size = 512: smaller than the dataset's tokenizer \(16000\)"):
         check_job(config, require_checkpoint=False)
 
 

@@ -67,7 +67,19 @@ class RayConfig(Section):
     )
     cpus_per_worker: float = Field(1, gt=0, description="CPU cores Ray reserves for each training rank")
     gpus_per_worker: float = Field(0, ge=0, description="GPUs Ray reserves for each training rank")
-    env_vars: dict[str, str] = Field(default_factory=dict, description="environment variables of the job")
+    env_vars: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment variables of the job; secrets belong in pass_env or env_file (a value whose name "
+        "looks secret is redacted wherever the config is written)",
+    )
+    pass_env: list[str] = Field(
+        default_factory=list,
+        description="names of variables the job gets from the submitting shell's environment, e.g. "
+        "[MLFLOW_TRACKING_PASSWORD]; their values are never written anywhere",
+    )
+    env_file: str | None = Field(
+        None, description="a file of KEY=VALUE lines (dotenv) the job's environment is read from at submission"
+    )
     excludes: list[str] = Field(
         default_factory=lambda: [".venv", ".git", "outputs", "*.db", "mlruns", "__pycache__", ".pytest_cache"],
         description="paths of the project folder not uploaded as the job's working directory",

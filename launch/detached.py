@@ -20,7 +20,8 @@ import psutil
 
 from launch.errors import LaunchError
 from launch.jobs import JobRecord, JobState, read_log, write_json_atomically
-from launch.local import exit_with_parent, launcher_preexec, wait_passing_sigterm_to_ranks
+from launch.local import exit_with_parent, launcher_preexec
+from launch.signals import JobSignals
 
 
 def start(command: list[str], env: dict[str, str], log_file: Path, exit_file: Path, ranks: bool) -> psutil.Process:
@@ -45,20 +46,17 @@ def start(command: list[str], env: dict[str, str], log_file: Path, exit_file: Pa
 
 
 def supervise(exit_file: Path, command: list[str], ranks: bool) -> int:
-    terminated = False
-
-    def note_sigterm() -> None:
-        nonlocal terminated
-        terminated = True
-
     if ranks:
+        signals = JobSignals()  # from the start: a SIGTERM while the ranks start up reaches them too
         launcher = subprocess.Popen(command, preexec_fn=launcher_preexec(attached=True))  # noqa: PLW1509
-        returncode = wait_passing_sigterm_to_ranks(launcher, on_sigterm=note_sigterm)
+        returncode, terminated = signals.wait(launcher), signals.sigterm
     else:
+        terminated = False
         child = subprocess.Popen(command, preexec_fn=exit_with_parent)  # noqa: PLW1509
 
         def pass_on(signum, frame) -> None:
-            note_sigterm()
+            nonlocal terminated
+            terminated = True
             child.send_signal(signal.SIGTERM)
 
         signal.signal(signal.SIGTERM, pass_on)

@@ -6,18 +6,17 @@ command it is given, so launching never imports the training loop.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
+LOOPBACK = "127.0.0.1"
+LOOPBACK_INTERFACE = "lo"
 
 
 @dataclass(frozen=True)
@@ -33,30 +32,34 @@ class NodeLayout:
 
 
 def torchrun_command(layout: NodeLayout, module: str, args: list[str]) -> list[str]:
-    """`python -m torch.distributed.run` for this host.
+    """torchrun for this host, through launch/torchrun.py, which binds its rendezvous to one address.
 
-    One node uses `--standalone` (a free local rendezvous port). Several meet
-    through c10d rendezvous at `rdzv_endpoint`, which node 0 hosts: every host
-    runs the same command with its own node rank, and no ssh is needed.
-    SIGTERM is left out of the signals torchrun handles: on it torchrun would
-    kill the ranks 30 s later and fail the job, while the ranks themselves
-    save a checkpoint and exit cleanly (see `launcher_preexec`).
+    One node meets at 127.0.0.1 (a free port). Several meet through c10d
+    rendezvous at `rdzv_endpoint`, which node 0 hosts, bound to the host the
+    endpoint names: every host runs the same command with its own node rank,
+    and no ssh is needed. SIGTERM and SIGINT are left out of the signals
+    torchrun handles: on them it would kill the ranks and fail the job,
+    while the ranks themselves save a checkpoint and exit cleanly (see
+    `launcher_preexec` and launch/signals.py).
     """
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={layout.nproc_per_node}"]
-    if layout.nnodes == 1 and layout.rdzv_endpoint is None:
-        command.append("--standalone")
-    else:
-        command += [
-            f"--nnodes={layout.nnodes}",
-            f"--node-rank={layout.node_rank}",
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={layout.rdzv_endpoint}",
-            f"--rdzv-id={layout.rdzv_id}",
-            # Node 0 hosts the rendezvous: decided here rather than guessed from host names,
-            # which also makes several "hosts" on one machine (tests) work.
-            f"--rdzv-conf=is_host={'true' if layout.node_rank == 0 else 'false'}",
-        ]
-    return [*command, "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT", "-m", module, *args]
+    command = [sys.executable, "-m", "launch.torchrun", f"--nproc-per-node={layout.nproc_per_node}"]
+    one_host = layout.nnodes == 1 and layout.rdzv_endpoint is None
+    endpoint = f"{LOOPBACK}:0" if one_host else layout.rdzv_endpoint
+    is_host = layout.node_rank == 0
+    command += [
+        f"--nnodes={layout.nnodes}",
+        f"--node-rank={layout.node_rank}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+        f"--rdzv-id={layout.rdzv_id}",
+        # Node 0 hosts the rendezvous: decided here rather than guessed from host names,
+        # which also makes several "hosts" on one machine (tests) work.
+        f"--rdzv-conf=is_host={'true' if is_host else 'false'}",
+    ]
+    if is_host:
+        # The ranks' own store is served from here too: at the address the others reach the rendezvous on.
+        command.append(f"--local-addr={endpoint.rpartition(':')[0]}")
+    return [*command, "--signals-to-handle=SIGHUP,SIGQUIT", "-m", module, *args]
 
 
 def deepspeed_command(layout: NodeLayout, module: str, args: list[str], master_port: int) -> list[str]:
@@ -79,15 +82,23 @@ def deepspeed_command(layout: NodeLayout, module: str, args: list[str], master_p
 
 def free_port() -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((LOOPBACK, 0))
         return probe.getsockname()[1]
 
 
-def rank_environment(nproc_per_node: int) -> dict[str, str]:
-    """Share the CPU cores among the ranks, so they do not oversubscribe them."""
+def rank_environment(nproc_per_node: int, nnodes: int = 1) -> dict[str, str]:
+    """Share the CPU cores among the ranks, so they do not oversubscribe them; one host's ranks talk over loopback.
+
+    Gloo and NCCL listen on the interface of the host's name, which may be
+    reachable from the network; the ranks of a job on one machine need only
+    the loopback interface. A value the user has set wins.
+    """
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if nnodes == 1:
+        env.setdefault("GLOO_SOCKET_IFNAME", LOOPBACK_INTERFACE)
+        env.setdefault("NCCL_SOCKET_IFNAME", LOOPBACK_INTERFACE)
     return env
 
 
@@ -111,16 +122,20 @@ def exit_with_parent() -> None:
 
 
 def launcher_preexec(attached: bool):
-    """What the launcher process runs before it starts: ignore SIGTERM, and die with us when attached.
+    """What the launcher process runs before it starts: ignore SIGTERM and SIGINT, and die with us when attached.
 
     A scheduler (Slurm's scancel, a time limit) signals every process of the
     job at once, the launcher between us and the ranks included. Ignoring
     SIGTERM there lets the ranks, which handle it, save and exit 0; torchrun
-    then exits 0 too. Each rank restores the default before it starts work.
+    then exits 0 too. Ctrl-C is for `pretrain train` to handle
+    (launch/signals.py): the launcher starts in a session of its own, away
+    from the terminal, and ignores SIGINT besides. Each rank installs its own
+    handlers before it starts work.
     """
 
     def preexec() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if attached:
             exit_with_parent()
 
@@ -140,32 +155,7 @@ def run_local(layout: NodeLayout, module: str, args: list[str], launcher: str = 
     itself). Detached jobs run under launch/detached.py instead.
     """
     command = launcher_command(layout, module, args, launcher)
-    env = rank_environment(layout.nproc_per_node)
-    # preexec_fn runs between fork and exec; it makes two system calls, with nothing to lock.
-    return subprocess.Popen(command, env=env, preexec_fn=launcher_preexec(attached=True))  # noqa: PLW1509
-
-
-def wait_passing_sigterm_to_ranks(process: subprocess.Popen, on_sigterm: Callable[[], None] | None = None) -> int:
-    """Wait for the launcher; a SIGTERM sent to this process goes on to the ranks themselves.
-
-    Not to the launcher: DeepSpeed's kills its ranks on SIGTERM, and torchrun
-    would too if it did not ignore it (`launcher_preexec`). Signalled directly,
-    each rank finishes its step, saves a checkpoint and exits 0
-    (pretrain/preemption.py), so the launcher, and this command, exit 0 too.
-    `on_sigterm` is called first, when given.
-    """
-
-    def pass_on(signum, frame) -> None:
-        if on_sigterm:
-            on_sigterm()
-        # The ranks, not the launcher between (torchrun, or DeepSpeed's launch.py, which would kill them).
-        for child in psutil.Process(process.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):  # gone already, or not ours to read
-                if "LOCAL_RANK" in child.environ():
-                    child.send_signal(signal.SIGTERM)
-
-    previous = signal.signal(signal.SIGTERM, pass_on)
-    try:
-        return process.wait()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    env = rank_environment(layout.nproc_per_node, layout.nnodes)
+    # preexec_fn runs between fork and exec; it makes a few system calls, with nothing to lock.
+    preexec = launcher_preexec(attached=True)
+    return subprocess.Popen(command, env=env, preexec_fn=preexec, start_new_session=True)  # noqa: PLW1509

@@ -40,6 +40,45 @@ def resolve_address(address: str | None) -> str:
     return address
 
 
+def job_environment(env_vars: dict[str, str], pass_env: list[str], env_file: str | None, environ) -> dict[str, str]:
+    """The variables a Ray job gets: env_vars, then env_file's lines, then pass_env's from this environment.
+
+    Secrets travel this way, from the submitting shell or a file, into the
+    job's runtime environment only: never into a file the project writes.
+    """
+    variables = dict(env_vars)
+    if env_file:
+        variables |= read_env_file(Path(env_file))
+    for name in pass_env:
+        if name not in environ:
+            raise LaunchError(
+                f"launch.ray.pass_env: {name} is not set in this shell; export it before submitting, or remove it"
+            )
+        variables[name] = environ[name]
+    return variables
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; blank lines and # comments are skipped, `export ` and quotes around a value allowed."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise LaunchError(f"launch.ray.env_file: {path} cannot be read ({err.strerror})") from None
+    variables = {}
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise LaunchError(f"{path}, line {number}: not a KEY=VALUE line; write it as NAME=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        variables[name.strip()] = value
+    return variables
+
+
 def token_headers() -> dict[str, str]:
     token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
     token_path = os.environ.get("RAY_AUTH_TOKEN_PATH")

@@ -19,15 +19,19 @@ Every subcommand takes `--config FILE` and dotted `key.path=value` overrides.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
-import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from data_pipeline.errors import DataError
+from launch import signals
 from launch.errors import LaunchError
-from pretrain.config import Config, load_config
 from pretrain.errors import PretrainError
+
+if TYPE_CHECKING:  # imported when a command runs: the handlers of a job's signals come first (see main)
+    from pretrain.config import Config
 
 EPILOG = "Overrides: dotted key paths after the options, e.g. train.lr=3e-4 model.n_layer=4."
 
@@ -102,8 +106,12 @@ def _add_train(commands) -> None:
             help="train a GPT with DeepSpeed, tracked in MLflow",
             description="Train on launch.nproc_per_node processes: ZeRO (parallel.zero_stage), tensor parallelism "
             "(parallel.tensor_parallel_size), checkpoints every checkpoint.every_steps. A run folder that holds a "
-            "checkpoint is continued from it, exactly. SIGTERM saves a checkpoint and exits 0.",
-            epilog="Reference: docs/training.md, docs/parallelism.md. " + EPILOG,
+            "checkpoint is continued from its latest intact one, exactly, with this config's learning rates, "
+            "schedule and intervals; settings the checkpoint fixes (the model, the parallel layout, the batch "
+            "shape) are refused before anything starts. SIGTERM saves a checkpoint and exits 0; Ctrl-C too, "
+            "exiting 130 (twice: at once).",
+            epilog='Reference: docs/training.md ("When things go wrong"), docs/parallelism.md, docs/security.md. '
+            + EPILOG,
         )
     )
     train.add_argument(
@@ -292,7 +300,7 @@ def cmd_data(args: argparse.Namespace, config: Config) -> int:
     if args.data_command == "build":
         from data_pipeline.build import build_dataset
 
-        manifest = build_dataset(config.data, config.to_dict(), ray_address=args.ray_address)
+        manifest = build_dataset(config.data, config.to_public_dict(), ray_address=args.ray_address)
         print(build_summary(manifest))
         print(f"shards, tokenizer, manifest and rejects: {data_dir.resolve()}")
     elif args.data_command == "inspect":
@@ -310,13 +318,20 @@ def _in_launched_rank() -> bool:
 def cmd_train(args: argparse.Namespace, config: Config) -> int:
     if _in_launched_rank():
         from launch.local import exit_with_parent
+        from pretrain import preemption
+
+        # First, before the slow start-up: the launcher ignores SIGTERM and this rank
+        # inherited that; from here on a stop request is kept (pretrain/preemption.py).
+        preemption.listen()
+        exit_with_parent()
+        # Defense in depth: any torch.load in a rank, DeepSpeed's own included, rebuilds data only.
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
         from pretrain.train import train
 
-        # The launcher ignores SIGTERM and we inherit that; until the training loop
-        # handles it (and saves), SIGTERM should stop this rank as usual.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        exit_with_parent()
-        train(config, require_checkpoint=args.resume)
+        try:
+            train(config, require_checkpoint=args.resume)
+        finally:
+            preemption.stop_listening()
         return 0
     from pretrain.submit import run_here
 
@@ -330,6 +345,7 @@ def cmd_submit(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    from pretrain.config import load_config
     from pretrain.job_status import jobs_command
 
     jobs_dir = args.jobs_dir or Path(load_config(args.config).launch.jobs_dir)
@@ -443,20 +459,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    launching = args.command in ("train", "submit") and not _in_launched_rank()
+    if launching:
+        # First, before the slow imports: a SIGTERM or Ctrl-C from now on stops the job cleanly.
+        signals.watch()
     try:
-        if args.command == "model":  # about a preset, not a job: no config
-            return cmd_model(args)
-        if args.command == "attention":  # about a trained model: no config either
-            return cmd_attention(args)
-        if args.command == "runs":  # about a run folder: its own config.yaml
-            return cmd_runs(args)
-        if args.command == "jobs":  # about recorded jobs
-            return cmd_jobs(args)
-        config = load_config(args.config, args.overrides)
-        return COMMANDS[args.command](args, config)
+        return run_command(args)
     except (PretrainError, DataError, LaunchError) as err:
-        print(f"pretrain {args.command}: error: {err}", file=sys.stderr)
+        if not getattr(err, "every_rank", False) or os.environ.get("RANK", "0") == "0":
+            print(f"pretrain {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"pretrain {args.command}: interrupted", file=sys.stderr)
+        return signals.INTERRUPTED
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"pretrain {args.command}: error: no space left on device{where}; free some space", file=sys.stderr)
+        return 1
+    finally:
+        if launching:
+            signals.unwatch()
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from pretrain.config import load_config
+
+    if args.command == "model":  # about a preset, not a job: no config
+        return cmd_model(args)
+    if args.command == "attention":  # about a trained model: no config either
+        return cmd_attention(args)
+    if args.command == "runs":  # about a run folder: its own config.yaml
+        return cmd_runs(args)
+    if args.command == "jobs":  # about recorded jobs
+        return cmd_jobs(args)
+    config = load_config(args.config, args.overrides)
+    return COMMANDS[args.command](args, config)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from model import GPTConfig
 from pretrain.errors import ConfigError, PretrainError
 from pretrain.hf_config import folder_model_config
 from pretrain.presets import read_model_preset
+from pretrain.secrets import redact
 
 SQLITE = "sqlite:///"
 
@@ -172,10 +173,15 @@ class Config(Section):
         return Path(self.checkpoint.root) / self.tracking.run_name
 
     def to_dict(self) -> dict[str, Any]:
+        """Every value, secrets included: for this process only, never to be written anywhere."""
         return self.model_dump(mode="json")
 
+    def to_public_dict(self) -> dict[str, Any]:
+        """What may be written, logged and printed: every value, secrets replaced (pretrain/secrets.py)."""
+        return redact(self.to_dict())
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.safe_dump(self.to_public_dict(), sort_keys=False)
 
 
 def consistency_problems(config: Config) -> list[str]:
@@ -364,7 +370,13 @@ def _apply_override(raw: dict, override: str) -> None:
             raise ConfigError(f"override {override!r}: {part} is not a section")
     # Lists and mappings are parsed as YAML; scalars stay text and the schema
     # converts them, so `run_name=123` stays a name and `lr=3e-4` a float.
-    parsed = yaml.safe_load(text) if text.strip() else text
+    try:
+        parsed = yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError as err:  # malformed, or a tag such as !!python/object that safe_load refuses
+        problem = str(getattr(err, "problem", None) or err).splitlines()[0]
+        raise ConfigError(
+            f"override {key}: its value is not valid YAML ({problem}); quote it to pass it as text, e.g. {key}='...'"
+        ) from None
     node[leaf] = parsed if isinstance(parsed, (list, dict)) or parsed is None else text
 
 

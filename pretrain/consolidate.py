@@ -20,6 +20,7 @@ a checkpoint of any number of ranks is exported by one process.
 from __future__ import annotations
 
 import contextlib
+import pickle
 import re
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from model import GPT, GPTConfig
+from pretrain.checkpoint_files import first_refused_file, load_torch_file, one_line, weights_only_loads
 from pretrain.errors import CheckpointError
 
 TP_RANK = re.compile(r"mp_rank_(\d+)_(model|optim)_states\.pt$")
@@ -49,7 +51,7 @@ def tensor_parallel_rank_state(folder: Path, files: list[Path], rank: int) -> di
     if not any(f.name.endswith("_optim_states.pt") for f in own):
         # ZeRO 0 without mixed precision: the module's weights are the fp32 masters, whole on every data-parallel rank.
         model_states = next(f for f in own if f.name.endswith("_model_states.pt"))
-        module = torch.load(model_states, map_location="cpu", weights_only=False)["module"]
+        module = load_torch_file(model_states)["module"]
         return {name: tensor.float() for name, tensor in module.items()}
     with tempfile.TemporaryDirectory() as scratch:
         view = Path(scratch) / folder.name
@@ -62,12 +64,16 @@ def tensor_parallel_rank_state(folder: Path, files: list[Path], rank: int) -> di
         with contextlib.redirect_stdout(sys.stderr):
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+            # DeepSpeed's reader asks torch.load for weights_only=False: made weights_only here.
             try:
-                return get_fp32_state_dict_from_zero_checkpoint(scratch, tag=folder.name)
+                with weights_only_loads():
+                    return get_fp32_state_dict_from_zero_checkpoint(scratch, tag=folder.name)
             except (FileNotFoundError, ValueError) as err:
                 raise CheckpointError(
                     f"{folder}: the ZeRO shards of tensor-parallel rank {rank} are not whole: {err}"
                 ) from None
+            except (pickle.UnpicklingError, RuntimeError) as err:
+                raise CheckpointError(first_refused_file(own) or f"{folder}: {one_line(err)}") from None
 
 
 def join_tensor_parallel_shards(

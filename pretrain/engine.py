@@ -6,28 +6,52 @@ tests build exactly the engine `pretrain train` builds.
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
 import warnings
 
 import deepspeed
 import torch
 import torch.distributed as dist
+from deepspeed import comm as ds_comm
 from deepspeed.utils import groups
 
+from launch.stores import bound_store, client_store
 from model import GPT
+from pretrain.checkpoint_engine import VerifiedCheckpointEngine
 from pretrain.config import Config
 from pretrain.deepspeed_config import deepspeed_config
 from pretrain.optim import AdamW, lr_multiplier, param_groups
 
 # DeepSpeed's ZeRO calls a torch collective that torch has renamed; the warning says nothing to our users.
 warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
+# How long the ranks wait for each other to join: a job's ranks may start minutes apart on a busy cluster.
+STORE_TIMEOUT = datetime.timedelta(minutes=30)
 
 
 def init_distributed() -> None:
-    """Join the job's process group, set up by the launcher (torchrun) through the environment."""
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+    """Join the job's process group, as the launcher describes it in the environment.
+
+    Rank 0 serves the group's store at MASTER_ADDR alone (launch/stores.py):
+    127.0.0.1 for a job on one machine, not every interface. Under a
+    launcher that shares its own store with the ranks, or Ray Train (which
+    makes the group itself), there is nothing to serve.
+    """
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized() and "MASTER_ADDR" in os.environ and not _launcher_serves_the_store():
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+        serve = bound_store if rank == 0 else client_store
+        store = serve(host, port, world_size, STORE_TIMEOUT)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+    if not ds_comm.is_initialized():  # DeepSpeed's layer over the group: made from it when there is one
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def _launcher_serves_the_store() -> bool:
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
 
 
 def build_engine(config: Config, model: GPT):
@@ -47,6 +71,8 @@ def build_engine(config: Config, model: GPT):
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config.train)),
         config=deepspeed_config(config),
     )
+    # Every checkpoint file written through it is recorded with its checksum; every one read is loaded weights_only.
+    engine.checkpoint_engine = VerifiedCheckpointEngine()
     return engine
 
 

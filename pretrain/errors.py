@@ -13,6 +13,10 @@ class CheckpointError(PretrainError):
     """A checkpoint is missing, incomplete or does not match the run."""
 
 
+class CheckpointRefused(CheckpointError):
+    """A checkpoint file would run code when loaded: tampered with, not damaged, so no other checkpoint is tried."""
+
+
 class ExportError(PretrainError):
     """A model cannot be exported to (or imported from) another format, such as Hugging Face's."""
 
@@ -23,3 +27,9 @@ class TrackingError(PretrainError):
 
 class TrainingError(PretrainError):
     """Training cannot go on, for example after too many steps with a non-finite loss."""
+
+
+def on_every_rank(err: Exception) -> Exception:
+    """Mark an error that every rank of a job raises alike, having agreed on it: only rank 0 reports it."""
+    err.every_rank = True
+    return err

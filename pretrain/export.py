@@ -3,19 +3,22 @@ or straight to a model in memory for `pretrain generate` and `pretrain attention
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import yaml
+from pydantic import ValidationError
 from tokenizers import Tokenizer
 
 from data_pipeline.shards import TOKENIZER_NAME
 from data_pipeline.tokenizer import load_tokenizer
 from model import GPT
 from pretrain import checkpoint
-from pretrain.config import Config, load_config
+from pretrain.checkpoint_files import load_torch_file, verify
+from pretrain.config import Config
 from pretrain.consolidate import consolidated_state_dict
-from pretrain.errors import CheckpointError, ExportError
+from pretrain.errors import CheckpointError, CheckpointRefused, ExportError
 from pretrain.hf_config import HF_CONFIG_NAME, TORCH_CONFIG_NAME, hf_architecture
 from pretrain.model_folder import load_model_folder, write_model_folder
 
@@ -37,7 +40,12 @@ class Checkpoint:
 
 
 def find_checkpoint(path: Path, tag: str | None = None) -> Checkpoint:
-    """The checkpoint at `path`: a run folder (its latest checkpoint, or `tag`), or a checkpoint folder in one."""
+    """The checkpoint at `path`, verified: a run folder (its latest checkpoint, or `tag`), or a checkpoint folder in one.
+
+    Its files are checked against the marker's checksums first. A damaged
+    latest checkpoint is named and the one before is used; a damaged
+    checkpoint asked for by tag is an error.
+    """
     run_dir = path
     if (path / checkpoint.COMPLETE).is_file() or path.name.startswith("step_"):  # <run>/checkpoints/step_N
         run_dir, tag = path.parent.parent, tag or path.name
@@ -45,18 +53,42 @@ def find_checkpoint(path: Path, tag: str | None = None) -> Checkpoint:
         run_dir = path.parent
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{path}: not a run folder (no config.yaml); pass the folder `pretrain train` printed")
-    tag = tag or checkpoint.latest_tag(run_dir)
-    folder = checkpoint.checkpoint_dir(run_dir) / (tag or "")
-    if tag is None or not (folder / checkpoint.COMPLETE).is_file():
+    tags = [tag] if tag else checkpoint.candidates(run_dir)
+    folder = checkpoint.checkpoint_dir(run_dir) / (tags[0] if tags else "")
+    if not tags or not (folder / checkpoint.COMPLETE).is_file():
         complete = ", ".join(checkpoint.complete_tags(checkpoint.checkpoint_dir(run_dir))) or "none"
         raise CheckpointError(
             f"{checkpoint.checkpoint_dir(run_dir)}: no complete checkpoint {tag or ''} (complete ones: {complete})"
         )
-    state = client_state(folder)
+    for index, candidate in enumerate(tags):
+        try:
+            marker = verify(checkpoint.checkpoint_dir(run_dir) / candidate)
+        except CheckpointRefused:
+            raise  # tampered with: no checkpoint of this folder is to be trusted
+        except CheckpointError as err:
+            if index + 1 == len(tags):
+                raise
+            print(f"checkpoint {candidate} is damaged, so the one before is used: {err}", file=sys.stderr)
+            continue
+        return checkpoint_of(run_dir, candidate, marker)
+    raise AssertionError("unreachable: the last candidate raises")
+
+
+def checkpoint_of(run_dir: Path, tag: str, marker: dict) -> Checkpoint:
+    """What a verified checkpoint is: from its marker, or (saved before markers held it) its client state."""
+    folder = checkpoint.checkpoint_dir(run_dir) / tag
+    state = marker if marker["files"] is not None else client_state(folder)
+    saved = state.get("config") or yaml.safe_load((run_dir / "config.yaml").read_text())
+    try:
+        config = Config.model_validate(saved)
+    except ValidationError as err:
+        raise CheckpointError(
+            f"{folder}: the config it was saved with does not load ({err.error_count()} errors)"
+        ) from None
     return Checkpoint(
         run_dir=run_dir,
         tag=tag,
-        config=load_config(run_dir / "config.yaml"),
+        config=config,
         step=state["step"],
         tokens_seen=state["tokens_seen"],
         mlflow_run_id=state.get("mlflow_run_id"),
@@ -69,7 +101,7 @@ def client_state(folder: Path) -> dict:
     if not rank_zero:
         raise CheckpointError(f"{folder}: no model states of rank 0 (mp_rank_00_model_states.pt)")
     # mmap: only the small client state is read, not the module's weights beside it.
-    return torch.load(rank_zero[0], map_location="cpu", weights_only=False, mmap=True)
+    return load_torch_file(rank_zero[0], mmap=True)
 
 
 def load_checkpoint_model(path: Path, tag: str | None = None) -> tuple[GPT, Checkpoint]:

@@ -8,8 +8,11 @@ left is the steps still to run at the recent pace.
 from __future__ import annotations
 
 import math
+import resource
 import statistics
 from collections import deque
+
+import torch
 
 from pretrain.model_info import mfu
 
@@ -72,3 +75,13 @@ def format_duration(seconds: float) -> str:
 def perplexity(loss: float) -> float:
     """exp(mean cross-entropy): the number of tokens the model is as unsure as choosing among."""
     return math.exp(min(loss, 700.0))  # exp overflows a float beyond about 709
+
+
+def memory_metrics() -> dict[str, float]:
+    """Peak memory since the last log: the GPU's allocator, or this process's resident set on CPU."""
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+        return {"memory_peak_gb": peak, "memory_reserved_gb": torch.cuda.memory_reserved() / 2**30}
+    # ru_maxrss is in KiB on Linux: the peak over the process's life.
+    return {"memory_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}

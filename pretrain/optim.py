@@ -71,3 +71,24 @@ def lr_multiplier(train: TrainConfig) -> Callable[[int], float]:
         return floor + (1 - floor) * (1 - progress)
 
     return multiplier
+
+
+def apply_settings(engine, train: TrainConfig) -> None:
+    """After a checkpoint has loaded: this config's schedule and optimizer settings, at the step reached.
+
+    Loading restores the optimizer's hyperparameters and the schedule's base
+    learning rate as they were saved; a resumed run is to take the ones it
+    is given now (pretrain/resume.py). The schedule's function is already
+    this config's (LambdaLR keeps functions out of its state), so only its
+    base rate and the rate of the current step are set anew. The groups are
+    in the order `param_groups` made them: with weight decay, then without.
+    """
+    scheduler, optimizer = engine.lr_scheduler, engine.optimizer
+    scheduler.base_lrs = [train.lr] * len(scheduler.base_lrs)
+    lr = train.lr * lr_multiplier(train)(scheduler.last_epoch)
+    scheduler._last_lr = [lr] * len(scheduler.base_lrs)
+    for index, group in enumerate(optimizer.param_groups):
+        group.update(lr=lr, initial_lr=train.lr, betas=(train.beta1, train.beta2))
+        group["weight_decay"] = train.weight_decay if index == 0 else 0.0
+    if hasattr(optimizer, "clip_grad"):  # ZeRO's optimizers restore the clipping they were saved with
+        optimizer.clip_grad = train.grad_clip

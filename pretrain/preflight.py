@@ -13,9 +13,9 @@ from data_pipeline.errors import DataError
 from data_pipeline.loader import TokenSequences, check_mixture
 from data_pipeline.shards import TOKENIZER_NAME, read_manifest
 from data_pipeline.tokenizer import file_sha256, load_tokenizer
-from pretrain.checkpoint import resolve_resume
 from pretrain.config import Config
 from pretrain.errors import ConfigError
+from pretrain.resume import fixed_problems, resolve_resume, saved_run
 
 
 def check_job(config: Config, require_checkpoint: bool) -> tuple[dict, bool]:
@@ -24,6 +24,8 @@ def check_job(config: Config, require_checkpoint: bool) -> tuple[dict, bool]:
     manifest = read_manifest(Path(config.data.output_dir))
     if config.train.init_from:
         check_init_from_tokenizer(config)
+    if resume:
+        check_resume(config, manifest)
     vocab = manifest["tokenizer"]["vocab_size"]
     if config.model.vocab_size < vocab:
         raise ConfigError(
@@ -33,6 +35,19 @@ def check_job(config: Config, require_checkpoint: bool) -> tuple[dict, bool]:
     check_tokenizer(config, manifest)
     check_split_sizes(config, manifest)
     return manifest, resume
+
+
+def check_resume(config: Config, manifest: dict) -> None:
+    """What the checkpoint fixes is refused here, before any process starts, naming each setting."""
+    tag, saved = saved_run(config.run_dir)
+    fixed_problems(saved["config"], config, f"{config.run_dir} (checkpoint {tag})")
+    fingerprint = saved.get("data_fingerprint")
+    if fingerprint and fingerprint != manifest["fingerprint"]:
+        raise DataError(
+            f"{config.data.output_dir}: not the dataset checkpoint {tag} was trained on (fingerprint "
+            f"{manifest['fingerprint']}, the checkpoint's {fingerprint}): the data order would not continue; point "
+            f"data.output_dir at the run's dataset, or start a new run (another tracking.run_name)"
+        )
 
 
 def check_tokenizer(config: Config, manifest: dict) -> None:

@@ -11,12 +11,15 @@ data folder and `checkpoint.root` must be on storage every node sees.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pretrain.config import load_config
 
 
 def train_worker(loop_config: dict) -> None:
+    # Any torch.load in a rank, DeepSpeed's own included, rebuilds data only (pretrain/checkpoint_files.py).
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     from pretrain.train import train
 
     train(load_config(loop_config["config"]), require_checkpoint=loop_config["resume"])

@@ -3,26 +3,34 @@
 `pretrain train` runs this host's part of the job in the foreground (all of a
 one-node job). `pretrain submit` sends the job to `launch.target` and records
 it for `pretrain jobs`; its `--stage data` sends the data build instead.
-Either way the job runs the resolved config written to its run folder (or,
-for a data build, to the jobs folder), so every process, on every host, runs
-exactly what was validated here.
+Either way the job runs a resolved config written here (for the foreground
+ranks a temporary file, for a submitted job `<launch.jobs_dir>/<job>.yaml`),
+so every process, on every host, runs exactly what was validated here. The
+run folder is its rank 0's to write, holding the folder's lock
+(pretrain/run_folder.py): this command puts nothing there but a Slurm job's
+script, beside the log Slurm writes.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import shlex
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch import detached
+from data_pipeline.locks import FolderInUse, holder_if_locked
+from launch import detached, signals
 from launch.jobs import JobRecord, save_record
-from launch.local import NodeLayout, launcher_command, rank_environment, run_local, wait_passing_sigterm_to_ranks
+from launch.local import NodeLayout, launcher_command, rank_environment, run_local
 from pretrain.config import Config, save_config, with_absolute_paths
 from pretrain.errors import ConfigError, PretrainError
 from pretrain.preflight import check_job
+from pretrain.run_folder import SUMMARY_NAME, read_summary
+from pretrain.secrets import REDACTED, redact
 
 CLI_MODULE = "pretrain.cli"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -55,31 +63,47 @@ def node_layout(config: Config, node_rank: int) -> NodeLayout:
     )
 
 
-def prepare_training(config: Config, require_checkpoint: bool) -> tuple[Path, list[str]]:
-    """Check the job, write its resolved config; the `pretrain` arguments every rank runs."""
+def prepare_training(config: Config, require_checkpoint: bool, config_path: Path) -> list[str]:
+    """Check the job, write its resolved config to `config_path`; the `pretrain` arguments every rank runs."""
     _, resume = check_job(config, require_checkpoint)
     if resume:
         print(f"continuing {config.run_dir} from its latest checkpoint", flush=True)
-    resolved = save_config(config, config.run_dir / "config.yaml")
-    return resolved, ["train", "--config", str(resolved)] + (["--resume"] if resume else [])
+    save_config(config, config_path)
+    return ["train", "--config", str(config_path)] + (["--resume"] if resume else [])
+
+
+def check_run_folder_free(config: Config) -> None:
+    """A second run of one run folder fails here at once, not after its ranks have started (they would find out)."""
+    holder = holder_if_locked(config.run_dir)
+    if holder:
+        raise FolderInUse(
+            f"{config.run_dir} is in use by {holder}; one run at a time may write it: wait for that one to end, "
+            f"stop it, or choose another tracking.run_name"
+        )
 
 
 def run_here(config: Config, require_checkpoint: bool, node_rank: int = 0) -> int:
-    """This host's ranks, in the foreground; a SIGTERM to this process reaches them, and they save."""
+    """This host's ranks, in the foreground; SIGTERM and Ctrl-C reach them, and they save (launch/signals.py)."""
+    stops = signals.watch()
     layout = node_layout(config, node_rank)
-    _, rank_args = prepare_training(config, require_checkpoint)
-    process = run_local(layout, CLI_MODULE, rank_args, launcher=config.launch.launcher)
-    returncode = wait_passing_sigterm_to_ranks(process)
+    if node_rank == 0:
+        check_run_folder_free(config)
+    with tempfile.TemporaryDirectory(prefix="pretrain-") as scratch:
+        rank_args = prepare_training(config, require_checkpoint, Path(scratch) / "config.yaml")
+        if stops.stopped:
+            print("stopped on request before the job started; nothing to save", flush=True)
+            return stops.exit_code(0)
+        process = run_local(layout, CLI_MODULE, rank_args, launcher=config.launch.launcher)
+        returncode = stops.wait(process)
     if returncode != 0:
         raise PretrainError(f"the job failed (exit code {returncode}); the failing rank's error is printed above")
     if node_rank == 0:
         print_run_outputs(config)
-    return 0
+    return stops.exit_code(0)
 
 
 def print_run_outputs(config: Config) -> None:
-    summary_path = config.run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_summary(config.run_dir)
     if summary.get("steps") != config.train.max_steps:
         # Stopped by SIGTERM: the ranks saved a checkpoint and exited cleanly, so the job can be requeued.
         print(f"stopped before the end; run the same command again to continue (run folder {config.run_dir})")
@@ -116,6 +140,17 @@ def submit(config: Config, submission: Submission) -> int:
     return 0
 
 
+def refuse_redacted(variables: dict[str, str]) -> None:
+    """A config written by pretrain has its secrets redacted: submitting it again would pass the placeholder."""
+    for name, value in variables.items():
+        if value == REDACTED:
+            raise ConfigError(
+                f"launch.ray.env_vars.{name} is {REDACTED!r}: this config was written by pretrain, which removes "
+                f"secrets; pass the value from your shell with launch.ray.pass_env=[{name}] or from a file with "
+                f"launch.ray.env_file=PATH"
+            )
+
+
 def new_record(config: Config, target: str, stage: str, job_id: str, config_path: Path, **fields) -> JobRecord:
     return JobRecord(
         target=target,
@@ -137,16 +172,18 @@ def job_name(config: Config, stage: str) -> str:
 
 
 def stage_command(config: Config, submission: Submission, name: str) -> tuple[Path, list[str]]:
-    """The resolved config and the `pretrain` arguments of a data build, or of every training rank."""
+    """The resolved config (in the jobs folder) and the `pretrain` arguments of a data build, or of every rank."""
+    resolved = Path(config.launch.jobs_dir) / f"{name}.yaml"
     if submission.stage == "data":
-        resolved = save_config(config, Path(config.launch.jobs_dir) / f"{name}.yaml")
-        return resolved, ["data", "build", "--config", str(resolved)]
-    return prepare_training(config, submission.require_checkpoint)
+        return save_config(config, resolved), ["data", "build", "--config", str(resolved)]
+    return resolved, prepare_training(config, submission.require_checkpoint, resolved)
 
 
 def submit_detached(config: Config, submission: Submission) -> JobRecord:
     """This machine's ranks, under a supervisor that outlives this command (launch/detached.py)."""
     job_id = job_name(config, submission.stage)
+    if submission.stage == "train":
+        check_run_folder_free(config)
     config_path, args = stage_command(config, submission, job_id)
     if submission.stage == "train":
         command = launcher_command(node_layout(config, 0), CLI_MODULE, args, config.launch.launcher)
@@ -186,13 +223,14 @@ def submit_slurm(config: Config, submission: Submission) -> JobRecord | None:
         nnodes=config.launch.nnodes if train else 1,
         log_file=str(folder / "slurm-%j.out"),
         node_command=node_command,
-        finished_marker=config.run_dir / "summary.json" if train else None,
+        finished_marker=config.run_dir / SUMMARY_NAME if train else None,
     )
     script = slurm.render_script(settings, job)
     if submission.dry_run:
         print(script, end="")
         return None
     slurm.check_partition(settings)
+    folder.mkdir(parents=True, exist_ok=True)
     script_path = folder / f"{name}.sbatch"
     script_path.write_text(script)
     job_id = slurm.submit(script_path)
@@ -207,6 +245,8 @@ def submit_ray(config: Config, submission: Submission) -> JobRecord | None:
 
     settings = config.launch.ray
     address = ray_jobs.resolve_address(settings.address)
+    variables = ray_jobs.job_environment(settings.env_vars, settings.pass_env, settings.env_file, os.environ)
+    refuse_redacted(variables)
     job_id = f"pretrain-{job_name(config, submission.stage)}"
     config_path, args = stage_command(config, submission, job_id)
     # Training runs as a Ray Train TorchTrainer (pretrain/ray_train.py); a data build is Ray Data on the cluster.
@@ -216,15 +256,11 @@ def submit_ray(config: Config, submission: Submission) -> JobRecord | None:
         "working_dir": str(PROJECT_ROOT),
         "excludes": settings.excludes,
         # Ray Train would copy every line a worker prints to stderr too: the job's log would hold each twice.
-        "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"} | settings.env_vars | {JOB_ID_VARIABLE: f"ray:{job_id}"},
+        "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"} | variables | {JOB_ID_VARIABLE: f"ray:{job_id}"},
     }
     if submission.dry_run:
-        print(
-            json.dumps(
-                {"address": address, "submission_id": job_id, "entrypoint": entrypoint, "runtime_env": runtime_env},
-                indent=2,
-            )
-        )
+        shown = {"address": address, "submission_id": job_id, "entrypoint": entrypoint, "runtime_env": runtime_env}
+        print(json.dumps(redact(shown), indent=2))
         return None
     ray_jobs.submit(address, entrypoint, job_id, runtime_env)
     return new_record(config, "ray", submission.stage, job_id, config_path, details={"address": address})

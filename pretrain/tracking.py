@@ -39,6 +39,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from data_pipeline.locks import FolderLock
 from pretrain.config import Config, load_config
 from pretrain.errors import TrackingError
 from pretrain.run_info import flatten, run_tags
@@ -97,7 +98,7 @@ class Tracker:
             "tags": run_tags(config),
         }
         # 6000 characters: the most MLflow keeps of a parameter's value.
-        self.params = {key: value[:6000] for key, value in flatten(config.to_dict()).items()}
+        self.params = {key: value[:6000] for key, value in flatten(config.to_public_dict()).items()}
         self._lock = threading.Lock()  # the system-metrics thread logs too
         self._metrics: list[Metric] = []
         self._tags: list[RunTag] = []
@@ -323,7 +324,17 @@ def refusal(uri: str, err: BaseException) -> TrackingError:
 
 
 def sync_run_dir(run_dir: Path, uri: str | None = None) -> tuple[SyncReport, str]:
-    """Send a run folder's spool to MLflow at `uri`, or at the run's own tracking.uri (its config.yaml)."""
+    """Send a run folder's spool to MLflow at `uri`, or at the run's own tracking.uri (its config.yaml).
+
+    It holds the run folder's lock meanwhile: neither a training run nor a second sync may write the spool.
+    """
+    if not run_dir.is_dir():
+        raise TrackingError(f"{run_dir}: no such run folder; pass the folder `pretrain train` printed")
+    with FolderLock(run_dir, "pretrain runs sync"):
+        return _sync_run_dir(run_dir, uri)
+
+
+def _sync_run_dir(run_dir: Path, uri: str | None) -> tuple[SyncReport, str]:
     spool = Spool(run_dir / SPOOL_NAME)
     if not spool.exists():
         raise TrackingError(

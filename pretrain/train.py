@@ -8,9 +8,7 @@ single process). Rank 0 alone prints and talks to MLflow; collective calls
 from __future__ import annotations
 
 import functools
-import json
-import resource
-import shutil
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,23 +17,27 @@ import torch
 import torch.distributed as dist
 
 from data_pipeline.loader import BatchLoader
+from data_pipeline.locks import FolderInUse, FolderLock
 from data_pipeline.shards import MANIFEST_NAME, TOKENIZER_NAME
 from data_pipeline.tokenizer import load_tokenizer
 from model import GPT
-from pretrain import checkpoint, periodic_export
-from pretrain.config import Config, save_config
+from pretrain import checkpoint, periodic_export, run_folder
+from pretrain.config import Config
 from pretrain.console import Console
 from pretrain.deepspeed_config import deepspeed_config
 from pretrain.engine import build_engine, init_distributed
-from pretrain.errors import ConfigError, TrainingError
+from pretrain.errors import ConfigError, TrainingError, on_every_rank
 from pretrain.generate import generate_text, generate_texts
-from pretrain.metrics import IntervalMeter, format_duration, perplexity
+from pretrain.metrics import IntervalMeter, memory_metrics, perplexity
 from pretrain.model_folder import folder_state_dict
 from pretrain.model_info import model_cost
+from pretrain.optim import apply_settings
 from pretrain.preemption import PreemptionWatch
 from pretrain.preflight import check_job
+from pretrain.resume import describe_changes, reported_changes
 from pretrain.stability import NonFiniteSteps
 from pretrain.tracking import Tracker
+from pretrain.train_data import make_loaders, verify_shards_together
 
 
 @dataclass
@@ -44,15 +46,17 @@ class Progress:
     tokens_seen: int = 0
     train_loss: float = float("nan")
     val_loss: float = float("nan")
+    resumed_at: int | None = None  # the step of the checkpoint this run continued from
 
 
 def check_world_size(config: Config) -> None:
     world_size = dist.get_world_size()
     if world_size != config.world_size:
-        raise ConfigError(
+        message = (
             f"launch.nproc_per_node x launch.nnodes = {config.world_size}, but the job has {world_size} "
             f"processes; start it with `pretrain train`, which launches the right number"
         )
+        raise on_every_rank(ConfigError(message))
 
 
 def mean_over_ranks(value: torch.Tensor) -> float:
@@ -80,11 +84,44 @@ def to_device(batch, device: torch.device) -> tuple[torch.Tensor, ...]:
 
 
 def train(config: Config, require_checkpoint: bool = False) -> Progress:
-    """Train this rank's part of the job; continue from the run folder's latest checkpoint if it holds one."""
+    """Train this rank's part of the job; continue from the run folder's latest intact checkpoint if it holds one."""
     manifest, resume = check_job(config, require_checkpoint)
-    data_dir = Path(config.data.output_dir)
     init_distributed()
     check_world_size(config)
+    preemption = PreemptionWatch()
+    lock = hold_run_folder(config)
+    try:
+        progress = run_job(config, manifest, resume, preemption)
+    finally:
+        if lock:
+            lock.release()
+    # Leave together: a rank that exits while others still use the process
+    # group can abort in the communication library's teardown.
+    dist.barrier()
+    dist.destroy_process_group()
+    return progress
+
+
+def hold_run_folder(config: Config) -> FolderLock | None:
+    """Rank 0 takes the run folder's lock; every rank learns whether it could (a collective call)."""
+    lock, refusal = None, [None]
+    if dist.get_rank() == 0:
+        try:
+            lock = run_folder.lock(config.run_dir, f"pretrain train ({config.world_size} ranks)")
+        except FolderInUse as err:
+            refusal = [str(err)]
+    dist.broadcast_object_list(refusal, src=0)
+    if refusal[0]:
+        raise on_every_rank(FolderInUse(refusal[0]))
+    return lock
+
+
+def run_job(config: Config, manifest: dict, resume: bool, preemption: PreemptionWatch) -> Progress:
+    """Verify the data, build the engine, restore the checkpoint, then train (or finish) and report."""
+    data_dir, rank_zero, progress = Path(config.data.output_dir), dist.get_rank() == 0, Progress()
+    verify_shards_together(data_dir, manifest)
+    if stopped_before_training(preemption, rank_zero):
+        return progress
     torch.manual_seed(config.train.seed)  # every rank starts from the same weights
     model = GPT(config.model)
     if config.train.init_from and not resume:
@@ -94,33 +131,50 @@ def train(config: Config, require_checkpoint: bool = False) -> Progress:
     if compiles(config):
         engine.compile()
     loader, val = make_loaders(config, manifest)
-    progress, run_id = Progress(), None
-    if resume:
-        state = checkpoint.load(engine, config.run_dir)
-        loader.load_state_dict(state["loader"])
-        progress.step, progress.tokens_seen, run_id = state["step"], state["tokens_seen"], state["mlflow_run_id"]
-        if dist.get_rank() == 0:
-            # It told of an earlier end (train.max_steps has been raised since); it is written again at the new one.
-            (config.run_dir / "summary.json").unlink(missing_ok=True)
-    tracker = start_tracking(config, data_dir, loader, run_id) if dist.get_rank() == 0 else None
-    preemption = PreemptionWatch()
+    run_id, saved_config = restore(config, engine, loader, progress) if resume else (None, None)
+    if stopped_before_training(preemption, rank_zero):
+        return progress
+    tracker = start_tracking(config, data_dir, loader, run_id, progress, saved_config) if rank_zero else None
     try:
-        completed = run_loop(config, engine, loader, val, progress, tracker, preemption)
-        if completed:
-            finish(config, engine, loader, progress, tracker, manifest)
+        if run_loop(config, engine, loader, val, progress, tracker, preemption):
+            finish(config, engine, loader, val, progress, tracker, manifest)
         elif tracker:
             tracker.finish("KILLED")
     except BaseException:
         if tracker:
             tracker.finish("FAILED")
         raise
-    finally:
-        preemption.close()
-    # Leave together: a rank that exits while others still use the process
-    # group can abort in the communication library's teardown.
-    dist.barrier()
-    dist.destroy_process_group()
     return progress
+
+
+def stopped_before_training(preemption: PreemptionWatch, rank_zero: bool) -> bool:
+    """Whether a stop was asked for during start-up (a collective call): nothing was trained, nothing to save."""
+    if not preemption.requested():
+        return False
+    if rank_zero:
+        print("stopped on request before training began; nothing new to save", flush=True)
+    return True
+
+
+def restore(config: Config, engine, loader: BatchLoader, progress: Progress) -> tuple[str | None, dict]:
+    """Load the newest intact checkpoint into the engine and the loader; return its MLflow run and config.
+
+    The optimizer and schedule then take this config's settings (pretrain/resume.py).
+    """
+    _, state = checkpoint.load(engine, config.run_dir, print if dist.get_rank() == 0 else None)
+    loader.load_state_dict(state["loader"])
+    progress.step, progress.tokens_seen = state["step"], state["tokens_seen"]
+    progress.train_loss, progress.val_loss = known(state.get("train_loss")), known(state.get("val_loss"))
+    progress.resumed_at = progress.step
+    apply_settings(engine, config.train)
+    if dist.get_rank() == 0 and progress.step < config.train.max_steps:
+        # It told of an earlier end (train.max_steps has been raised since); it is written again at the new one.
+        (config.run_dir / run_folder.SUMMARY_NAME).unlink(missing_ok=True)
+    return state["mlflow_run_id"], state["config"]
+
+
+def known(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def compiles(config: Config) -> bool:
@@ -128,65 +182,32 @@ def compiles(config: Config) -> bool:
     return torch.cuda.is_available() if config.train.compile is None else config.train.compile
 
 
-def make_loaders(config: Config, manifest: dict) -> tuple[BatchLoader, BatchLoader]:
-    """This rank's training and validation loaders.
+def start_tracking(
+    config: Config, data_dir: Path, loader: BatchLoader, run_id: str | None, progress: Progress, saved: dict | None
+) -> Tracker:
+    """Start (or, with `run_id`, continue) the MLflow run; write the run folder's files and log what defines it.
 
-    DeepSpeed lays ranks out as a (data-parallel, tensor-parallel) mesh: the
-    ranks of one tensor-parallel group are consecutive and read the same batch.
+    config.yaml is written here, once the checkpoint has loaded; a resume
+    that changed settings says so, in the console and as a tag of the run.
     """
-    data_dir, train = Path(config.data.output_dir), config.train
-    dp_rank = dist.get_rank() // config.parallel.tensor_parallel_size
-    common = {"manifest": manifest, "document_ids": train.document_masking}
-    loader = BatchLoader(
-        data_dir,
-        "train",
-        train.seq_len,
-        train.micro_batch_size,
-        config.grad_accum_steps,
-        dp_rank,
-        config.dp_size,
-        train.seed,
-        mixture=train.mixture,
-        **common,
-    )
-    val = BatchLoader(
-        data_dir,
-        "val",
-        train.seq_len,
-        train.micro_batch_size,
-        train.eval_batches,
-        dp_rank,
-        config.dp_size,
-        train.seed,
-        **common,
-    )
-    return loader, val
-
-
-def write_run_files(config: Config, data_dir: Path) -> list[Path]:
-    """The run folder's record of what ran: the resolved config, the DeepSpeed JSON and the tokenizer."""
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ds_path = run_dir / "deepspeed_config.json"
-    ds_path.write_text(json.dumps(deepspeed_config(config), indent=2) + "\n")
-    # The run folder carries its tokenizer, so export does not depend on the data folder.
-    tokenizer_path = shutil.copyfile(data_dir / TOKENIZER_NAME, run_dir / TOKENIZER_NAME)
-    return [save_config(config, run_dir / "config.yaml"), ds_path, tokenizer_path]
-
-
-def start_tracking(config: Config, data_dir: Path, loader: BatchLoader, run_id: str | None) -> Tracker:
-    """Start (or, with `run_id`, continue) the MLflow run and log what defines it."""
     tracker = Tracker(config, run_id)
-    for path in [*write_run_files(config, data_dir), data_dir / MANIFEST_NAME]:
+    files = run_folder.write_run_files(config, data_dir, deepspeed_config(config), progress.resumed_at)
+    for path in [*files, data_dir / MANIFEST_NAME]:
         tracker.log_artifact(path)
     # What the loader makes of the dataset at this sequence length: only shard tails are left out.
-    tracker.set_tags(
-        {
-            "data.fingerprint": loader.fingerprint,
-            "data.train_sequences": sum(len(group) for group in loader.groups),
-            "data.dropped_tokens": loader.dropped_tokens,
-        }
-    )
+    tags = {
+        "data.fingerprint": loader.fingerprint,
+        "data.train_sequences": sum(len(group) for group in loader.groups),
+        "data.dropped_tokens": loader.dropped_tokens,
+    }
+    changes = reported_changes(saved, config) if saved is not None else []
+    if changes:
+        described = describe_changes(changes)
+        print(f"continuing at step {progress.step} with changed settings: {described}", flush=True)
+        tags[f"config.changed_at_step_{progress.step}"] = described[:5000]
+        for path in sorted((config.run_dir / run_folder.CONFIG_HISTORY).glob("*.yaml")):
+            tracker.log_artifact(path, run_folder.CONFIG_HISTORY)
+    tracker.set_tags(tags)
     return tracker
 
 
@@ -263,16 +284,6 @@ def validates_at(config: Config, step: int) -> bool:
     return step % config.train.eval_interval == 0 or step == config.train.max_steps
 
 
-def memory_metrics() -> dict[str, float]:
-    """Peak memory since the last log: the GPU's allocator, or this process's resident set on CPU."""
-    if torch.cuda.is_available():
-        peak = torch.cuda.max_memory_allocated() / 2**30
-        torch.cuda.reset_peak_memory_stats()
-        return {"memory_peak_gb": peak, "memory_reserved_gb": torch.cuda.memory_reserved() / 2**30}
-    # ru_maxrss is in KiB on Linux: the peak over the process's life.
-    return {"memory_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-
-
 def stop_if_diverged(config: Config, engine, loader, progress: Progress, tracker, nonfinite: NonFiniteSteps) -> None:
     """After too many consecutive skipped steps, save the (untouched) weights and stop with an error."""
     if not nonfinite.exhausted:
@@ -313,31 +324,23 @@ def report(progress: Progress, metrics: dict, tracker, console: Console | None) 
         return
     tracker.log_metrics(metrics, progress.step)
     tracker.flush()
-    parts = [f"step {progress.step:>6}/{console.max_steps}"]
-    if "loss" in metrics:
-        parts += [f"loss {metrics['loss']:.4f}", f"lr {metrics['lr']:.2e}", f"{metrics['tokens_per_s']:,.0f} tok/s"]
-        if "mfu" in metrics:
-            parts.append(f"MFU {metrics['mfu']:.1%}")
-        parts.append(f"ETA {format_duration(metrics['eta_s'])}")
-        if metrics["skipped_steps"]:
-            parts.append(f"skipped {metrics['skipped_steps']}")
-    if "val_loss" in metrics:
-        parts.append(f"val_loss {metrics['val_loss']:.4f} (ppl {metrics['val_perplexity']:.1f})")
-    console.line(" | ".join(parts))
-    if "loss_spike" in metrics:
-        console.line(f"loss spike at step {progress.step}: {metrics['loss_spike']:.1f}x the recent median")
+    console.report(progress.step, metrics)
 
 
 def save_checkpoint(config: Config, engine, loader: BatchLoader, progress: Progress, tracker) -> Path:
-    client_state = {
+    """Save every rank's state; the marker holds what export and resume read without loading the files."""
+    info = {
         "step": progress.step,
         "tokens_seen": progress.tokens_seen,
-        "loader": loader.state_dict(),
-        "config": config.to_dict(),
+        "config": config.to_public_dict(),
         "data_fingerprint": loader.fingerprint,
         "mlflow_run_id": tracker.run_id if tracker else None,
+        # What a run finished from here reports (its summary), should its finish be cut short.
+        "train_loss": None if math.isnan(progress.train_loss) else progress.train_loss,
+        "val_loss": None if math.isnan(progress.val_loss) else progress.val_loss,
     }
-    return checkpoint.save(engine, config.run_dir, progress.step, client_state, config.checkpoint.keep_last)
+    client_state = info | {"loader": loader.state_dict()}
+    return checkpoint.save(engine, config.run_dir, progress.step, client_state, info, config.checkpoint.keep_last)
 
 
 def export_if_due(config: Config, progress: Progress, say) -> None:
@@ -351,9 +354,19 @@ def export_if_due(config: Config, progress: Progress, say) -> None:
     say(periodic_export.export_saved_checkpoint(config, progress.step, val_loss))
 
 
-def finish(config: Config, engine, loader: BatchLoader, progress: Progress, tracker, manifest: dict) -> None:
-    saved = save_checkpoint(config, engine, loader, progress, tracker)
-    export_if_due(config, progress, print if tracker else None)
+def finish(config: Config, engine, loader, val, progress: Progress, tracker, manifest: dict) -> None:
+    """The end of a run: the last checkpoint, the sample, the summary; MLflow's run FINISHED.
+
+    A run resumed at its last step (its finish was cut short before) saves
+    nothing anew: it makes what the cut-short one did not.
+    """
+    if progress.resumed_at == progress.step:
+        saved = checkpoint.checkpoint_dir(config.run_dir) / checkpoint.tag_for(progress.step)
+        if math.isnan(progress.val_loss):
+            progress.val_loss = evaluate(engine, val)
+    else:
+        saved = save_checkpoint(config, engine, loader, progress, tracker)
+        export_if_due(config, progress, print if tracker else None)
     tokenizer = dataset_tokenizer(config.data.output_dir)
     # Every rank generates: under ZeRO-3 the forward pass gathers weights collectively.
     with torch.compiler.set_stance("force_eager"):
@@ -372,8 +385,7 @@ def finish(config: Config, engine, loader: BatchLoader, progress: Progress, trac
         "data_fingerprint": manifest["fingerprint"],
         "sample": sample,
     }
-    summary_path = config.run_dir / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    summary_path = run_folder.write_summary(config.run_dir, summary)
     tracker.log_text(sample, "samples/final.txt")
     tracker.log_artifact(summary_path)
     tracker.finish()

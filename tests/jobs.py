@@ -24,6 +24,16 @@ def pretrain(*args: str, cwd: Path, check: bool = True, env: dict | None = None)
     return result
 
 
+def read_until(process: subprocess.Popen, prefix: str) -> str:
+    """What a process started with its output piped has printed, up to the first line that starts with `prefix`."""
+    output = ""
+    for line in process.stdout:
+        output += line
+        if line.startswith(prefix):
+            return output
+    raise AssertionError(f"the run ended before printing {prefix!r}:\n{output[-3000:]}")
+
+
 def tiny_job_config(work: Path, data_dir: Path) -> list[str]:
     """The tiny config, with data, runs and the MLflow store in the test's folders."""
     return [

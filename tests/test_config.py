@@ -129,6 +129,19 @@ def test_bad_override_syntax():
     assert "write it as key.path=value" in error_of(overrides=["train.lr"])
 
 
+@pytest.mark.parametrize(
+    "override",
+    ["tracking.run_name=!!python/object/apply:os.system [touch pwned]", "train.mixture={web: [1, 2}"],
+    ids=["python-tag", "malformed"],
+)
+def test_an_override_that_is_not_valid_yaml_is_a_config_error_naming_it(tmp_path, override, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"override {key}: its value is not valid YAML \(.*\); quote it"):
+        load_config(overrides=[override])
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_override_into_a_value_is_refused():
     assert "train.lr = {'x': '1'}: Input should be a valid number" in error_of(overrides=["train.lr.x=1"])
     assert "override 'train.lr.x=1': lr is not a section" in error_of(CONFIGS / "demo.yaml", ["train.lr.x=1"])

@@ -19,6 +19,7 @@ from jobs import (
     TWO_RANKS_ZERO1,
     logged_metric,
     pretrain,
+    read_until,
     tiny_job_config,
     train_losses,
     validation_batches,
@@ -26,7 +27,10 @@ from jobs import (
 from mlflow import MlflowClient
 
 from pretrain.checkpoint import COMPLETE, checkpoint_dir, latest_tag
+from pretrain.checkpoint_files import load_torch_file
+from pretrain.config import load_config
 from pretrain.model_folder import load_model_folder
+from pretrain.optim import lr_multiplier
 
 pytestmark = pytest.mark.slow
 
@@ -181,13 +185,28 @@ def test_a_finished_run_is_not_overwritten(job):
     assert "this run already finished (checkpoint step_00000030, train.max_steps = 30)" in result.stderr
 
 
-def test_resume_continues_the_same_mlflow_run(job):
+def test_resume_continues_the_same_mlflow_run_with_the_changed_learning_rate(job):
+    """What may change on resume takes effect: the schedule is rebuilt from the new rates at the step reached;
+    config.yaml is the new config, the old one kept beside it, and the MLflow run records the change."""
     _, before = mlflow_run(job)
-    pretrain("train", *job["config"], "--resume", "train.max_steps=40", cwd=job["work"])
+    changed = ["train.max_steps=40", "train.lr=1e-4", "train.min_lr=1e-5"]
+    resumed = pretrain("train", *job["config"], "--resume", *changed, cwd=job["work"])
+    assert (
+        "continuing at step 30 with changed settings: " in resumed.stdout
+        and "train.lr 0.002 -> 0.0001" in resumed.stdout
+    )
     client, after = mlflow_run(job)
     assert after.info.run_id == before.info.run_id
     steps = [m.step for m in client.get_metric_history(after.info.run_id, "loss")]
     assert max(steps) == 40 and steps.count(30) == 1
+    schedule = lr_multiplier(load_config(job["config"][1], [*job["config"][2:], *changed]).train)
+    lrs = {m.step: m.value for m in client.get_metric_history(after.info.run_id, "lr")}
+    assert [lrs[35], lrs[40]] == pytest.approx([1e-4 * schedule(35), 1e-4 * schedule(40)])
+    assert lrs[40] == pytest.approx(1e-5)
+    run_dir = job["work"] / "runs" / "tiny"
+    assert load_config(run_dir / "config.yaml").train.lr == 1e-4
+    assert load_config(run_dir / "config_history" / "config.until_step_00000030.yaml").train.lr == 2e-3
+    assert "train.lr 0.002 -> 0.0001" in after.data.tags["config.changed_at_step_30"]
 
 
 def train_layout(job, name: str, *layout: str) -> list[float]:
@@ -272,14 +291,14 @@ def test_bf16_autocast_trains_fp32_weights_with_bf16_matrix_products(job, two_ra
     run_dir = job["work"] / "runs" / "autocast"
     assert json.loads((run_dir / "deepspeed_config.json").read_text())["torch_autocast"]["enabled"]
     states = checkpoint_dir(run_dir) / latest_tag(run_dir) / "mp_rank_00_model_states.pt"
-    module = torch.load(states, weights_only=False)["module"]
+    module = load_torch_file(states)["module"]
     assert {tensor.dtype for tensor in module.values()} == {torch.float32}
 
 
 def test_tensor_parallel_checkpoints_hold_one_shard_per_tensor_parallel_rank(job):
     """Tensor parallelism really splits the projections: each model shard holds half of every head's matrix."""
     folder = checkpoint_dir(job["work"] / "runs" / "layout-4-1-2") / "step_00000010"
-    shards = [torch.load(folder / f"mp_rank_0{r}_model_states.pt", weights_only=False)["module"] for r in (0, 1)]
+    shards = [load_torch_file(folder / f"mp_rank_0{r}_model_states.pt")["module"] for r in (0, 1)]
     for name, column_parallel in [("self_attn.q_proj", True), ("mlp.up_proj", True), ("self_attn.o_proj", False)]:
         weights = [shard[f"layers.0.{name}.weight"] for shard in shards]
         full_shape = (64, 64) if "attn" in name else (256, 64)
@@ -373,15 +392,6 @@ def start_layout_run(job, name: str, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "pretrain.cli", "train", *job["config"], f"tracking.run_name={name}"]
     command += [*LAYOUT_RUN, *TWO_RANKS_ZERO1, *extra]
     return subprocess.Popen(command, cwd=job["work"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def read_until(process: subprocess.Popen, prefix: str) -> str:
-    output = ""
-    for line in process.stdout:
-        output += line
-        if line.startswith(prefix):
-            return output
-    raise AssertionError(f"the run ended before printing {prefix!r}:\n{output[-3000:]}")
 
 
 def test_a_run_killed_after_a_step_resumes_to_the_same_losses_bit_for_bit(job, two_rank_losses):

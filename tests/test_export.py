@@ -16,6 +16,7 @@ from safetensors import safe_open
 
 from data_pipeline.tokenizer import END_OF_TEXT, load_tokenizer
 from model import GPTConfig, generate
+from pretrain.checkpoint_files import load_torch_file
 from pretrain.cli import main
 from pretrain.config import load_config
 from pretrain.errors import CheckpointError, ConfigError, ExportError
@@ -311,7 +312,7 @@ def test_a_bf16_run_exports_its_fp32_master_weights(runs):
     pretrain("train", *options, "tracking.run_name=bf16", cwd=runs.work)
     run_dir = runs.work / "runs" / "bf16"
     model, found = load_checkpoint_model(run_dir)
-    module = torch.load(found.folder / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    module = load_torch_file(found.folder / "mp_rank_00_model_states.pt")["module"]
     exported = model.state_dict()
     assert all(bf16.dtype == torch.bfloat16 for bf16 in module.values())
     assert all(torch.equal(exported[name].to(torch.bfloat16), bf16) for name, bf16 in module.items())

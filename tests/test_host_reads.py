@@ -84,6 +84,7 @@ def test_no_host_reads_inside_a_training_step_and_the_loss_read_at_logs_only(tmp
         "outside /pretrain/train.py:mean_over_ranks cpu": 4,
         "outside /pretrain/train.py:mean_over_ranks item": 4,  # of the host copy
         "outside /pretrain/train.py:step_metrics __float__": 2,  # the gradient norm, at the logs
-        # Every step: whether a rank was sent SIGTERM. The flag is a host tensor on a gloo group: no device read.
-        "outside /pretrain/preemption.py:requested item": 6,
+        # Every step, and twice while the job starts: whether a rank was asked to stop. The flag is a host tensor
+        # on a gloo group: no device read.
+        "outside /pretrain/preemption.py:requested item": 6 + 2,
     }

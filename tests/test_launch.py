@@ -1,5 +1,6 @@
 """Launching without a cluster: the commands and scripts each target builds, job records, and the errors."""
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -18,11 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
 
-def test_one_node_uses_a_standalone_rendezvous_and_leaves_sigterm_to_the_ranks():
+def test_one_node_meets_on_loopback_and_leaves_sigterm_and_sigint_to_the_ranks():
     command = torchrun_command(NodeLayout(2), "pretrain.cli", ["train"])
-    assert "--standalone" in command and "--nproc-per-node=2" in command
-    # torchrun would kill the ranks on SIGTERM; it must not handle it (launcher_preexec ignores it)
-    assert "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT" in command
+    assert command[1:3] == ["-m", "launch.torchrun"] and "--nproc-per-node=2" in command
+    # launch/torchrun.py binds the rendezvous there, on a free port; the ranks' store is served from there too
+    for option in ("--rdzv-endpoint=127.0.0.1:0", "--rdzv-conf=is_host=true", "--local-addr=127.0.0.1"):
+        assert option in command
+    # torchrun would kill the ranks on SIGTERM and SIGINT; it must not handle them (launcher_preexec ignores them)
+    assert "--signals-to-handle=SIGHUP,SIGQUIT" in command
     assert command[-3:] == ["-m", "pretrain.cli", "train"]
 
 
@@ -30,10 +34,11 @@ def test_one_node_uses_a_standalone_rendezvous_and_leaves_sigterm_to_the_ranks()
 def test_several_nodes_meet_through_c10d_hosted_by_node_zero(node_rank, hosts):
     layout = NodeLayout(4, nnodes=2, node_rank=node_rank, rdzv_endpoint="10.0.0.1:29500", rdzv_id="run-a")
     command = torchrun_command(layout, "pretrain.cli", ["train"])
-    assert "--standalone" not in command
     for option in ("--nnodes=2", f"--node-rank={node_rank}", "--rdzv-backend=c10d", "--rdzv-id=run-a"):
         assert option in command
     assert "--rdzv-endpoint=10.0.0.1:29500" in command and f"--rdzv-conf=is_host={hosts}" in command
+    # node 0 serves the ranks' store at the address the user named for the rendezvous
+    assert ("--local-addr=10.0.0.1" in command) == (node_rank == 0)
 
 
 def test_the_deepspeed_launcher_takes_a_hostfile_for_several_nodes():
@@ -139,6 +144,7 @@ def test_submit_dry_run_prints_the_slurm_script_with_each_node_rank(tmp_path, ti
             "launch.nnodes=2",
             "train.micro_batch_size=4",
             f"checkpoint.root={tmp_path}",
+            f"launch.jobs_dir={tmp_path}/jobs",
             f"data.output_dir={tiny_data}",
             "launch.slurm.setup=[source .venv/bin/activate]",
         ]
@@ -146,7 +152,9 @@ def test_submit_dry_run_prints_the_slurm_script_with_each_node_rank(tmp_path, ti
     script = capsys.readouterr().out
     assert code == 0
     assert script.startswith("#!/bin/bash\n")
-    assert f"--config {tmp_path}/tiny/config.yaml" in script
+    # the job runs the resolved config written to the jobs folder; the run folder is its rank 0's to write
+    assert re.search(rf"--config {tmp_path}/jobs/tiny-\d{{8}}-\d{{6}}\.yaml", script)
+    assert not (tmp_path / "tiny").exists()
     assert '--node-rank="$SLURM_NODEID" launch.rdzv_endpoint="$PRETRAIN_RDZV_ENDPOINT"' in script
 
 

@@ -16,6 +16,7 @@ from conftest import free_port
 from jobs import ROOT, logged_metric, tiny_job_config
 
 from pretrain.checkpoint import checkpoint_dir
+from pretrain.checkpoint_files import load_torch_file
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +101,7 @@ def test_consecutive_nan_losses_stop_the_run_with_the_weights_from_before(tmp_pa
     folder = checkpoint_dir(tmp_path / "runs" / "nan-forever")
     assert sorted(p.name for p in folder.glob("step_*")) == [f"step_0000000{s}" for s in range(1, 7)]
     before, saved = (
-        torch.load(folder / tag / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+        load_torch_file(folder / tag / "mp_rank_00_model_states.pt")["module"]
         for tag in ("step_00000003", "step_00000006")
     )
     assert all(torch.equal(before[key], saved[key]) for key in before)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from jobs import LAYOUT_RUN, logged_metric, pretrain, tiny_job_config
 
@@ -48,8 +49,12 @@ def wait_for_state(work, job_id: str, states: tuple[str, ...], timeout_s: float 
 
 
 def test_two_nodes_meet_through_c10d_and_train_as_one_two_rank_job(work, two_rank_losses):
-    """Two launcher processes on 127.0.0.1, node ranks 0 and 1, one rank each: the 2-rank job's losses."""
-    endpoint = f"127.0.0.1:{free_port()}"
+    """Two launcher processes on this machine, node ranks 0 and 1, one rank each: the 2-rank job's losses.
+
+    The rendezvous is named at 127.0.0.2, another loopback address: node 0 serves the rendezvous and the
+    ranks' store there, and on no other address.
+    """
+    endpoint = f"127.0.0.2:{free_port()}"
     layout = [
         "launch.target=multinode",
         "launch.nnodes=2",
@@ -62,11 +67,29 @@ def test_two_nodes_meet_through_c10d_and_train_as_one_two_rank_job(work, two_ran
         subprocess.Popen([*command, f"--node-rank={rank}"], cwd=work["work"], stdout=subprocess.PIPE, text=True)
         for rank in (1, 0)  # the second host may come first: node 0 hosts the rendezvous whenever it arrives
     ]
+    node_zero = psutil.Process(nodes[1].pid)
+    deadline, rendezvous = time.time() + 300, set()
+    while nodes[1].poll() is None and time.time() < deadline and "127.0.0.2" not in rendezvous:
+        rendezvous = {
+            c.laddr.ip
+            for process in node_zero.children(recursive=True)
+            for c in connections(process)
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == int(endpoint.rpartition(":")[2])
+        }
+        time.sleep(0.2)
+    assert rendezvous == {"127.0.0.2"}  # the named address, not every interface
     outputs = [node.communicate(timeout=900)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert "final train loss" in outputs[1]  # node 0 reports the run
     losses = list(logged_metric(work["work"], "two-nodes").values())
     assert losses == pytest.approx(two_rank_losses, rel=1e-5)
+
+
+def connections(process: psutil.Process) -> list:
+    try:
+        return process.net_connections("inet")
+    except psutil.Error:
+        return []  # gone meanwhile
 
 
 def test_a_detached_local_job_is_followed_to_its_end_and_linked_to_its_mlflow_run(work):

@@ -8,7 +8,7 @@ For each model each builds the engine `pretrain train` builds
 (`pretrain.engine.build_engine`, ZeRO stage 1, fp32 by default), trains one
 step on random token ids so that Adam's state exists, then `--repeats` times
 saves a checkpoint with `pretrain.checkpoint.save` (DeepSpeed's files of every
-rank, the `complete` marker and `latest`) into a fresh run folder under a
+rank with their checksums, the `complete` marker and `latest`) into a fresh run folder under a
 temporary folder, flushes its files to disk (fsync), drops them from the
 page cache (posix_fadvise DONTNEED) and loads it back with
 `pretrain.checkpoint.load`. Each time is taken on rank 0 from a barrier
@@ -118,12 +118,12 @@ def measure_model(args: argparse.Namespace, model: str) -> dict:
     times, size = {"save_s": [], "flush_s": [], "load_s": []}, 0
     for repeat in range(args.repeats):
         run_dir = Path(args.dir) / model / f"repeat_{repeat}"
-        seconds, saved = timed(checkpoint.save, engine, run_dir, 1, client_state, 1)
+        seconds, saved = timed(checkpoint.save, engine, run_dir, 1, client_state, {"step": 1}, 1)
         times["save_s"].append(seconds)
         times["flush_s"].append(timed(flush, run_dir)[0])
         size = folder_bytes(saved) if dist.get_rank() == 0 else 0
         timed(evict, run_dir)
-        times["load_s"].append(timed(checkpoint.load, engine, run_dir)[0])
+        times["load_s"].append(timed(checkpoint.load, engine, run_dir, None)[0])
         dist.barrier()
         if dist.get_rank() == 0:
             shutil.rmtree(run_dir)

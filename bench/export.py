@@ -33,6 +33,7 @@ from train_speed import single_process_environment  # bench/, the script's folde
 from data_pipeline.tokenizer import train_tokenizer
 from model import GPT
 from pretrain import checkpoint
+from pretrain.checkpoint_files import load_torch_file
 from pretrain.config import load_config, save_config
 from pretrain.engine import build_engine, init_distributed
 from pretrain.export import export
@@ -66,8 +67,8 @@ def saved_run(work: Path, model: str, zero_stage: int) -> Path:
     _, loss = engine(ids[:, :-1], ids[:, 1:])
     engine.backward(loss)
     engine.step()
-    client_state = {"step": 1, "tokens_seen": 64, "mlflow_run_id": None}
-    checkpoint.save(engine, config.run_dir, 1, client_state, keep_last=1)
+    info = {"step": 1, "tokens_seen": 64, "mlflow_run_id": None, "config": config.to_public_dict()}
+    checkpoint.save(engine, config.run_dir, 1, info, info, keep_last=1)
     save_config(config, config.run_dir / "config.yaml")
     texts = [path.read_text() for path in sorted((ROOT / "data_pipeline").glob("*.py"))]
     train_tokenizer(texts * 4, vocab_size=1024).save(str(config.run_dir / "tokenizer.json"))
@@ -85,7 +86,7 @@ def median_seconds(action, repeats: int) -> float:
 
 def read_checkpoint(folder: Path) -> None:
     for path in sorted(folder.glob("*.pt")):
-        torch.load(path, map_location="cpu", weights_only=False)
+        load_torch_file(path)
 
 
 def bench_model(work: Path, model: str, args: argparse.Namespace) -> list[str]:

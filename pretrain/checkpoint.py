@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from data_pipeline.shards import write_text_atomically
-from pretrain.checkpoint_files import MARKER, check_share, read_marker, write_marker
+from pretrain.checkpoint_files import MARKER, check_share, read_marker, warn_unverified, write_marker
 from pretrain.errors import CheckpointError, CheckpointRefused, on_every_rank
 
 LATEST = "latest"
@@ -160,7 +160,7 @@ def verify_together(folder: Path) -> list[str]:
     if code:
         raise on_every_rank(CheckpointRefused("\n".join(code)))
     if marker.get("files", {}) is None and rank == 0:
-        print(f"warning: {folder} was saved without checksums (by an earlier pretrain): not verified", flush=True)
+        warn_unverified(folder)
     return sorted({problem for rank_damage, _ in everyone for problem in rank_damage})
 
 

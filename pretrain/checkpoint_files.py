@@ -132,6 +132,10 @@ def unlisted_files(folder: Path, files: dict[str, dict]) -> list[str]:
     return [f"{path}: not listed in the marker" for path in sorted(folder.glob(TORCH_FILES)) if path.name not in files]
 
 
+def warn_unverified(folder: Path) -> None:
+    print(f"warning: {folder} was saved without checksums (by an earlier pretrain): not verified", file=sys.stderr)
+
+
 def code_problems(paths: list[Path]) -> list[str]:
     """The files that would call functions when loaded, each named with what it calls.
 
@@ -167,7 +171,7 @@ def verify(folder: Path) -> dict:
     """Check every file of a complete checkpoint against its marker; return the marker, or raise naming the files."""
     marker = read_marker(folder)
     if marker["files"] is None:
-        print(f"warning: {folder} was saved without checksums (by an earlier pretrain): not verified", file=sys.stderr)
+        warn_unverified(folder)
     damage, code = check_share(folder, marker, slice(None), unlisted=True)
     if code:
         raise CheckpointRefused("\n".join(code))

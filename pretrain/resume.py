@@ -29,6 +29,7 @@ from pretrain.checkpoint import candidates, checkpoint_dir, latest_tag, saved_in
 from pretrain.config import Config
 from pretrain.errors import CheckpointError, ConfigError
 from pretrain.run_folder import CONFIG_NAME, read_summary
+from pretrain.run_info import flatten
 
 WORLD_SIZE = "launch.nnodes x launch.nproc_per_node"
 FIXED_SETTINGS = (
@@ -75,37 +76,28 @@ def finished_at(run_dir: Path) -> int:
     return int(read_summary(run_dir).get("steps", -1))
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and not (prefix == "train." and key == "mixture"):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def saved_settings(saved: dict) -> dict[str, Any]:
-    """A checkpoint's config, flat, with the defaults of settings added since it was saved."""
+def saved_settings(saved: dict) -> dict[str, str]:
+    """A checkpoint's config, flat (values as text, as MLflow's parameters), with the defaults of settings
+    added since it was saved."""
     try:
         saved = Config.model_validate(saved).to_public_dict()
     except ValidationError:  # written by a version with other settings: compared as it is
         pass
     flat = flatten(saved)
     launch = saved.get("launch", {})
-    flat[WORLD_SIZE] = launch.get("nnodes", 1) * launch.get("nproc_per_node", 1)
+    flat[WORLD_SIZE] = str(launch.get("nnodes", 1) * launch.get("nproc_per_node", 1))
     return flat
 
 
-def current_settings(config: Config) -> dict[str, Any]:
-    return flatten(config.to_public_dict()) | {WORLD_SIZE: config.world_size}
+def current_settings(config: Config) -> dict[str, str]:
+    return flatten(config.to_public_dict()) | {WORLD_SIZE: str(config.world_size)}
 
 
 def is_fixed(key: str) -> bool:
     return (
         key in FIXED_SETTINGS
         or key == WORLD_SIZE
-        or key == "train.mixture"
+        or key.startswith("train.mixture.")
         or (key.startswith("model.") and key != "model.dropout")
     )
 
@@ -122,7 +114,7 @@ def fixed_problems(saved: dict, config: Config, where: str) -> None:
     fixed = [(key, old, new) for key, old, new in differences(saved, config) if is_fixed(key)]
     if not fixed:
         return
-    lines = "\n".join(f"  {key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in fixed)
+    lines = "\n".join(f"  {key}: {old} in the checkpoint, {new} now" for key, old, new in fixed)
     raise ConfigError(
         f"{where}: cannot continue from this checkpoint with these settings, which it fixes:\n{lines}\n"
         f"The model fixes the shapes of its weights, the parallel layout how DeepSpeed sharded them, and "

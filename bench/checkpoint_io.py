@@ -1,17 +1,17 @@
-"""Checkpoint save and load: time and size on disk, through `pretrain.checkpoint` with the real engine.
+"""Checkpoint save and load: time and size on disk, through `pretrain.weights.checkpoint` with the real engine.
 
     .venv/bin/python bench/checkpoint_io.py                       # 24 M and gpt2-small (124 M), 1 and 2 ranks
     .venv/bin/python bench/checkpoint_io.py --models 24m --ranks 2 --repeats 9 --dir /mnt/fast
 
 For each number of ranks, torchrun starts that many CPU processes (gloo).
 For each model each builds the engine `pretrain train` builds
-(`pretrain.engine.build_engine`, ZeRO stage 1, fp32 by default), trains one
+(`pretrain.train.engine.build_engine`, ZeRO stage 1, fp32 by default), trains one
 step on random token ids so that Adam's state exists, then `--repeats` times
-saves a checkpoint with `pretrain.checkpoint.save` (DeepSpeed's files of every
+saves a checkpoint with `pretrain.weights.checkpoint.save` (DeepSpeed's files of every
 rank with their checksums, the `complete` marker and `latest`) into a fresh run folder under a
 temporary folder, flushes its files to disk (fsync), drops them from the
 page cache (posix_fadvise DONTNEED) and loads it back with
-`pretrain.checkpoint.load`. Each time is taken on rank 0 from a barrier
+`pretrain.weights.checkpoint.load`. Each time is taken on rank 0 from a barrier
 before the call to a barrier after it; the figure is the median. The size is
 every file of the checkpoint's folder.
 
@@ -42,9 +42,9 @@ import torch.distributed as dist
 
 from launch.local import NodeLayout, rank_environment, torchrun_command
 from model import GPT
-from pretrain import checkpoint
 from pretrain.config import Config, load_config
-from pretrain.engine import build_engine, init_distributed
+from pretrain.train.engine import build_engine, init_distributed
+from pretrain.weights import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {

@@ -9,7 +9,7 @@ Adam's state exists. Each repeat saves the same state twice, alternating
 the order, each save after a `sync` (so neither waits on the other's dirty
 pages): DeepSpeed's own checkpoint engine (`TorchCheckpointEngine`,
 `engine.save_checkpoint`, no checksums: the baseline) and
-`pretrain.checkpoint.save` (the trainer's engine, which hashes each file
+`pretrain.weights.checkpoint.save` (the trainer's engine, which hashes each file
 with XXH3-128 as it writes it, gathers the checksums and writes the
 marker). Then, on the saved folder with its files in the page cache:
 `checkpoint_files.verify` (what export and generate run before loading; a
@@ -46,11 +46,11 @@ from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchChe
 from train_speed import single_process_environment
 
 from data_pipeline.shards import ShardWriter, verify_shard
-from pretrain import checkpoint
-from pretrain.checkpoint_engine import VerifiedCheckpointEngine
-from pretrain.checkpoint_files import verify
 from pretrain.config import load_config
-from pretrain.engine import init_distributed
+from pretrain.train.engine import init_distributed
+from pretrain.weights import checkpoint
+from pretrain.weights.checkpoint_engine import VerifiedCheckpointEngine
+from pretrain.weights.checkpoint_files import verify
 
 CHUNK = 8 << 20
 SHARD_BYTES = 8_000_000

@@ -4,11 +4,11 @@
     .venv/bin/python bench/export.py --models llama-160m --zero-stage 3 --repeats 1
 
 For each model, one process builds the engine `pretrain train` builds
-(`pretrain.engine.build_engine`), trains one step on random token ids so that
+(`pretrain.train.engine.build_engine`), trains one step on random token ids so that
 Adam's state exists, and saves a checkpoint into a run folder with
-`pretrain.checkpoint.save`, beside the run's config.yaml and a tokenizer.
+`pretrain.weights.checkpoint.save`, beside the run's config.yaml and a tokenizer.
 Then, for each export (Hugging Face fp32 and bf16, our own torch fp32), the
-median over `--repeats` of `pretrain.export.export` in this process, and once
+median over `--repeats` of `pretrain.export.exporter.export` in this process, and once
 the whole command (`pretrain export` in a new process: Python, torch and
 DeepSpeed start-up included). The baseline is reading the same checkpoint's
 files with `torch.load` (page cache warm, as for the exports), which any
@@ -32,11 +32,11 @@ from train_speed import single_process_environment  # bench/, the script's folde
 
 from data_pipeline.tokenizer import train_tokenizer
 from model import GPT
-from pretrain import checkpoint
-from pretrain.checkpoint_files import load_torch_file
 from pretrain.config import load_config, save_config
-from pretrain.engine import build_engine, init_distributed
-from pretrain.export import export
+from pretrain.export.exporter import export
+from pretrain.train.engine import build_engine, init_distributed
+from pretrain.weights import checkpoint
+from pretrain.weights.checkpoint_files import load_torch_file
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORTS = {"hf fp32": ("hf", "fp32"), "hf bf16": ("hf", "bf16"), "torch fp32": ("torch", "fp32")}

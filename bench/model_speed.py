@@ -4,13 +4,13 @@
     python bench/model_speed.py --device cuda --presets gpt2-medium llama-1b --seq-len 2048 --batch 8
 
 Both sides get the same architecture and size (transformers' model is built
-from `pretrain.hf_config.hf_config_dict`, its default SDPA attention), the same
+from `pretrain.weights.hf_config.hf_config_dict`, its default SDPA attention), the same
 dtype (fp32 on CPU, bf16 on CUDA, weights cast as a whole), the same token ids
 and the same loss (cross-entropy over all positions, in fp32), so the timing
 compares the networks alone. Rounds alternate the two, and the order within a
 round, so that a noisy machine slows both alike; the figure is the median
 round. On CUDA the MFU of each is reported against the chip's dense bf16 peak
-(pretrain.model_info), and the peak memory of a step.
+(pretrain.train.cost), and the peak memory of a step.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import torch.nn.functional as F
 import transformers
 
 from model import GPT, GPTConfig
-from pretrain.hf_config import hf_config_dict
-from pretrain.model_info import load_preset, mfu, model_cost
+from pretrain.tools.model_info import load_preset
+from pretrain.train.cost import mfu, model_cost
+from pretrain.weights.hf_config import hf_config_dict
 
 
 def build_models(

@@ -6,7 +6,7 @@
 
 The bench starts its own server (fresh SQLite store, job runner off, as the
 tests do) and stops it at the end. A step is a real training step of the
-DeepSpeed engine `pretrain train` builds (`pretrain.engine.build_engine`, one
+DeepSpeed engine `pretrain train` builds (`pretrain.train.engine.build_engine`, one
 process, gloo, ZeRO 0) on random token ids, then the loss read on the host
 and a log interval's metrics. The loops differ only in the tracker: none;
 `Tracker.log_metrics` every step and `flush()` every step; the same with a
@@ -42,8 +42,8 @@ from train_speed import engine_step, single_process_environment
 from launch.local import free_port
 from model import GPT
 from pretrain.config import Config, load_config
-from pretrain.engine import build_engine, init_distributed
-from pretrain.tracking import Tracker
+from pretrain.tracking.mlflow_tracker import Tracker
+from pretrain.train.engine import build_engine, init_distributed
 
 FLUSH_EVERY = (1, 10)
 

@@ -3,7 +3,7 @@
     python3 bench/train_gpu.py --preset gpt2-small --seq-len 1024 --micro-batch 16
     python3 bench/train_gpu.py --preset llama-1b --seq-len 2048 --micro-batch 8
 
-**Ours**: `pretrain.engine.build_engine` with the DeepSpeed JSON generated
+**Ours**: `pretrain.train.engine.build_engine` with the DeepSpeed JSON generated
 from the config (`--precision`, `--zero-stage`, PyTorch's fused AdamW),
 the loss in chunks of `--loss-chunk-tokens` tokens (model/loss.py), then
 `engine.compile()`, exactly as a training run would have it.
@@ -12,7 +12,7 @@ fp32 weights, bf16 autocast, `torch.compile(model)`, the whole logits
 tensor and F.cross_entropy, AdamW with the same parameter groups and
 `fused=True`, gradient clipping, `zero_grad(set_to_none)`.
 
-For each: tokens/s and MFU (PaLM's FLOP count, `pretrain.model_info`,
+For each: tokens/s and MFU (PaLM's FLOP count, `pretrain.train.cost`,
 against the chip's dense bf16 peak), the median of `--rounds` rounds of
 `--steps` steps after `--warmup` steps (compilation); the peak memory; and a
 step-time breakdown (forward, backward, optimizer) from CUDA events in
@@ -38,9 +38,9 @@ from train_speed import single_process_environment  # bench/, the script's folde
 
 from model import GPT
 from pretrain.config import Config, load_config
-from pretrain.engine import build_engine, init_distributed
-from pretrain.model_info import mfu, model_cost
-from pretrain.optim import param_groups
+from pretrain.train.cost import mfu, model_cost
+from pretrain.train.engine import build_engine, init_distributed
+from pretrain.train.optim import param_groups
 
 ATTENTION_WORDS = ("flash", "fmha", "scaled_dot_product", "attention")
 

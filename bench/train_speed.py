@@ -4,7 +4,7 @@
     python bench/train_speed.py --preset gpt2-small --device cuda --precision bf16 --zero-stage 1 --seq-len 1024 \\
         --micro-batch 16 --no-baseline [--compile]                    # GPU: tokens/s and MFU
 
-The engine comes from `pretrain.engine.build_engine` with the DeepSpeed JSON
+The engine comes from `pretrain.train.engine.build_engine` with the DeepSpeed JSON
 generated from the config, exactly as in training; a step is its forward,
 backward and step per micro-batch. The baseline is the same model (same
 initial weights) in a plain PyTorch loop: the same AdamW parameter groups, LR
@@ -26,9 +26,9 @@ import torch
 
 from model import GPT
 from pretrain.config import Config, load_config
-from pretrain.engine import build_engine, init_distributed
-from pretrain.model_info import mfu, model_cost
-from pretrain.optim import lr_multiplier, param_groups
+from pretrain.train.cost import mfu, model_cost
+from pretrain.train.engine import build_engine, init_distributed
+from pretrain.train.optim import lr_multiplier, param_groups
 
 
 def single_process_environment() -> None:

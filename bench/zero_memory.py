@@ -6,7 +6,7 @@
 
 For each number of ranks, torchrun starts that many CPU processes (gloo).
 Each builds, for every stage and precision in turn, the engine `pretrain
-train` builds (`pretrain.engine.build_engine`: torch AdamW with parameter
+train` builds (`pretrain.train.engine.build_engine`: torch AdamW with parameter
 groups, the generated DeepSpeed JSON) on configs/demo.yaml's model made
 wider (4.24 M parameters), trains one step on random token ids (so Adam's
 state exists), runs the next step's forward and backward, and then, between
@@ -31,7 +31,7 @@ final norm's weight has its gradient), which catches the ZeRO 1 and 2 reduce
 bucket: allocated when backward begins and freed when it ends.
 
 Each rank measures itself; rank 0 gathers the figures and the table shows
-the rank that holds the most. The formula is `pretrain.model_info.memory_per_rank`
+the rank that holds the most. The formula is `pretrain.train.cost.memory_per_rank`
 (the ZeRO paper's: bf16 2+2+12 bytes per parameter, fp32 4+4+8; stage 1
 divides the optimizer state by the ranks, stage 2 also the gradients, stage 3
 also the weights). The master weights count as optimizer state, as in the
@@ -55,8 +55,8 @@ import torch.distributed as dist
 from launch.local import NodeLayout, rank_environment, torchrun_command
 from model import GPT
 from pretrain.config import Config, load_config
-from pretrain.engine import build_engine, init_distributed
-from pretrain.model_info import memory_per_rank
+from pretrain.train.cost import memory_per_rank
+from pretrain.train.engine import build_engine, init_distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ["model.n_embd=256", "model.n_layer=4"]

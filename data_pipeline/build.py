@@ -34,13 +34,20 @@ import data_pipeline
 from data_pipeline.cleaning import HASH_BYTES
 from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
-from data_pipeline.locks import LOCK_NAME, FolderLock
+from data_pipeline.layout import (
+    DATASET_FILES,
+    LOCK_NAME,
+    PLAN_NAME,
+    TOKENIZER_NAME,
+    WORK_DIR,
+    write_json_atomically,
+)
+from data_pipeline.locks import FolderLock
 from data_pipeline.manifest import assemble_manifest, write_rejects
-from data_pipeline.shards import DATASET_FILES, TOKENIZER_NAME, write_json_atomically, write_manifest
+from data_pipeline.shards import write_manifest
 from data_pipeline.sources import WorkUnit, plan_fingerprint, plan_units
 from data_pipeline.tokenizer import load_tokenizer, train_tokenizer
 from data_pipeline.work import (
-    WORK_DIR,
     TokenizeUnits,
     dedup_keep_mask,
     sample_unit,
@@ -48,7 +55,6 @@ from data_pipeline.work import (
     unit_marker,
 )
 
-PLAN_NAME = "plan.json"
 RAY_CLUSTER_MODE = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR  # "0": Ray's single-machine mode, on loopback
 
 

@@ -20,6 +20,7 @@ class SourceConfig(BaseModel):
         description="names the source in shard file names, the manifest and train.mixture",
     )
     paths: list[str] = Field(
+        json_schema_extra={"path": True},
         default_factory=list,
         description="files, folders or globs; local paths or URIs of any pyarrow filesystem (file://, s3://, gs://)",
     )
@@ -58,7 +59,9 @@ class TokenizerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vocab_size: int = Field(4096, ge=300, description="BPE vocabulary size, special tokens included")
-    path: str | None = Field(None, description="an existing tokenizer.json to load instead of training one")
+    path: str | None = Field(
+        None, description="an existing tokenizer.json to load instead of training one", json_schema_extra={"path": True}
+    )
     sample_documents: int = Field(
         50_000, ge=1, description="documents (a deterministic sample by content hash) the tokenizer is trained on"
     )
@@ -71,7 +74,11 @@ class DataConfig(BaseModel):
         default_factory=lambda: [embedded_source()],
         description="named sources, each with its own reader settings; default: the embedded corpus",
     )
-    output_dir: str = Field("outputs/data/stdlib", description="where shards, tokenizer and manifest are written")
+    output_dir: str = Field(
+        "outputs/data/stdlib",
+        description="where shards, tokenizer and manifest are written",
+        json_schema_extra={"path": True},
+    )
     val_fraction: float = Field(0.05, gt=0, lt=1, description="share of documents held out for validation")
     shard_size_mb: float = Field(
         64, gt=0, le=1024, description="target size of one shard, and of the input one worker reads at a time"

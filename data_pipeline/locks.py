@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Self
 
 from data_pipeline.errors import DataError
-
-LOCK_NAME = ".lock"
+from data_pipeline.layout import LOCK_NAME
 
 
 class FolderInUse(DataError):

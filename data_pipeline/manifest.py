@@ -11,7 +11,8 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from data_pipeline.errors import DataError
-from data_pipeline.shards import REJECTS_NAME, TOKENIZER_NAME, core_manifest, split_totals, token_dtype
+from data_pipeline.layout import REJECTS_NAME, TOKENIZER_NAME
+from data_pipeline.shards import core_manifest, split_totals, token_dtype
 from data_pipeline.sources import WorkUnit
 from data_pipeline.tokenizer import END_OF_TEXT, PADDING, file_sha256
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from data_pipeline.shards import TOKENIZER_NAME, tokens_column
+from data_pipeline.layout import TOKENIZER_NAME
+from data_pipeline.shards import tokens_column
 
 
 def _table(header: list[str], rows: list[list]) -> str:

@@ -24,15 +24,11 @@ import numpy as np
 import pyarrow as pa
 
 from data_pipeline.errors import DataError
+from data_pipeline.layout import MANIFEST_NAME, shard_name, write_json_atomically
 from data_pipeline.tokenizer import file_sha256
 
 FORMAT_VERSION = 2
-MANIFEST_NAME = "manifest.json"
-TOKENIZER_NAME = "tokenizer.json"
-REJECTS_NAME = "rejects.jsonl"
 SPLITS = ("train", "val")
-# What a dataset folder holds, finished or half-written: a rebuild may replace these and nothing else.
-DATASET_FILES = ("*.arrow", "*.arrow.tmp", "*.json", "*.json.tmp", REJECTS_NAME, "_build")
 
 
 def token_dtype(vocab_size: int) -> pa.DataType:
@@ -75,7 +71,7 @@ class ShardWriter:
         values = pa.array(np.concatenate(self.pending_tokens), self.dtype)
         tokens = pa.ListArray.from_arrays(pa.array(offsets), values)
         schema = shard_schema(self.dtype)
-        name = f"{self.split}-{self.source}-{self.unit:05d}-{len(self.records):02d}.arrow"
+        name = shard_name(self.split, self.source, self.unit, len(self.records))
         path = self.out_dir / name
         temporary = path.with_name(name + ".tmp")
         with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
@@ -93,18 +89,6 @@ class ShardWriter:
             }
         )
         self.pending_tokens, self.pending_lengths, self.pending_bytes = [], [], 0
-
-
-def write_text_atomically(path: Path, text: str) -> Path:
-    """Write under a temporary name, then rename: a reader never sees half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-    return path
-
-
-def write_json_atomically(path: Path, payload: dict) -> Path:
-    return write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> Path:

@@ -27,12 +27,12 @@ import numpy as np
 
 from data_pipeline.cleaning import HASH_BYTES, clean_text, content_hash, is_validation
 from data_pipeline.config import DataConfig, SourceConfig
+from data_pipeline.layout import WORK_DIR, write_json_atomically
 from data_pipeline.readers import Reject, read_records
-from data_pipeline.shards import ShardWriter, token_dtype, write_json_atomically
+from data_pipeline.shards import ShardWriter, token_dtype
 from data_pipeline.sources import WorkUnit
 from data_pipeline.tokenizer import end_of_text_id, load_tokenizer
 
-WORK_DIR = "_build"  # inside the output folder: the plan, scan results and unit markers of an unfinished build
 # Text per encode_batch call: large batches keep every core of the tokenizer's thread pool busy
 # (measured: 2048 documents of ~8 KB encode ~15% faster than 512), and bound the memory.
 ENCODE_CHARS = 8_000_000

@@ -7,7 +7,7 @@
       slurm: {partition: gpu, time: "12:00:00", gpus_per_node: 8}
 
 The schema lives beside the code that reads it, as data_pipeline/config.py
-does for the data section; pretrain/config.py composes the sections.
+does for the data section; pretrain/config/schema.py composes the sections.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ class RayConfig(Section):
         "[MLFLOW_TRACKING_PASSWORD]; their values are never written anywhere",
     )
     env_file: str | None = Field(
-        None, description="a file of KEY=VALUE lines (dotenv) the job's environment is read from at submission"
+        None,
+        json_schema_extra={"path": True}, description="a file of KEY=VALUE lines (dotenv) the job's environment is read from at submission"
     )
     excludes: list[str] = Field(
         default_factory=lambda: [".venv", ".git", "outputs", "*.db", "mlruns", "__pycache__", ".pytest_cache"],
@@ -101,9 +102,14 @@ class LaunchConfig(Section):
         None, description="multinode with torchrun: HOST:PORT on the node-rank-0 host, reachable from every host"
     )
     hostfile: str | None = Field(
-        None, description="multinode with the deepspeed launcher: its hostfile (`host slots=N` lines; needs ssh)"
+        None,
+        json_schema_extra={"path": True}, description="multinode with the deepspeed launcher: its hostfile (`host slots=N` lines; needs ssh)"
     )
-    jobs_dir: str = Field("outputs/jobs", description="where submitted jobs are recorded, for `pretrain jobs`")
+    jobs_dir: str = Field(
+        "outputs/jobs",
+        description="where submitted jobs are recorded, for `pretrain jobs`",
+        json_schema_extra={"path": True},
+    )
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import psutil
 
+from data_pipeline.layout import write_json_atomically
 from launch.errors import LaunchError
-from launch.jobs import JobRecord, JobState, read_log, write_json_atomically
+from launch.jobs import JobRecord, JobState, read_log
 from launch.local import exit_with_parent, launcher_preexec
 from launch.signals import JobSignals
 

@@ -13,13 +13,15 @@ import dataclasses
 import datetime
 import importlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from data_pipeline.layout import write_json_atomically
 from launch.errors import LaunchError
 
+# The environment variable that tells the training run which job it is: its MLflow run is tagged with it.
+JOB_ID_VARIABLE = "PRETRAIN_JOB_ID"
 # The module that answers for each target's jobs: each has state(), logs() and cancel().
 BACKENDS = {"local": "launch.detached", "slurm": "launch.slurm", "ray": "launch.ray_jobs"}
 
@@ -51,14 +53,6 @@ class JobState:
 
     def __str__(self) -> str:
         return f"{self.state} ({self.detail})" if self.detail else self.state
-
-
-def write_json_atomically(path: Path, payload: dict) -> Path:
-    """Write under a temporary name, then rename: `pretrain jobs` never reads half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, path)
-    return path
 
 
 def save_record(jobs_dir: Path, record: JobRecord) -> Path:

@@ -4,7 +4,7 @@ A scheduler asks a job to stop with SIGTERM (Slurm before a time limit,
 `pretrain jobs cancel`), a person with Ctrl-C. Either may come at any moment:
 while the command checks the job, while the ranks start, or while they
 train. The ranks stop cleanly on SIGTERM: each finishes its step, they save
-a checkpoint together and exit 0 (pretrain/preemption.py). So:
+a checkpoint together and exit 0 (pretrain/train/preemption.py). So:
 
 - before the ranks start, the command notes the signal and starts nothing;
 - once they run, it passes SIGTERM to the ranks themselves (not to the
@@ -13,7 +13,7 @@ a checkpoint together and exit 0 (pretrain/preemption.py). So:
   launcher that started it does, until it installs its own handler;
 - a first Ctrl-C does what SIGTERM does, and the command then exits 130;
   a second one kills the ranks at once: a checkpoint half written then is
-  never used (pretrain/checkpoint.py), so the last complete one is intact.
+  never used (pretrain/weights/checkpoint.py), so the last complete one is intact.
 """
 
 from __future__ import annotations

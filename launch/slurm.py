@@ -20,7 +20,7 @@ from pathlib import Path
 
 from launch.config import SlurmConfig
 from launch.errors import LaunchError
-from launch.jobs import JobRecord, JobState, read_log
+from launch.jobs import JOB_ID_VARIABLE, JobRecord, JobState, read_log
 
 TIMEOUT_S = 60
 
@@ -67,7 +67,7 @@ def render_script(settings: SlurmConfig, job: SlurmJob) -> str:
     lines += ["", f"cd {shlex.quote(str(job.workdir))}", *settings.setup]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in job.env.items()]
     lines += [
-        'export PRETRAIN_JOB_ID="slurm:$SLURM_JOB_ID"',
+        f'export {JOB_ID_VARIABLE}="slurm:$SLURM_JOB_ID"',
         'echo "slurm job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST"',
     ]
     if job.nnodes > 1:

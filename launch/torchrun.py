@@ -7,7 +7,7 @@ address the user named for a job over several hosts; an endpoint port of 0
 becomes a free port. torchrun's c10d rendezvous then finds that store
 already serving its port and uses it rather than listening on every
 interface. The store torchrun would share with the ranks is turned off: each
-job's ranks make their own, bound the same way (pretrain/engine.py).
+job's ranks make their own, bound the same way (pretrain/train/engine.py).
 
 When a rank fails, torchrun logs the failure and raises an error whose
 traceback says nothing the rank's own message did not; this says it in one

@@ -25,8 +25,9 @@ from torch.utils.checkpoint import checkpoint
 
 from model.attention import CausalSelfAttention, KVCache
 from model.config import GPTConfig
-from model.layers import MLP, make_norm, rope_cos_sin, sinusoidal_table
+from model.layers import MLP, make_norm
 from model.loss import LMHead
+from model.positions import POSITIONAL_ENCODINGS, LearnedPositions
 
 
 class Block(nn.Module):
@@ -51,12 +52,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
-        if config.pos_encoding == "learned":
-            self.embed_positions = nn.Embedding(config.max_seq_len, config.n_embd)
-        elif config.pos_encoding == "sinusoidal":
-            # A fixed table, not a parameter: a buffer moves with .to() but is
-            # never trained. Not persistent: it is recomputed from the config.
-            self.register_buffer("sinusoids", sinusoidal_table(config.max_seq_len, config.n_embd), persistent=False)
+        self.embed_positions = POSITIONAL_ENCODINGS[config.pos_encoding](config)  # model/positions.py
         self.embed_dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.norm = make_norm(config)
@@ -79,15 +75,14 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
+        elif isinstance(module, (nn.Embedding, LearnedPositions)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         total = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:
-            total -= self.embed_tokens.weight.numel()
-            if hasattr(self, "embed_positions"):
-                total -= self.embed_positions.weight.numel()
+            # The lookup tables: the token embeddings and a learned positional encoding's.
+            total -= self.embed_tokens.weight.numel() + sum(p.numel() for p in self.embed_positions.parameters())
         return total
 
     def forward(
@@ -135,14 +130,7 @@ class GPT(nn.Module):
         if past + seq > self.config.max_seq_len:
             raise ValueError(f"sequence length {past + seq} exceeds max_seq_len {self.config.max_seq_len}")
         positions, mask = positions_and_mask(seq, past, document_ids, attention_mask, input_ids.device)
-        x = self.embed_tokens(input_ids)
-        rope = None
-        if self.config.pos_encoding == "learned":
-            x = x + self.embed_positions(positions)
-        elif self.config.pos_encoding == "sinusoidal":
-            x = x + self.sinusoids[positions].to(x.dtype)
-        else:
-            rope = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        x, rope = self.embed_positions(self.embed_tokens(input_ids), positions)
         x = self.embed_dropout(x)
         all_weights = []
         for layer in self.layers:

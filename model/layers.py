@@ -28,34 +28,6 @@ def make_norm(config: GPTConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
-def sinusoidal_table(max_seq_len: int, dim: int) -> torch.Tensor:
-    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(same), from the paper."""
-    position = torch.arange(max_seq_len, dtype=torch.float64).unsqueeze(1)
-    inv_freq = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-    table = torch.zeros(max_seq_len, dim, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(position * inv_freq)
-    table[:, 1::2] = torch.cos(position * inv_freq[: dim // 2])
-    return table.float()
-
-
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary tables for the given positions, in the rotate-half layout of Hugging Face Llama.
-
-    Frequency i rotates the pair (x[i], x[i + head_dim/2]) by positions * theta^(-2i/head_dim).
-    Computed in fp32 from the positions on every call: a buffer would be cast to
-    bf16 with the rest of the model, and bf16 angles are off by whole radians at
-    long positions. Positions of shape (seq,) give (seq, head_dim) tables;
-    (batch, seq) gives (batch, 1, seq, head_dim), to broadcast over the heads.
-    """
-    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
-    inv_freq = 1.0 / theta**exponents
-    freqs = positions.float().unsqueeze(-1) * inv_freq
-    emb = torch.cat((freqs, freqs), dim=-1)
-    if positions.dim() == 2:
-        emb = emb.unsqueeze(1)
-    return emb.cos(), emb.sin()
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)

@@ -1,19 +1,13 @@
 """Shared test data: every test makes its own, nothing is downloaded."""
 
-import contextlib
 import gzip
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import MlflowServer, free_port, unavailable
 
 WORDS = [
     "the",
@@ -93,73 +87,6 @@ def corpus_dir(tmp_path) -> Path:
     return folder
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class MlflowServer:
-    """A real `mlflow server` on 127.0.0.1 with its own SQLite store, which a test may kill and start again."""
-
-    def __init__(self, root: Path, app_name: str | None = None, env: dict[str, str] | None = None):
-        self.root, self.port = root, free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.command = [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-            *(["--app-name", app_name] if app_name else []),
-        ]
-        # Without the job runner (GenAI jobs, unused here) a server is 2 processes, not a dozen, and starts faster.
-        self.env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
-        self.process = None
-
-    def start(self) -> "MlflowServer":
-        with open(self.root / "server.log", "ab") as log:
-            # A session of its own: the server and its worker stop together, as one process group.
-            self.process = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-            )
-        deadline = time.time() + 120
-        while not self.healthy():
-            if self.process.poll() is not None or time.time() > deadline:
-                self.kill()
-                raise RuntimeError(f"mlflow server did not start; see {self.root / 'server.log'}")
-            time.sleep(0.5)
-        return self
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """Gone at once, as in a crash: no request is answered from here on."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1, shared by the session (an idle one holds hundreds of MB)."""
@@ -213,7 +140,7 @@ def tiny_model_folder(tmp_path_factory, make_documents):
 
     from data_pipeline.tokenizer import train_tokenizer
     from model import GPT, GPTConfig
-    from pretrain.model_folder import write_model_folder
+    from pretrain.weights.model_folder import write_model_folder
 
     root = tmp_path_factory.mktemp("model")
     tokenizer = train_tokenizer(make_documents(50), vocab_size=400)
@@ -227,7 +154,7 @@ def tiny_model_folder(tmp_path_factory, make_documents):
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """The embedded corpus built into shards with the tiny config, once per session."""
-    from jobs import ROOT, pretrain
+    from tests.helpers import ROOT, pretrain
 
     work = tmp_path_factory.mktemp("tiny-data")
     data_dir = work / "data"
@@ -241,23 +168,16 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def two_rank_losses(tmp_path_factory, tiny_data) -> list[float]:
     """The reference of the resume and launch-target tests: ten steps of the tiny job on 2 ranks, ZeRO-1."""
-    from jobs import TWO_RANKS_ZERO1, tiny_job_config, train_losses
+    from tests.helpers import TWO_RANKS_ZERO1, tiny_job_config, train_losses
 
     work = tmp_path_factory.mktemp("two-ranks")
     return train_losses(work, tiny_job_config(work, tiny_data), "layout-2-1", *TWO_RANKS_ZERO1)
 
 
-def unavailable(reason: str) -> None:
-    """Skip a test this machine cannot run, saying why; CI must run every test, so there it fails."""
-    if os.environ.get("CI"):
-        pytest.fail(f"CI runs every test, but this machine cannot: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A real one-node Slurm cluster on 127.0.0.1 (munged, slurmctld, slurmd), stopped at the end."""
-    from slurm_cluster import SlurmCluster
+    from tests.slurm_cluster import SlurmCluster
 
     reason = SlurmCluster.unavailable_reason()
     if reason:
@@ -269,7 +189,7 @@ def slurm_cluster(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     """A real Ray cluster on this machine, head plus one worker node, with token authentication."""
-    from ray_cluster import RayCluster
+    from tests.ray_cluster import RayCluster
 
     reason = RayCluster.unavailable_reason()
     if reason:

@@ -29,7 +29,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,22 +37,10 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
+from tests.helpers import free_ports
+
 # Every process this cluster starts inherits this variable, set to the cluster's id; stop() finds them by it.
 MARKER_VAR = "PRETRAIN_TEST_RAY_CLUSTER"
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports that are free now, all different (the sockets are held open until every port is picked)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -243,7 +230,7 @@ class RayCluster:
         self.token_path.write_text(self.token)
         self.token_path.chmod(0o600)
         self.temp_root = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
-        ports = _free_ports(3 + 6 * (1 + self.worker_nodes))
+        ports = free_ports(3 + 6 * (1 + self.worker_nodes))
         gcs_port, self.dashboard_port, client_port = ports[:3]
         self.gcs_address = f"127.0.0.1:{gcs_port}"
         self.address = f"http://127.0.0.1:{self.dashboard_port}"

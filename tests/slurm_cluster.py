@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Self
 
+from tests.helpers import free_port
+
 CLIENTS = ("sbatch", "srun", "squeue", "scancel", "scontrol", "sinfo")
 DAEMONS = ("slurmctld", "slurmd", "munged")
 INSTALL_HINT = "run `make slurm` (apt-get install slurm-wlm munge)"
@@ -37,12 +39,6 @@ PARTITION = "debug"
 MAX_SOCKET_DIR = 70
 # Marks every process this cluster starts (and, through the daemons, every slurmstepd), so stop() finds strays.
 MARKER = "PRETRAIN_TEST_SLURM_CLUSTER"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -214,9 +210,9 @@ class SlurmCluster:
         self.munge_key = self.workdir / "munge" / "munge.key"
         self.munge_key.write_bytes(secrets.token_bytes(1024))
         os.chmod(self.munge_key, 0o600)
-        self.ctld_port, self.slurmd_port = _free_port(), _free_port()
+        self.ctld_port, self.slurmd_port = free_port(), free_port()
         while self.slurmd_port == self.ctld_port:
-            self.slurmd_port = _free_port()
+            self.slurmd_port = free_port()
         w = self.workdir
         topology = " ".join(
             f"{key}={self.hardware[key]}"

@@ -5,8 +5,8 @@ import pytest
 from matplotlib.image import imread
 from tokenizers import Tokenizer
 
-from pretrain.attention_maps import token_labels
 from pretrain.cli import main
+from pretrain.tools.attention_maps import token_labels
 
 TEXT = "The model reads a token and predicts the next one."
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.checkpoint import (
-    COMPLETE,
-    LATEST,
+from pretrain.errors import CheckpointError
+from pretrain.layout import LATEST_NAME as LATEST
+from pretrain.layout import MARKER_NAME as COMPLETE
+from pretrain.weights.checkpoint import (
     _prune,
     checkpoint_dir,
     complete_tags,
@@ -18,8 +19,7 @@ from pretrain.checkpoint import (
     restore_rng_states,
     rng_states,
 )
-from pretrain.checkpoint_files import describe_file, load_torch_file, verify, write_marker
-from pretrain.errors import CheckpointError
+from pretrain.weights.checkpoint_files import describe_file, load_torch_file, verify, write_marker
 
 
 def make_checkpoint(run_dir: Path, step: int, complete: bool) -> str:

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.config import Config, load_config, save_config
+from pretrain.cli.parser import EPILOG
+from pretrain.config import Config, load_config, save_config, tracking_uri_origin
 from pretrain.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -131,7 +132,7 @@ def test_bad_override_syntax():
 
 @pytest.mark.parametrize(
     "override",
-    ["tracking.run_name=!!python/object/apply:os.system [touch pwned]", "train.mixture={web: [1, 2}"],
+    ["train.mixture=!!python/object/apply:os.system [touch pwned]", "train.mixture={web: [1, 2}"],
     ids=["python-tag", "malformed"],
 )
 def test_an_override_that_is_not_valid_yaml_is_a_config_error_naming_it(tmp_path, override, monkeypatch):
@@ -214,3 +215,62 @@ def test_optimizer_offload_needs_zero_and_is_refused_with_tensor_parallelism():
         overrides=["launch.nproc_per_node=2", "parallel.tensor_parallel_size=2", "parallel.offload_optimizer=true"]
     )
     assert "not supported with tensor parallelism" in message
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.sample_prompt=ROMEO:", "ROMEO:"),  # YAML would make it a mapping
+        ('train.sample_prompt="ROMEO:"', "ROMEO:"),  # quotes are removed, not kept in the value
+        ("train.sample_prompt=' ROMEO: '", " ROMEO: "),  # ... and keep the spaces inside them
+        ("train.sample_prompt=[1, 2]", "[1, 2]"),
+        ("train.sample_prompt=key: value # not a comment", "key: value # not a comment"),
+        ("tracking.run_name=007", "007"),
+        ("tracking.run_name=!!python/object/apply:os.system [touch pwned]", "!!python/object/apply:os.system [touch pwned]"),
+        ("model.pos_encoding=rope", "rope"),
+    ],
+)
+def test_an_override_sets_any_text_of_a_text_setting_as_written(override, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    key = override.partition("=")[0]
+    section, name = key.split(".")
+    assert getattr(getattr(load_config(overrides=[override]), section), name) == expected
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_null_unsets_an_optional_text_setting_and_help_states_the_quoting_rule():
+    assert load_config(overrides=["train.init_from=null", "train.export_register=~"]).train.init_from is None
+    for example in ("train.sample_prompt=ROMEO:", "quote", "null"):
+        assert example in EPILOG
+
+
+def test_mlflow_tracking_uri_in_the_environment_is_used_unless_the_config_sets_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert load_config(CONFIGS / "demo.yaml").tracking.uri == "http://127.0.0.1:5999"
+    assert tracking_uri_origin(CONFIGS / "demo.yaml") == "the environment (MLFLOW_TRACKING_URI)"
+    own = write(tmp_path / "own.yaml", "extends: " + str(CONFIGS / "demo.yaml") + "\ntracking: {uri: sqlite:///own.db}\n")
+    assert load_config(own).tracking.uri == "sqlite:///own.db"
+    assert tracking_uri_origin(own) == f"the config ({own})"
+    override = ["tracking.uri=sqlite:///mine.db"]
+    assert load_config(own, override).tracking.uri == "sqlite:///mine.db"
+    assert tracking_uri_origin(own, override) == "an override (tracking.uri=...)"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert load_config(CONFIGS / "demo.yaml").tracking.uri == "sqlite:///mlflow.db"
+    assert tracking_uri_origin(CONFIGS / "demo.yaml").startswith("the default")
+
+
+def test_pretrain_config_says_where_tracking_uri_came_from(capsys, monkeypatch):
+    from pretrain.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert main(["config", "--config", str(CONFIGS / "demo.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "uri: http://127.0.0.1:5999" in out
+    assert out.rstrip().endswith("# tracking.uri comes from the environment (MLFLOW_TRACKING_URI)")
+
+
+def test_a_shipped_config_is_found_by_name_and_a_missing_one_names_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the shipped ones are found all the same
+    assert load_config("demo") == load_config(CONFIGS / "demo.yaml")
+    with pytest.raises(ConfigError, match=r"nonesuch: config file not found; .* shipped config: base, demo, tiny"):
+        load_config("nonesuch")

@@ -2,7 +2,7 @@
 
 import io
 
-from pretrain.console import Console
+from pretrain.train.console import Console
 
 
 class Terminal(io.StringIO):

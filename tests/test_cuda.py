@@ -9,7 +9,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from data_pipeline.tokenizer import train_tokenizer
 from model import GPT, GPTConfig, generate
-from pretrain.generate import generate_text
+from pretrain.train.sampling import generate_text
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

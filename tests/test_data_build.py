@@ -20,6 +20,7 @@ from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
 from data_pipeline.shards import read_manifest, verify_dataset
 from data_pipeline.tokenizer import END_OF_TEXT, file_sha256
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,7 +191,7 @@ def test_a_two_node_ray_cluster_writes_the_same_shards(built, tmp_path):
     root, _, _ = built
     ray = str(Path(sys.executable).parent / "ray")
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    port = str(_free_port())
+    port = str(free_port())
     head = ["start", "--head", "--port", port, "--num-cpus", "1", "--include-dashboard=false"]
     subprocess.run([ray, *head, "--disable-usage-stats"], env=env, check=True, capture_output=True)
     try:
@@ -219,12 +220,6 @@ def test_a_two_node_ray_cluster_writes_the_same_shards(built, tmp_path):
     assert shard_bytes(tmp_path / "out") == shard_bytes(root / "out")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_given_tokenizer_is_used_and_every_layout_read(built, corpus_dir, tmp_path):

@@ -14,7 +14,15 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from jobs import (
+from mlflow import MlflowClient
+
+from pretrain.config import load_config
+from pretrain.layout import CHECKPOINTS_DIR, MARKER_NAME
+from pretrain.train.optim import lr_multiplier
+from pretrain.weights.checkpoint import checkpoint_dir, latest_tag
+from pretrain.weights.checkpoint_files import load_torch_file
+from pretrain.weights.model_folder import load_model_folder
+from tests.helpers import (
     LAYOUT_RUN,
     TWO_RANKS_ZERO1,
     logged_metric,
@@ -24,13 +32,6 @@ from jobs import (
     train_losses,
     validation_batches,
 )
-from mlflow import MlflowClient
-
-from pretrain.checkpoint import COMPLETE, checkpoint_dir, latest_tag
-from pretrain.checkpoint_files import load_torch_file
-from pretrain.config import load_config
-from pretrain.model_folder import load_model_folder
-from pretrain.optim import lr_multiplier
 
 pytestmark = pytest.mark.slow
 
@@ -167,7 +168,7 @@ def test_single_process_without_zero_with_accumulation_and_document_masking(job)
     run_dir = job["work"] / "runs" / "single"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["tokens_seen"] == 4 * 16 * 64
-    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
+    kept = sorted(p.name for p in (run_dir / CHECKPOINTS_DIR).iterdir() if p.is_dir())
     assert kept == ["step_00000003", "step_00000004"]
     refused = pretrain("export", *single, cwd=job["work"], check=False)
     assert refused.returncode == 1
@@ -326,7 +327,7 @@ def kill_during_a_save(job, run_name: str) -> list[str]:
         while time.time() < deadline and process.poll() is None:
             # The second save or later: a complete checkpoint exists to fall back on.
             folders = sorted(directory.glob("step_*")) if directory.is_dir() else []
-            if len(folders) >= 2 and any(not (f / COMPLETE).exists() and any(f.iterdir()) for f in folders):
+            if len(folders) >= 2 and any(not (f / MARKER_NAME).exists() and any(f.iterdir()) for f in folders):
                 break
             time.sleep(0.002)
     finally:
@@ -334,7 +335,7 @@ def kill_during_a_save(job, run_name: str) -> list[str]:
         for child in [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]:
             child.send_signal(signal.SIGKILL)
         process.wait()
-    return [f.name for f in sorted(directory.glob("step_*")) if not (f / COMPLETE).exists()]
+    return [f.name for f in sorted(directory.glob("step_*")) if not (f / MARKER_NAME).exists()]
 
 
 def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint(job):

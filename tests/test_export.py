@@ -6,23 +6,25 @@ and started from again with `--init-from`.
 
 import dataclasses
 import json
+import shutil
+import stat
 
 import pytest
 import torch
 import torch.nn.functional as F
-from jobs import pretrain, tiny_job_config, validation_batches
 from mlflow import MlflowClient
 from safetensors import safe_open
 
 from data_pipeline.tokenizer import END_OF_TEXT, load_tokenizer
 from model import GPTConfig, generate
-from pretrain.checkpoint_files import load_torch_file
 from pretrain.cli import main
 from pretrain.config import load_config
 from pretrain.errors import CheckpointError, ConfigError, ExportError
-from pretrain.export import export, load_checkpoint_model
-from pretrain.model_folder import load_model_folder
-from pretrain.preflight import check_job
+from pretrain.export.exporter import export, load_checkpoint_model
+from pretrain.train.preflight import check_job
+from pretrain.weights.checkpoint_files import load_torch_file
+from pretrain.weights.model_folder import load_model_folder
+from tests.helpers import pretrain, tiny_job_config, validation_batches
 
 pytestmark = pytest.mark.slow
 transformers = pytest.importorskip("transformers")
@@ -244,6 +246,29 @@ def test_register_fetch_and_find_versions(runs, tmp_path, capsys):
     code, _, err = export_command(capsys, *options, "--from-registry", f"{name}@nonesuch")
     assert code == 1
     assert f"--from-registry {name}@nonesuch: " in err and "alias nonesuch" in err
+
+
+def test_register_goes_to_the_tracking_uri_of_an_override_not_the_runs_own(runs, tmp_path, capsys):
+    """A run folder whose store has moved (its config names a server that is gone) registers where the user says."""
+    moved = tmp_path / "moved"
+    shutil.copytree(runs.run_dir("gpt2", "zero1"), moved, ignore=shutil.ignore_patterns(".lock", "export"))
+    gone = "http://127.0.0.1:9"  # the discard port: nothing answers there
+    for path in [moved / "config.yaml", *moved.glob("checkpoints/step_*/complete")]:
+        path.write_text(path.read_text().replace(runs.uri, gone))
+    options = ["--checkpoint", str(moved), "--out", str(tmp_path / "out"), "--register", "moved-run"]
+    code, _, err = export_command(capsys, *options)
+    assert code == 1 and gone in err  # without an override: the run's own store
+    code, out, _ = export_command(capsys, *options, f"tracking.uri={runs.uri}")
+    assert code == 0 and "registered moved-run version 1 (runs:/" in out and f"at {runs.uri}" in out
+    assert MlflowClient(runs.uri).get_model_version("moved-run", "1").status == "READY"
+
+
+def test_an_exported_folder_is_readable_by_whoever_may_read_the_rest_of_it(runs):
+    """The weights are written through private temporary files; the folder must not keep their mode 0600."""
+    folder = runs.run_dir("gpt2", "zero1") / "export"
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"], modes
+    assert len(set(modes.values())) == 1, modes
 
 
 def test_export_without_a_complete_checkpoint_names_the_complete_ones(runs, tmp_path):

@@ -16,11 +16,12 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import LlamaConfig, LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from model import GPT, GPTConfig, generate
-from model.layers import apply_rope, rope_cos_sin
+from model.layers import apply_rope
+from model.positions import rope_cos_sin
 from pretrain.errors import ExportError
-from pretrain.hf_config import gpt_config_from_hf, hf_architecture, hf_config_dict
-from pretrain.hf_format import from_hf_state_dict, to_hf_state_dict
-from pretrain.model_info import load_preset
+from pretrain.tools.model_info import load_preset
+from pretrain.weights.hf_config import gpt_config_from_hf, hf_architecture, hf_config_dict
+from pretrain.weights.hf_format import from_hf_state_dict, to_hf_state_dict
 
 SMALL = {"vocab_size": 300, "max_seq_len": 64, "n_embd": 64, "n_head": 4}
 LLAMA = {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu"}

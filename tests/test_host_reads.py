@@ -4,7 +4,7 @@ The run is the real CLI in a one-rank process (ZeRO 1, as on GPUs), with
 torch's ways of reading a tensor's values on the host (`item`, `tolist`,
 `float`, `bool`, `cpu`, `numpy`) wrapped to record each call made from the
 project's own code (`model/`, `pretrain/`, `data_pipeline/`), and whether
-it came during `pretrain.train.train_step`. DeepSpeed's own reads are not
+it came during `pretrain.train.loop.train_step`. DeepSpeed's own reads are not
 counted: they are DeepSpeed's.
 """
 
@@ -14,15 +14,15 @@ import subprocess
 import sys
 
 import pytest
-from conftest import free_port
-from jobs import ROOT, tiny_job_config
+
+from tests.helpers import ROOT, free_port, tiny_job_config
 
 pytestmark = pytest.mark.slow
 
 RECORDING_RANK = """
 import collections, json, sys
 import torch
-import pretrain.train
+import pretrain.train.loop
 from pretrain.cli import main
 
 ROOT, out = sys.argv[1], sys.argv[2]
@@ -42,7 +42,7 @@ def recording(name, method):
 for name in ("item", "tolist", "__float__", "__bool__", "cpu", "numpy"):
     setattr(torch.Tensor, name, recording(name, getattr(torch.Tensor, name)))
 
-train_step = pretrain.train.train_step
+train_step = pretrain.train.loop.train_step
 
 def recorded_step(*args):
     in_step[0] = True
@@ -51,7 +51,7 @@ def recorded_step(*args):
     finally:
         in_step[0] = False
 
-pretrain.train.train_step = recorded_step
+pretrain.train.loop.train_step = recorded_step
 code = main(sys.argv[3:])
 with open(out, "w") as file:
     json.dump(reads, file)
@@ -81,10 +81,10 @@ def test_no_host_reads_inside_a_training_step_and_the_loss_read_at_logs_only(tmp
     between_steps = {read: count for read, count in reads.items() if "/model/generation.py:" not in read}
     assert between_steps == {
         # The mean loss over ranks: at the logs of steps 3 and 6, and the validations of steps 0 and 6.
-        "outside /pretrain/train.py:mean_over_ranks cpu": 4,
-        "outside /pretrain/train.py:mean_over_ranks item": 4,  # of the host copy
-        "outside /pretrain/train.py:step_metrics __float__": 2,  # the gradient norm, at the logs
+        "outside /pretrain/train/loop.py:mean_over_ranks cpu": 4,
+        "outside /pretrain/train/loop.py:mean_over_ranks item": 4,  # of the host copy
+        "outside /pretrain/train/loop.py:step_metrics __float__": 2,  # the gradient norm, at the logs
         # Every step, and twice while the job starts: whether a rank was asked to stop. The flag is a host tensor
         # on a gloo group: no device read.
-        "outside /pretrain/preemption.py:requested item": 6 + 2,
+        "outside /pretrain/train/preemption.py:requested item": 6 + 2,
     }

@@ -2,6 +2,7 @@
 
 import re
 import subprocess
+import typing
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,42 @@ def test_submitted_configs_hold_absolute_paths(tmp_path):
     assert absolute.launch.jobs_dir == str(tmp_path / "outputs" / "jobs")
     server = with_absolute_paths(load_config(TINY, ["tracking.uri=http://127.0.0.1:5000"]), tmp_path)
     assert server.tracking.uri == "http://127.0.0.1:5000"
+
+
+def test_every_path_setting_is_marked_so_that_a_submitted_job_gets_it_absolute(tmp_path):
+    """with_absolute_paths finds path fields by their schema mark: a path field left unmarked would stay relative."""
+    from pydantic import BaseModel
+
+    from pretrain.config import Config
+
+    def fields(schema, prefix=""):
+        for name, field in schema.model_fields.items():
+            inner = [a for a in (field.annotation, *typing.get_args(field.annotation)) if isinstance(a, type)]
+            models = [a for a in inner if issubclass(a, BaseModel)]
+            if models:
+                yield from fields(models[0], f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}", (field.json_schema_extra or {}).get("path", False)
+
+    looks_like_a_path = re.compile(r"(^|_)(dir|file|path|paths|root|hostfile|from)$")
+    found = dict(fields(Config))
+    assert {key for key, marked in found.items() if looks_like_a_path.search(key.rpartition(".")[2])} == {
+        key for key, marked in found.items() if marked
+    }
+    settable = [key for key, marked in found.items() if marked and key not in ("data.sources.paths", "train.init_from")]
+    relative = [f"{key}=a/b" for key in settable] + ["data.sources=[{name: web, paths: [a/b]}]"]
+    raw = load_config(TINY, relative).to_dict()
+    absolute = with_absolute_paths(Config.model_validate(raw), tmp_path).to_dict()
+    for key, marked in found.items():
+        if marked and not key.startswith("train.init_from"):  # a folder it would read: tested in test_export
+            assert value_at(absolute, key) in (str(tmp_path / "a" / "b"), [str(tmp_path / "a" / "b")]), key
+
+
+def value_at(raw: dict, key: str):
+    node = raw
+    for part in key.split("."):
+        node = node[0][part] if isinstance(node, list) else node[part]  # a list of sections: its first
+    return node
 
 
 def slurm_job(nnodes: int, marker: Path | None = Path("/runs/a/summary.json")) -> SlurmJob:

@@ -20,7 +20,7 @@ from data_pipeline.shards import (
 from data_pipeline.tokenizer import file_sha256
 from pretrain.config import load_config
 from pretrain.errors import ConfigError
-from pretrain.preflight import check_job
+from pretrain.train.preflight import check_job
 
 SEQ_LEN = 8
 VOCAB = 16_000  # numbered_documents' token ids stay below it

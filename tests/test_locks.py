@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from data_pipeline.locks import LOCK_NAME, FolderInUse, FolderLock, holder_if_locked
+from data_pipeline.layout import LOCK_NAME
+from data_pipeline.locks import FolderInUse, FolderLock, holder_if_locked
 
 HOLD = """
 import sys, time

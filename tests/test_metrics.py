@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pretrain.metrics import IntervalMeter, format_duration, perplexity, spike_ratio
+from pretrain.train.metrics import IntervalMeter, format_duration, perplexity, spike_ratio
 
 
 def test_interval_metrics_from_step_times():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from model.layers import sinusoidal_table
+from model.positions import sinusoidal_table
 
 TINY = {"vocab_size": 97, "max_seq_len": 32, "n_layer": 2, "n_head": 4, "n_embd": 32}
 VARIANTS = [
@@ -159,7 +159,7 @@ def test_explicit_attention_weights_times_v_reproduce_the_fast_path(variant):
     x = model.layers[0].input_layernorm(model.embed_tokens(ids) + positional_term(model, 20))
     rope = None
     if model.config.pos_encoding == "rope":
-        from model.layers import rope_cos_sin
+        from model.positions import rope_cos_sin
 
         rope = rope_cos_sin(torch.arange(20), model.config.head_dim, model.config.rope_theta)
     fast, none = attention(x, rope, None)
@@ -177,7 +177,7 @@ def positional_term(model: GPT, seq: int) -> torch.Tensor | float:
     if model.config.pos_encoding == "learned":
         return model.embed_positions.weight[:seq]
     if model.config.pos_encoding == "sinusoidal":
-        return model.sinusoids[:seq]
+        return model.embed_positions.table[:seq]
     return 0.0
 
 

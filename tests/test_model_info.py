@@ -4,9 +4,10 @@ import pytest
 
 from model import GPT
 from pretrain.cli import main
+from pretrain.config.presets import model_preset_names
 from pretrain.errors import ConfigError
-from pretrain.model_info import load_preset, memory_per_rank, mfu, model_cost, peak_bf16_flops
-from pretrain.presets import model_preset_names
+from pretrain.tools.model_info import load_preset
+from pretrain.train.cost import memory_per_rank, mfu, model_cost, peak_bf16_flops
 
 # Parameter counts of the reference models in Hugging Face transformers.
 # Our GPT-2 presets pad the vocabulary from 50,257 to 50,304 rows (a multiple of 128): 47 rows of n_embd more.

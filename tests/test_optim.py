@@ -7,8 +7,8 @@ import torch
 
 from model import GPT, GPTConfig
 from pretrain.config import load_config
-from pretrain.deepspeed_config import deepspeed_config
-from pretrain.optim import AdamW, lr_multiplier, param_groups
+from pretrain.train.deepspeed_config import deepspeed_config
+from pretrain.train.optim import AdamW, lr_multiplier, param_groups
 
 
 def schedule(**train):

@@ -10,7 +10,7 @@ from launch.errors import LaunchError
 from launch.ray_jobs import job_environment
 from pretrain.cli import main
 from pretrain.config import load_config
-from pretrain.secrets import REDACTED, is_secret_key, redact
+from pretrain.config.secrets import REDACTED, is_secret_key, redact
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.yaml")

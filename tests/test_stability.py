@@ -12,11 +12,10 @@ import sys
 
 import pytest
 import torch
-from conftest import free_port
-from jobs import ROOT, logged_metric, tiny_job_config
 
-from pretrain.checkpoint import checkpoint_dir
-from pretrain.checkpoint_files import load_torch_file
+from pretrain.weights.checkpoint import checkpoint_dir
+from pretrain.weights.checkpoint_files import load_torch_file
+from tests.helpers import ROOT, free_port, logged_metric, tiny_job_config
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,9 @@ import time
 
 import psutil
 import pytest
-from jobs import LAYOUT_RUN, logged_metric, pretrain, tiny_job_config
 
-from launch.local import free_port
-from pretrain.checkpoint import latest_tag
+from pretrain.weights.checkpoint import latest_tag
+from tests.helpers import LAYOUT_RUN, free_port, logged_metric, pretrain, tiny_job_config
 
 pytestmark = pytest.mark.slow
 

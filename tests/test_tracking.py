@@ -11,9 +11,10 @@ from mlflow import MlflowClient
 from pretrain.cli import main
 from pretrain.config import load_config, save_config
 from pretrain.errors import ConfigError, TrackingError
-from pretrain.run_info import PROJECT_ROOT, git_state
-from pretrain.spool import SPOOL_NAME, Spool
-from pretrain.tracking import Tracker, flatten
+from pretrain.layout import SPOOL_DIR
+from pretrain.tracking.mlflow_tracker import Tracker, flatten
+from pretrain.tracking.run_info import PROJECT_ROOT, git_state
+from pretrain.tracking.spool import Spool
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +145,7 @@ def test_resumed_run_continues_the_spool_then_sends_it_when_the_server_is_back(
     assert second.history["loss"] == [(1, 3.0)]  # from the spool
     second.log_metrics({"loss": 2.0}, 2)
     second.finish("FAILED")
-    assert Spool(down.run_dir / SPOOL_NAME).run()["name"] == "comeback"  # one spooled run, continued
+    assert Spool(down.run_dir / SPOOL_DIR).run()["name"] == "comeback"  # one spooled run, continued
 
     up = tracking_config(mlflow_server, tmp_path, "comeback")
     third = Tracker(up, run_id=second.run_id)  # sends the spool first, then goes on online
@@ -219,7 +220,7 @@ def test_basic_auth_server_through_mlflow_credential_variables(mlflow_auth_serve
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
     with pytest.raises(TrackingError, match="401.*set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"):
         Tracker(tracking_config(uri, tmp_path, "wrong"))
-    assert not (tmp_path / "runs" / "wrong" / SPOOL_NAME).exists()  # a refusal is not spooled
+    assert not (tmp_path / "runs" / "wrong" / SPOOL_DIR).exists()  # a refusal is not spooled
 
 
 def test_credentials_in_the_tracking_uri_are_a_config_error():
@@ -236,7 +237,7 @@ def test_git_state_is_unknown_outside_a_checkout(tmp_path):
 
 
 def test_spool_leaves_out_a_line_cut_short_by_a_crash(tmp_path):
-    spool = Spool(tmp_path / SPOOL_NAME)
+    spool = Spool(tmp_path / SPOOL_DIR)
     spool.create({"experiment": "x", "name": "y", "start_time": 0, "tags": {}}, None, {"a": "1"})
     spool.add_status("RUNNING")
     with open(spool.events_path, "a") as f:

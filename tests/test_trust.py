@@ -14,13 +14,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import unavailable
-from jobs import pretrain, read_until, tiny_job_config
 from mlflow import MlflowClient
 
-from pretrain.checkpoint import checkpoint_dir, latest_tag
-from pretrain.checkpoint_files import MARKER, describe_file, verify
 from pretrain.cli import main
+from pretrain.layout import MARKER_NAME
+from pretrain.weights.checkpoint import checkpoint_dir, latest_tag
+from pretrain.weights.checkpoint_files import describe_file, verify
+from tests.helpers import pretrain, read_until, tiny_job_config, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -85,9 +85,9 @@ def plant_code(path: Path, sentinel: Path, rewrite_marker: bool = True) -> None:
     code += f"torch.save({{'module': P(), 'optimizer_state_dict': P()}}, {str(path)!r})\n"
     subprocess.run([sys.executable, "-c", code], check=True)
     if rewrite_marker:  # whoever plants it can rewrite the checksums too
-        marker = json.loads((path.parent / MARKER).read_text())
+        marker = json.loads((path.parent / MARKER_NAME).read_text())
         marker["files"][path.name] = describe_file(path)
-        (path.parent / MARKER).write_text(json.dumps(marker))
+        (path.parent / MARKER_NAME).write_text(json.dumps(marker))
 
 
 def test_a_pickle_that_runs_code_is_refused_by_every_command_that_reads_checkpoints(base, tmp_path, capsys):
@@ -95,7 +95,7 @@ def test_a_pickle_that_runs_code_is_refused_by_every_command_that_reads_checkpoi
     refuse it, naming it; so does a resume; and the planted command never runs."""
     work, config, run_dir = copy_of(base, "pickle")
     sentinel = tmp_path / "the-code-ran"
-    marker = folder_of(run_dir, 4) / MARKER
+    marker = folder_of(run_dir, 4) / MARKER_NAME
     for planted in sorted(folder_of(run_dir, 4).glob("*.pt")):
         original, checksums = planted.read_bytes(), marker.read_text()
         plant_code(planted, sentinel)

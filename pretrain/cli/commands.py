@@ -1,0 +1,172 @@
+"""What each `pretrain` subcommand does: a few lines each, calling into the package that owns the work.
+
+Imports are made inside each command: `pretrain config` should not wait for
+DeepSpeed, and a job's signal handlers must be in place before the slow imports
+(pretrain/cli/__init__.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pretrain.layout import EXPORT_DIR
+
+if TYPE_CHECKING:
+    from pretrain.config import Config
+
+
+def in_launched_rank() -> bool:
+    return "LOCAL_RANK" in os.environ
+
+
+def cmd_data(args: argparse.Namespace, config: Config) -> int:
+    from data_pipeline.report import build_summary, inspect_dataset
+    from data_pipeline.shards import read_manifest, verify_dataset
+
+    data_dir = getattr(args, "dir", None) or Path(config.data.output_dir)
+    if args.data_command == "build":
+        from data_pipeline.build import build_dataset
+
+        manifest = build_dataset(config.data, config.to_public_dict(), ray_address=args.ray_address)
+        print(build_summary(manifest))
+        print(f"shards, tokenizer, manifest and rejects: {data_dir.resolve()}")
+    elif args.data_command == "inspect":
+        print(inspect_dataset(data_dir, read_manifest(data_dir)))
+    else:
+        manifest = verify_dataset(data_dir)
+        print(f"{data_dir}: {len(manifest['shards'])} shards and the tokenizer match the manifest's checksums")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, config: Config) -> int:
+    if in_launched_rank():
+        from launch.local import exit_with_parent
+        from pretrain.train import preemption
+
+        # First, before the slow start-up: the launcher ignores SIGTERM and this rank
+        # inherited that; from here on a stop request is kept (pretrain/train/preemption.py).
+        preemption.listen()
+        exit_with_parent()
+        # Defense in depth: any torch.load in a rank, DeepSpeed's own included, rebuilds data only.
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+        from pretrain.train.loop import train
+
+        try:
+            train(config, require_checkpoint=args.resume)
+        finally:
+            preemption.stop_listening()
+        return 0
+    from pretrain.jobs.submit import run_here
+
+    return run_here(config, args.resume, args.node_rank)
+
+
+def cmd_submit(args: argparse.Namespace, config: Config) -> int:
+    from pretrain.jobs.submit import Submission, submit
+
+    return submit(config, Submission(args.stage, args.resume, args.node_rank, args.detach, args.dry_run))
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from pretrain.config import load_config
+    from pretrain.jobs.status import jobs_command
+
+    jobs_dir = args.jobs_dir or Path(load_config(args.config).launch.jobs_dir)
+    print(jobs_command(args.jobs_command, jobs_dir, getattr(args, "job_id", None), getattr(args, "tail", None)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, config: Config) -> int:
+    if args.from_registry:
+        from pretrain.export.registry import fetch
+
+        out = args.out or Path(args.from_registry.replace("@", "-").replace("/", "-"))
+        folder, version = fetch(args.from_registry, out, config.tracking.uri)
+        print(f"fetched {version.name} version {version.version} ({version.source}): {folder.resolve()}")
+        return 0
+    from pretrain.export.exporter import export
+
+    path = args.checkpoint or config.run_dir
+    folder, found, info = export(path, args.out, args.tag, args.format, args.dtype, args.max_shard_size)
+    print(f"exported model folder: {folder.resolve()}")
+    if args.register:
+        from pretrain.config import tracking_uri_chosen
+        from pretrain.export.registry import register, validation_loss_at
+
+        # A tracking.uri the user gave (a config, an override, MLFLOW_TRACKING_URI) wins; else the run's own.
+        uri = config.tracking.uri if tracking_uri_chosen(args.config, args.overrides) else found.config.tracking.uri
+        val_loss = validation_loss_at(uri, found.mlflow_run_id, found.step)
+        version = register(folder, info, args.register, args.alias, uri, val_loss)
+        print(f"registered {version.name} version {version.version} ({version.source}) at {uri}")
+        for alias in args.alias:
+            print(f"  {version.name}@{alias}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, config: Config) -> int:
+    from pretrain.export.exporter import load_trained_model
+    from pretrain.train.sampling import generate_texts
+
+    model, tokenizer = load_trained_model(args.model or config.run_dir / EXPORT_DIR, args.tag)
+    texts = generate_texts(
+        model,
+        tokenizer,
+        args.prompt or [config.train.sample_prompt],
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    print("\n\n".join(texts))
+    return 0
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from pretrain.tools.model_info import describe
+
+    print(describe(args.preset, args.precision, args.zero_stage, args.world_size, args.seq_len))
+    return 0
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from pretrain.tools.attention_maps import show_attention
+
+    print(show_attention(args.checkpoint, args.text, args.out, args.layer, args.head, args.tag))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from pretrain.tracking.mlflow_tracker import sync_run_dir
+
+    report, uri = sync_run_dir(args.run_dir, args.uri)
+    if report.created:
+        print(f"created MLflow run {report.run_id} at {uri}")
+    if report.sent_anything:
+        print(f"sent {report.describe()} to MLflow run {report.run_id} at {uri}")
+    else:
+        print(f"nothing left to send: MLflow run {report.run_id} at {uri} holds all of {args.run_dir}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, config: Config) -> int:
+    print(config.to_yaml(), end="")
+    from pretrain.config import tracking_uri_origin
+
+    print(f"# tracking.uri comes from {tracking_uri_origin(args.config, args.overrides)}")
+    return 0
+
+
+COMMANDS = {
+    "config": cmd_config,
+    "data": cmd_data,
+    "train": cmd_train,
+    "submit": cmd_submit,
+    "export": cmd_export,
+    "generate": cmd_generate,
+}
+
+

@@ -1,0 +1,242 @@
+"""The schema of a job's settings: one typed section per concern, and the checks across sections.
+
+The model, data and launch sections are their own packages' schemas
+(model.GPTConfig, data_pipeline.config, launch.config). Loading YAML with
+`extends` and overrides is pretrain/config/loading.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+
+from data_pipeline.config import DataConfig
+from launch.config import LaunchConfig
+from model import GPTConfig
+from pretrain.config.secrets import redact
+
+SQLITE = "sqlite:///"
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(Section):
+    seed: int = 1337
+    max_steps: int = Field(1000, ge=1)
+    seq_len: int = Field(256, ge=1, description="tokens per training sequence")
+    micro_batch_size: int = Field(8, ge=1, description="sequences per rank per forward/backward")
+    global_batch_size: int = Field(
+        8, ge=1, description="sequences per optimizer step, all ranks: micro x grad-accumulation x data-parallel"
+    )
+    lr: float = Field(6e-4, gt=0, description="peak learning rate")
+    min_lr: float = Field(6e-5, ge=0, description="learning rate at the end of the decay")
+    warmup_steps: int = Field(100, ge=0)
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.1, ge=0, description="applied to weight matrices only")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
+    precision: Literal["fp32", "bf16", "bf16-autocast", "fp16"] = Field(
+        "fp32",
+        description="bf16: bf16 weights, fp32 masters in the optimizer; bf16-autocast: fp32 weights and optimizer, "
+        "matrix products in bf16 (PyTorch autocast, as nanoGPT); fp16 adds dynamic loss scaling",
+    )
+    activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward")
+    compile: bool | None = Field(
+        None,
+        description="torch.compile the model under the engine (DeepSpeed's engine.compile()); null: on CUDA GPUs "
+        "only, since on CPUs compiling costs more than it saves in short runs",
+    )
+    loss_chunk_tokens: int = Field(
+        4096,
+        ge=0,
+        description="compute the loss (and its gradients) this many tokens at a time, so the logits of the whole "
+        "micro-batch (tokens x vocabulary) never exist at once; 0: all logits at once",
+    )
+    document_masking: bool = Field(
+        False,
+        description="packed sequences: positions restart at each document and attention stays inside it",
+    )
+    mixture: dict[str, PositiveFloat] = Field(
+        default_factory=dict,
+        description="sample the dataset's sources by weight, e.g. {web: 0.7, code: 0.3}; empty: all sequences alike",
+    )
+    max_nonfinite_steps: int = Field(
+        5,
+        ge=1,
+        description="consecutive steps with a non-finite loss or gradient norm (each skipped) before the run stops",
+    )
+    log_interval: int = Field(10, ge=1, description="steps between metric logs")
+    eval_interval: int = Field(100, ge=1, description="steps between validation runs")
+    eval_batches: int = Field(10, ge=1, description="micro-batches per rank in one validation run")
+    sample_prompt: str = Field("The", description="prompt of the sample generated at the end")
+    sample_tokens: int = Field(64, ge=1)
+    eval_prompts: list[str] = Field(
+        default_factory=list, description="prompts continued at every validation, logged to MLflow as text"
+    )
+    export_every: int = Field(
+        0,
+        ge=0,
+        description="export every N steps (a multiple of checkpoint.every_steps) into <run folder>/exports/; 0: never",
+    )
+    export_register: str | None = Field(
+        None, description="register each export of export_every as a new version of this MLflow model"
+    )
+    export_aliases: list[str] = Field(
+        default_factory=list, description="aliases that move to each registered export, e.g. [candidate]"
+    )
+    init_from: str | None = Field(
+        None,
+        json_schema_extra={"path": True},
+        description="start from the weights of an exported folder (--format torch) or a Hugging Face GPT-2 or "
+        "Llama folder, whose architecture replaces the model section (model.dropout is kept)",
+    )
+
+
+class ParallelConfig(Section):
+    zero_stage: int = Field(
+        1, ge=0, le=3, description="DeepSpeed ZeRO stage: 0 none, 1 optimizer state, 2 +gradients, 3 +parameters"
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="DeepSpeed AutoTP degree: ranks that split each layer's matrices"
+    )
+    offload_optimizer: bool = Field(
+        False, description="ZeRO 1-3: keep optimizer state in CPU memory and step it there (saves 12 bytes/param)"
+    )
+
+
+class CheckpointConfig(Section):
+    root: str = Field(
+        "outputs/runs", description="run folders are <root>/<tracking.run_name>", json_schema_extra={"path": True}
+    )
+    every_steps: int = Field(0, ge=0, description="save every N steps; 0 saves only at the end")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept in the run folder")
+
+
+class TrackingConfig(Section):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI: sqlite:///file.db or http://host:port")
+    experiment: str = "pretrain"
+    run_name: str = "run"
+
+    # A check of the raw section, not of the field: an error about a field repeats
+    # its value, and this value would carry the password into the terminal and logs.
+    @model_validator(mode="before")
+    @classmethod
+    def no_credentials_in_uri(cls, section: Any) -> Any:
+        uri = section.get("uri") if isinstance(section, dict) else None
+        if isinstance(uri, str) and urlsplit(uri).username is not None:
+            raise ValueError(
+                "tracking.uri holds credentials (user:password@host); the URI is logged with the run's "
+                "parameters, so give it without them and set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD in the environment instead"
+            )
+        return section
+
+
+class Config(Section):
+    model: GPTConfig = Field(default_factory=GPTConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+
+    @property
+    def world_size(self) -> int:
+        return self.launch.nnodes * self.launch.nproc_per_node
+
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.parallel.tensor_parallel_size
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.train.global_batch_size // (self.train.micro_batch_size * self.dp_size)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.checkpoint.root) / self.tracking.run_name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every value, secrets included: for this process only, never to be written anywhere."""
+        return self.model_dump(mode="json")
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """What may be written, logged and printed: every value, secrets replaced (pretrain/config/secrets.py)."""
+        return redact(self.to_dict())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_public_dict(), sort_keys=False)
+
+
+def consistency_problems(config: Config) -> list[str]:
+    """Values that are each valid but do not fit together."""
+    problems = []
+    train, tp = config.train, config.parallel.tensor_parallel_size
+    if config.world_size % tp:
+        problems.append(
+            f"parallel.tensor_parallel_size = {tp}: must divide the world size "
+            f"(launch.nnodes x launch.nproc_per_node = {config.world_size})"
+        )
+    elif tp > 1:
+        problems += tensor_parallel_problems(config)
+    elif train.global_batch_size % (train.micro_batch_size * config.dp_size):
+        problems.append(
+            f"train.global_batch_size = {train.global_batch_size}: must be a multiple of "
+            f"train.micro_batch_size ({train.micro_batch_size}) x data-parallel size ({config.dp_size})"
+        )
+    if config.parallel.offload_optimizer and config.parallel.zero_stage == 0:
+        problems.append("parallel.offload_optimizer = true: needs parallel.zero_stage 1, 2 or 3")
+    if train.seq_len > config.model.max_seq_len:
+        problems.append(
+            f"train.seq_len = {train.seq_len}: must not exceed model.max_seq_len ({config.model.max_seq_len})"
+        )
+    every = config.checkpoint.every_steps
+    if train.export_every and (not every or train.export_every % every):
+        problems.append(
+            f"train.export_every = {train.export_every}: must be a multiple of checkpoint.every_steps ({every}), "
+            f"since each export is made from a checkpoint"
+        )
+    if train.min_lr > train.lr:
+        problems.append(f"train.min_lr = {train.min_lr}: must not exceed train.lr ({train.lr})")
+    if train.warmup_steps > train.max_steps:
+        problems.append(
+            f"train.warmup_steps = {train.warmup_steps}: must not exceed train.max_steps ({train.max_steps})"
+        )
+    if config.data.tokenizer.path is None and config.model.vocab_size < config.data.tokenizer.vocab_size:
+        problems.append(
+            f"model.vocab_size = {config.model.vocab_size}: must be at least "
+            f"data.tokenizer.vocab_size ({config.data.tokenizer.vocab_size})"
+        )
+    return problems
+
+
+def tensor_parallel_problems(config: Config) -> list[str]:
+    """AutoTP splits heads and hidden units evenly across the tensor-parallel ranks.
+
+    With DeepSpeed 0.19.8, AutoTP training combines with ZeRO stages 0, 1, 2
+    and 3 (each tested against a single process in tests/test_end_to_end.py);
+    optimizer offload with tensor parallelism is not tested there, so it is refused.
+    """
+    tp, model, problems = config.parallel.tensor_parallel_size, config.model, []
+    for name, count in [
+        ("model.n_head", model.n_head),
+        ("model.n_kv_heads", model.kv_heads),
+        ("the FFN width", model.ffn_hidden),
+    ]:
+        if count % tp:
+            problems.append(f"parallel.tensor_parallel_size = {tp}: must divide {name} ({count})")
+    if config.parallel.offload_optimizer:
+        problems.append(
+            "parallel.offload_optimizer = true: not supported with tensor parallelism; "
+            "set parallel.tensor_parallel_size=1 or parallel.offload_optimizer=false"
+        )
+    return problems
+
+

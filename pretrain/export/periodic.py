@@ -1,0 +1,45 @@
+"""`train.export_every`: export (and with `train.export_register`, register) checkpoints while training runs.
+
+Each export is made by rank 0 from a checkpoint the trainer has just saved,
+so it reads complete files; the other ranks wait at their next collective.
+The folder is `<run folder>/exports/<tag>`, a Hugging Face folder where the
+model has one (pretrain/weights/hf_config.py), else ours (`--format torch`). A
+failure to export or register is reported and training goes on: the
+checkpoint is there to export by hand.
+"""
+
+from __future__ import annotations
+
+from pretrain.config import Config
+from pretrain.errors import PretrainError
+from pretrain.export.exporter import check_exportable, export
+from pretrain.export.registry import register
+from pretrain.layout import EXPORTS_DIR
+from pretrain.weights import checkpoint
+
+
+def export_format(config: Config) -> str:
+    try:
+        check_exportable(config, "hf")
+    except PretrainError:
+        return "torch"
+    return "hf"
+
+
+def due(config: Config, step: int) -> bool:
+    return bool(config.train.export_every) and step % config.train.export_every == 0
+
+
+def export_saved_checkpoint(config: Config, step: int, val_loss: float | None) -> str:
+    """Export the checkpoint of `step`; return the line that says where it went (or why it did not)."""
+    tag = checkpoint.tag_for(step)
+    try:
+        folder, _, info = export(config.run_dir, config.run_dir / EXPORTS_DIR / tag, tag, export_format(config))
+        line = f"exported step {step}: {folder}"
+        name = config.train.export_register
+        if name:
+            version = register(folder, info, name, config.train.export_aliases, config.tracking.uri, val_loss)
+            line += f", registered as {name} version {version.version}"
+        return line
+    except PretrainError as err:
+        return f"export of step {step} failed, training goes on: {err}"

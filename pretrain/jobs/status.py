@@ -1,0 +1,93 @@
+"""`pretrain jobs`: submitted jobs, with their state from the scheduler and their MLflow run.
+
+The records (launch/jobs.py) link a job to its config and run folder; this
+module adds what only `pretrain` knows: which MLflow run the job's training
+created (the run is tagged `pretrain.job_id`) and how it ended (summary.json).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launch.errors import LaunchError
+from launch.jobs import JobRecord, cancel_job, find_record, job_logs, job_state, load_records
+from pretrain.layout import read_summary
+from pretrain.tracking.mlflow_tracker import REQUEST_ERRORS, configure_mlflow_client
+
+JOB_TAG = "pretrain.job_id"
+
+
+def jobs_command(action: str, jobs_dir: Path, job_id: str | None, tail: int | None) -> str:
+    if action == "list":
+        return list_jobs(jobs_dir)
+    record = find_record(jobs_dir, job_id)
+    if action == "status":
+        return describe_job(record)
+    if action == "logs":
+        return job_logs(record, tail).rstrip("\n")
+    return cancel_job(record)
+
+
+def state_or_reason(record: JobRecord) -> str:
+    """The scheduler's state; when it cannot be asked, why, in place of the state."""
+    try:
+        return str(job_state(record))
+    except LaunchError as err:
+        return f"UNKNOWN ({err})"
+
+
+def list_jobs(jobs_dir: Path) -> str:
+    records = load_records(jobs_dir) if jobs_dir.is_dir() else []
+    if not records:
+        return f"no jobs recorded in {jobs_dir}; `pretrain submit` records each job it submits"
+    rows = [("JOB ID", "TARGET", "STAGE", "SUBMITTED", "RUN", "STATE")]
+    rows += [
+        (r.job_id, r.target, r.stage, r.submitted, r.run_name if r.stage == "train" else "-", state_or_reason(r))
+        for r in records
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows)
+
+
+def describe_job(record: JobRecord) -> str:
+    lines = [
+        f"job:        {record.target} {record.job_id} ({record.stage}), submitted {record.submitted}",
+        f"state:      {state_or_reason(record)}",
+        f"config:     {record.config}",
+    ]
+    if record.log:
+        lines.append(f"log:        {record.log}")
+    if record.stage == "train":
+        lines += [f"run folder: {record.run_dir}", f"MLflow run: {mlflow_run(record)}"]
+        summary = read_summary(Path(record.run_dir))
+        if summary:
+            lines.append(
+                f"finished:   {summary['steps']} steps, train loss {summary['train_loss']:.4f}, "
+                f"validation loss {summary['val_loss']:.4f}"
+            )
+    return "\n".join(lines)
+
+
+def mlflow_run(record: JobRecord) -> str:
+    """The MLflow run the job's training created, found by its job tag; or why it is not known."""
+    from mlflow import MlflowClient
+
+    configure_mlflow_client()
+    client = MlflowClient(record.tracking_uri)
+    try:
+        experiment = client.get_experiment_by_name(record.experiment)
+        runs = (
+            client.search_runs(
+                [experiment.experiment_id], filter_string=f"tags.`{JOB_TAG}` = '{record.mlflow_job_tag}'"
+            )
+            if experiment
+            else []
+        )
+    except REQUEST_ERRORS as err:
+        return f"unknown: MLflow at {record.tracking_uri} cannot be asked ({type(err).__name__})"
+    if not runs:
+        return (
+            f"none yet in experiment {record.experiment!r} at {record.tracking_uri} (the job has not started training)"
+        )
+    run = runs[0]
+    return f"{run.info.run_id} ({run.info.status}) in experiment {record.experiment!r} at {record.tracking_uri}"

@@ -1,0 +1,78 @@
+"""What identifies a run besides its config: the code's commit, the layout, the host, the versions.
+
+Logged as MLflow tags when the run is created, so that two runs can be told
+apart (or found to be the same) long after their folders are gone.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+import pretrain
+from pretrain.config import Config
+from pretrain.layout import JOB_ID_VARIABLE
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+def run_tags(config: Config) -> dict[str, str]:
+    commit, dirty = git_state(PROJECT_ROOT)
+    tags = {
+        "git.commit": commit,
+        "git.dirty": dirty,
+        "world_size": str(config.world_size),
+        "layout": f"dp{config.dp_size}-tp{config.parallel.tensor_parallel_size}-zero{config.parallel.zero_stage}",
+        "host": socket.gethostname(),
+        "version.python": platform.python_version(),
+        "version.pretrain": pretrain.__version__,
+    }
+    for package in ("torch", "deepspeed", "mlflow"):
+        tags[f"version.{package}"] = package_version(package)
+    # Set by `pretrain submit` (and the Slurm script): links the run to `pretrain jobs status`.
+    if job_id := os.environ.get(JOB_ID_VARIABLE):
+        tags["pretrain.job_id"] = job_id
+    return tags
+
+
+def git_state(root: Path) -> tuple[str, str]:
+    """The commit checked out in `root` and whether tracked files differ from it ("true"/"false").
+
+    Both are "unknown" when `root` is not a git checkout (an installed package,
+    a copy) or git cannot tell. `root` itself must hold `.git`: git would
+    otherwise answer for whatever repository encloses it.
+    """
+    if not (root / ".git").exists():
+        return "unknown", "unknown"
+    try:
+        commit = _git(root, "rev-parse", "HEAD")
+        changes = _git(root, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", "unknown"
+    return commit, "true" if changes else "false"
+
+
+def _git(root: Path, *args: str) -> str:
+    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30)
+    return result.stdout.strip()
+
+
+def package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"

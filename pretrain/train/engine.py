@@ -1,0 +1,93 @@
+"""The DeepSpeed engine a job trains on: the process group, the optimizer, the schedule, the generated config.
+
+Kept apart from the training loop (and from MLflow) so that benchmarks and
+tests build exactly the engine `pretrain train` builds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import warnings
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed import comm as ds_comm
+from deepspeed.utils import groups
+
+from launch.stores import bound_store, client_store
+from model import GPT
+from pretrain.config import Config
+from pretrain.train.deepspeed_config import deepspeed_config
+from pretrain.train.optim import AdamW, lr_multiplier, param_groups
+from pretrain.weights.checkpoint_engine import VerifiedCheckpointEngine
+
+# DeepSpeed's ZeRO calls a torch collective that torch has renamed; the warning says nothing to our users.
+warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
+# How long the ranks wait for each other to join: a job's ranks may start minutes apart on a busy cluster.
+STORE_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def init_distributed() -> None:
+    """Join the job's process group, as the launcher describes it in the environment.
+
+    Rank 0 serves the group's store at MASTER_ADDR alone (launch/stores.py):
+    127.0.0.1 for a job on one machine, not every interface. Under a
+    launcher that shares its own store with the ranks, or Ray Train (which
+    makes the group itself), there is nothing to serve.
+    """
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized() and "MASTER_ADDR" in os.environ and not _launcher_serves_the_store():
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+        serve = bound_store if rank == 0 else client_store
+        store = serve(host, port, world_size, STORE_TIMEOUT)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+    if not ds_comm.is_initialized():  # DeepSpeed's layer over the group: made from it when there is one
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def _launcher_serves_the_store() -> bool:
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+
+
+def build_engine(config: Config, model: GPT):
+    # How the model's forward pass runs (not what it computes), as the config says.
+    model.activation_checkpointing = config.train.activation_checkpointing
+    model.loss_chunk_tokens = config.train.loss_chunk_tokens
+    mpu = None
+    if config.parallel.tensor_parallel_size > 1:
+        # The (data-parallel, tensor-parallel) process groups, made before the
+        # engine so that DeepSpeed counts the batch over data-parallel ranks only.
+        groups._init_tp_mesh_device(tensor_model_parallel_size=config.parallel.tensor_parallel_size)
+        mpu = groups
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        mpu=mpu,
+        optimizer=make_optimizer(config, model),
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config.train)),
+        config=deepspeed_config(config),
+    )
+    # Every checkpoint file written through it is recorded with its checksum; every one read is loaded weights_only.
+    engine.checkpoint_engine = VerifiedCheckpointEngine()
+    return engine
+
+
+def make_optimizer(config: Config, model: GPT) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only; fused into one kernel on GPUs.
+
+    ZeRO and DeepSpeed's bf16 and fp16 wrap it in DeepSpeed optimizers that
+    skip steps with non-finite gradients. Without ZeRO, in fp32 or under
+    autocast (fp32 weights), DeepSpeed steps it directly: our AdamW then
+    does that check itself.
+    """
+    train = config.train
+    stepped_directly = config.parallel.zero_stage == 0 and train.precision in ("fp32", "bf16-autocast")
+    optimizer_class = AdamW if stepped_directly else torch.optim.AdamW
+    fused = torch.cuda.is_available() and not config.parallel.offload_optimizer
+    return optimizer_class(
+        param_groups(model, train.weight_decay), lr=train.lr, betas=(train.beta1, train.beta2), fused=fused or None
+    )

@@ -1,0 +1,395 @@
+"""The training loop: a GPT on a DeepSpeed engine, fed by the shard loader, tracked in MLflow.
+
+Runs in every rank of a job (started by `launch/` through torchrun, or as a
+single process). Rank 0 alone prints and talks to MLflow; collective calls
+(loss averaging, evaluation, checkpoints) are made by all ranks.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from data_pipeline.loader import BatchLoader
+from data_pipeline.locks import FolderInUse, FolderLock
+from data_pipeline.tokenizer import load_tokenizer
+from model import GPT
+from pretrain import layout
+from pretrain.config import Config
+from pretrain.errors import ConfigError, TrainingError, on_every_rank
+from pretrain.export import periodic as periodic_export
+from pretrain.layout import CONFIG_HISTORY, MANIFEST_NAME, SUMMARY_NAME, TOKENIZER_NAME
+from pretrain.tracking.mlflow_tracker import Tracker
+from pretrain.train.console import Console
+from pretrain.train.cost import model_cost
+from pretrain.train.data import make_loaders, verify_shards_together
+from pretrain.train.deepspeed_config import deepspeed_config
+from pretrain.train.engine import build_engine, init_distributed
+from pretrain.train.metrics import IntervalMeter, memory_metrics, perplexity
+from pretrain.train.optim import apply_settings
+from pretrain.train.preemption import PreemptionWatch
+from pretrain.train.preflight import check_job
+from pretrain.train.resume import describe_changes, reported_changes
+from pretrain.train.run_files import write_run_files
+from pretrain.train.sampling import generate_text, generate_texts
+from pretrain.train.stability import NonFiniteSteps
+from pretrain.weights import checkpoint
+from pretrain.weights.model_folder import folder_state_dict
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    tokens_seen: int = 0
+    train_loss: float = float("nan")
+    val_loss: float = float("nan")
+    resumed_at: int | None = None  # the step of the checkpoint this run continued from
+
+
+def check_world_size(config: Config) -> None:
+    world_size = dist.get_world_size()
+    if world_size != config.world_size:
+        message = (
+            f"launch.nproc_per_node x launch.nnodes = {config.world_size}, but the job has {world_size} "
+            f"processes; start it with `pretrain train`, which launches the right number"
+        )
+        raise on_every_rank(ConfigError(message))
+
+
+def mean_over_ranks(value: torch.Tensor) -> float:
+    value = value.detach().float().cpu().clone()
+    dist.all_reduce(value)
+    return value.item() / dist.get_world_size()
+
+
+def evaluate(engine, val: BatchLoader) -> float:
+    """Mean loss over the same held-out micro-batches every time."""
+    val.consumed = 0
+    engine.eval()
+    with torch.no_grad():
+        losses = [engine(*to_device(batch, engine.device))[1] for batch in val.next_step()]
+    engine.train()
+    return mean_over_ranks(torch.stack(losses).mean())
+
+
+def to_device(batch, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The loader's arrays on the device; to a GPU from page-locked memory, so the copy does not block the host."""
+    tensors = [torch.from_numpy(array) for array in batch]
+    if device.type == "cuda":
+        tensors = [tensor.pin_memory() for tensor in tensors]
+    return tuple(tensor.to(device, non_blocking=True) for tensor in tensors)
+
+
+def train(config: Config, require_checkpoint: bool = False) -> Progress:
+    """Train this rank's part of the job; continue from the run folder's latest intact checkpoint if it holds one."""
+    manifest, resume = check_job(config, require_checkpoint)
+    init_distributed()
+    check_world_size(config)
+    preemption = PreemptionWatch()
+    lock = hold_run_folder(config)
+    try:
+        progress = run_job(config, manifest, resume, preemption)
+    finally:
+        if lock:
+            lock.release()
+    # Leave together: a rank that exits while others still use the process
+    # group can abort in the communication library's teardown.
+    dist.barrier()
+    dist.destroy_process_group()
+    return progress
+
+
+def hold_run_folder(config: Config) -> FolderLock | None:
+    """Rank 0 takes the run folder's lock; every rank learns whether it could (a collective call)."""
+    lock, refusal = None, [None]
+    if dist.get_rank() == 0:
+        try:
+            lock = layout.lock(config.run_dir, f"pretrain train ({config.world_size} ranks)")
+        except FolderInUse as err:
+            refusal = [str(err)]
+    dist.broadcast_object_list(refusal, src=0)
+    if refusal[0]:
+        raise on_every_rank(FolderInUse(refusal[0]))
+    return lock
+
+
+def run_job(config: Config, manifest: dict, resume: bool, preemption: PreemptionWatch) -> Progress:
+    """Verify the data, build the engine, restore the checkpoint, then train (or finish) and report."""
+    data_dir, rank_zero, progress = Path(config.data.output_dir), dist.get_rank() == 0, Progress()
+    verify_shards_together(data_dir, manifest)
+    if stopped_before_training(preemption, rank_zero):
+        return progress
+    torch.manual_seed(config.train.seed)  # every rank starts from the same weights
+    model = GPT(config.model)
+    if config.train.init_from and not resume:
+        # Continued pretraining: the weights of an export; the optimizer and schedule start afresh.
+        model.load_state_dict(folder_state_dict(Path(config.train.init_from), config.model))
+    engine = build_engine(config, model)
+    if compiles(config):
+        engine.compile()
+    loader, val = make_loaders(config, manifest)
+    run_id, saved_config = restore(config, engine, loader, progress) if resume else (None, None)
+    if stopped_before_training(preemption, rank_zero):
+        return progress
+    tracker = start_tracking(config, data_dir, loader, run_id, progress, saved_config) if rank_zero else None
+    try:
+        if run_loop(config, engine, loader, val, progress, tracker, preemption):
+            finish(config, engine, loader, val, progress, tracker, manifest)
+        elif tracker:
+            tracker.finish("KILLED")
+    except BaseException:
+        if tracker:
+            tracker.finish("FAILED")
+        raise
+    return progress
+
+
+def stopped_before_training(preemption: PreemptionWatch, rank_zero: bool) -> bool:
+    """Whether a stop was asked for during start-up (a collective call): nothing was trained, nothing to save."""
+    if not preemption.requested():
+        return False
+    if rank_zero:
+        print("stopped on request before training began; nothing new to save", flush=True)
+    return True
+
+
+def restore(config: Config, engine, loader: BatchLoader, progress: Progress) -> tuple[str | None, dict]:
+    """Load the newest intact checkpoint into the engine and the loader; return its MLflow run and config.
+
+    The optimizer and schedule then take this config's settings (pretrain/train/resume.py).
+    """
+    _, state = checkpoint.load(engine, config.run_dir, print if dist.get_rank() == 0 else None)
+    loader.load_state_dict(state["loader"])
+    progress.step, progress.tokens_seen = state["step"], state["tokens_seen"]
+    progress.train_loss, progress.val_loss = known(state.get("train_loss")), known(state.get("val_loss"))
+    progress.resumed_at = progress.step
+    apply_settings(engine, config.train)
+    if dist.get_rank() == 0 and progress.step < config.train.max_steps:
+        # It told of an earlier end (train.max_steps has been raised since); it is written again at the new one.
+        (config.run_dir / SUMMARY_NAME).unlink(missing_ok=True)
+    return state["mlflow_run_id"], state["config"]
+
+
+def known(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def compiles(config: Config) -> bool:
+    """train.compile, where null means: on a CUDA GPU."""
+    return torch.cuda.is_available() if config.train.compile is None else config.train.compile
+
+
+def start_tracking(
+    config: Config, data_dir: Path, loader: BatchLoader, run_id: str | None, progress: Progress, saved: dict | None
+) -> Tracker:
+    """Start (or, with `run_id`, continue) the MLflow run; write the run folder's files and log what defines it.
+
+    config.yaml is written here, once the checkpoint has loaded; a resume
+    that changed settings says so, in the console and as a tag of the run.
+    """
+    tracker = Tracker(config, run_id)
+    files = write_run_files(config, data_dir, deepspeed_config(config), progress.resumed_at)
+    for path in [*files, data_dir / MANIFEST_NAME]:
+        tracker.log_artifact(path)
+    # What the loader makes of the dataset at this sequence length: only shard tails are left out.
+    tags = {
+        "data.fingerprint": loader.fingerprint,
+        "data.train_sequences": sum(len(group) for group in loader.groups),
+        "data.dropped_tokens": loader.dropped_tokens,
+    }
+    changes = reported_changes(saved, config) if saved is not None else []
+    if changes:
+        described = describe_changes(changes)
+        print(f"continuing at step {progress.step} with changed settings: {described}", flush=True)
+        tags[f"config.changed_at_step_{progress.step}"] = described[:5000]
+        for path in sorted((config.run_dir / CONFIG_HISTORY).glob("*.yaml")):
+            tracker.log_artifact(path, CONFIG_HISTORY)
+    tracker.set_tags(tags)
+    return tracker
+
+
+def train_step(engine, loader: BatchLoader) -> torch.Tensor:
+    """One optimizer step over this rank's micro-batches; the mean loss, left on the device."""
+    micro_batches = loader.next_step()
+    loss_sum = torch.zeros((), device=engine.device)
+    for batch in micro_batches:
+        _, loss = engine(*to_device(batch, engine.device))
+        engine.backward(loss)
+        engine.step()  # steps the optimizer at the gradient-accumulation boundary only
+        loss_sum += loss.detach()
+    return loss_sum / len(micro_batches)
+
+
+def run_loop(config: Config, engine, loader, val, progress: Progress, tracker, preemption: PreemptionWatch) -> bool:
+    """Train to `train.max_steps`; return False when stopped early by SIGTERM (after saving)."""
+    train = config.train
+    tokens_per_step = train.global_batch_size * train.seq_len
+    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    flops_per_token = model_cost(config.model, train.seq_len).flops_per_token
+    meter = IntervalMeter(tokens_per_step, flops_per_token, device_name, dist.get_world_size())
+    nonfinite = NonFiniteSteps(engine, train.max_nonfinite_steps)
+    console = Console(train.max_steps) if tracker else None
+    if progress.step == 0:
+        # The untrained model's validation loss: the point the curve falls from.
+        report(progress, validation_metrics(config, engine, val, progress, tracker), tracker, console)
+    while progress.step < train.max_steps:
+        started = time.perf_counter()
+        loss = train_step(engine, loader)
+        progress.step += 1
+        progress.tokens_seen += tokens_per_step
+        meter.add_step(time.perf_counter() - started)
+        if nonfinite.record(progress.step):
+            stop_if_diverged(config, engine, loader, progress, tracker, nonfinite)
+        metrics = step_metrics(config, engine, val, progress, tracker, meter, nonfinite, loss)
+        if metrics:
+            report(progress, metrics, tracker, console)
+        elif console:
+            console.progress(progress.step)
+        last = progress.step == train.max_steps
+        if preemption.requested() and not last:
+            saved = save_checkpoint(config, engine, loader, progress, tracker)
+            if console:
+                console.line(
+                    f"SIGTERM: stopped after step {progress.step}, saved {saved}; run the same command to continue"
+                )
+            return False
+        if config.checkpoint.every_steps and progress.step % config.checkpoint.every_steps == 0 and not last:
+            save_checkpoint(config, engine, loader, progress, tracker)
+            export_if_due(config, progress, console.line if console else None)
+    return True
+
+
+def step_metrics(config: Config, engine, val, progress: Progress, tracker, meter, nonfinite, loss) -> dict:
+    """The metrics due after this step: training ones every log interval, validation every eval interval."""
+    train, metrics = config.train, {}
+    last = progress.step == train.max_steps
+    if progress.step % train.log_interval == 0 or last:
+        # The loss crosses to the host once per log interval: no synchronization in the steps between.
+        progress.train_loss = mean_over_ranks(loss)
+        metrics = meter.metrics(progress.train_loss, engine.get_lr()[0], progress.step, train.max_steps)
+        metrics |= {"tokens_seen": progress.tokens_seen, "skipped_steps": nonfinite.total, **memory_metrics()}
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
+    if validates_at(config, progress.step):
+        metrics |= validation_metrics(config, engine, val, progress, tracker)
+    return metrics
+
+
+def validates_at(config: Config, step: int) -> bool:
+    """Validation runs every train.eval_interval steps and at the last."""
+    return step % config.train.eval_interval == 0 or step == config.train.max_steps
+
+
+def stop_if_diverged(config: Config, engine, loader, progress: Progress, tracker, nonfinite: NonFiniteSteps) -> None:
+    """After too many consecutive skipped steps, save the (untouched) weights and stop with an error."""
+    if not nonfinite.exhausted:
+        return
+    saved = save_checkpoint(config, engine, loader, progress, tracker)
+    raise TrainingError(
+        f"the loss or gradient norm was not finite for {nonfinite.consecutive} consecutive steps "
+        f"({nonfinite.first_of_run}-{progress.step}; train.max_nonfinite_steps = {nonfinite.limit}); each was "
+        f"skipped, so {saved} holds the weights from before step {nonfinite.first_of_run}. Lower train.lr, "
+        f"raise train.warmup_steps or use train.precision=fp32/bf16, then continue with --resume"
+    )
+
+
+def validation_metrics(config: Config, engine, val: BatchLoader, progress: Progress, tracker) -> dict[str, float]:
+    progress.val_loss = evaluate(engine, val)
+    if config.train.eval_prompts:
+        log_eval_samples(config, engine, progress.step, tracker)
+    return {"val_loss": progress.val_loss, "val_perplexity": perplexity(progress.val_loss)}
+
+
+@functools.cache
+def dataset_tokenizer(data_dir: str):
+    """Read once per process: every validation with eval prompts and the final sample use it."""
+    return load_tokenizer(Path(data_dir) / TOKENIZER_NAME)
+
+
+def log_eval_samples(config: Config, engine, step: int, tracker) -> None:
+    """Continue the fixed evaluation prompts; every rank takes part (ZeRO-3 and TP gather weights collectively)."""
+    tokenizer = dataset_tokenizer(config.data.output_dir)
+    with torch.compiler.set_stance("force_eager"):  # a compiled model would recompile for every cache length
+        texts = generate_texts(engine.module, tokenizer, config.train.eval_prompts, config.train.sample_tokens, seed=0)
+    if tracker:
+        tracker.log_text("\n\n".join(texts) + "\n", f"samples/step_{step:08d}.txt")
+
+
+def report(progress: Progress, metrics: dict, tracker, console: Console | None) -> None:
+    if tracker is None:
+        return
+    tracker.log_metrics(metrics, progress.step)
+    tracker.flush()
+    console.report(progress.step, metrics)
+
+
+def save_checkpoint(config: Config, engine, loader: BatchLoader, progress: Progress, tracker) -> Path:
+    """Save every rank's state; the marker holds what export and resume read without loading the files."""
+    info = {
+        "step": progress.step,
+        "tokens_seen": progress.tokens_seen,
+        "config": config.to_public_dict(),
+        "data_fingerprint": loader.fingerprint,
+        "mlflow_run_id": tracker.run_id if tracker else None,
+        # What a run finished from here reports (its summary), should its finish be cut short.
+        "train_loss": None if math.isnan(progress.train_loss) else progress.train_loss,
+        "val_loss": None if math.isnan(progress.val_loss) else progress.val_loss,
+    }
+    client_state = info | {"loader": loader.state_dict()}
+    return checkpoint.save(engine, config.run_dir, progress.step, client_state, info, config.checkpoint.keep_last)
+
+
+def export_if_due(config: Config, progress: Progress, say) -> None:
+    """Export the checkpoint just saved when train.export_every says so (pretrain/export/periodic.py).
+
+    `say` prints a line: rank 0 exports; the other ranks pass None and go on to wait at the next collective.
+    """
+    if say is None or not periodic_export.due(config, progress.step):
+        return
+    val_loss = progress.val_loss if validates_at(config, progress.step) else None
+    say(periodic_export.export_saved_checkpoint(config, progress.step, val_loss))
+
+
+def finish(config: Config, engine, loader, val, progress: Progress, tracker, manifest: dict) -> None:
+    """The end of a run: the last checkpoint, the sample, the summary; MLflow's run FINISHED.
+
+    A run resumed at its last step (its finish was cut short before) saves
+    nothing anew: it makes what the cut-short one did not.
+    """
+    if progress.resumed_at == progress.step:
+        saved = checkpoint.checkpoint_dir(config.run_dir) / checkpoint.tag_for(progress.step)
+        if math.isnan(progress.val_loss):
+            progress.val_loss = evaluate(engine, val)
+    else:
+        saved = save_checkpoint(config, engine, loader, progress, tracker)
+        export_if_due(config, progress, print if tracker else None)
+    tokenizer = dataset_tokenizer(config.data.output_dir)
+    # Every rank generates: under ZeRO-3 the forward pass gathers weights collectively.
+    with torch.compiler.set_stance("force_eager"):
+        sample = generate_text(
+            engine.module, tokenizer, config.train.sample_prompt, config.train.sample_tokens, seed=config.train.seed
+        )
+    if tracker is None:
+        return
+    summary = {
+        "mlflow_run_id": tracker.run_id,
+        "steps": progress.step,
+        "tokens_seen": progress.tokens_seen,
+        "train_loss": progress.train_loss,
+        "val_loss": progress.val_loss,
+        "checkpoint": str(saved),
+        "data_fingerprint": manifest["fingerprint"],
+        "sample": sample,
+    }
+    summary_path = layout.write_summary(config.run_dir, summary)
+    tracker.log_text(sample, "samples/final.txt")
+    tracker.log_artifact(summary_path)
+    tracker.finish()
+    print(f"sample: {sample!r}", flush=True)

@@ -48,7 +48,7 @@ from train_speed import single_process_environment
 from data_pipeline.shards import ShardWriter, verify_shard
 from pretrain.config import load_config
 from pretrain.train.engine import init_distributed
-from pretrain.weights import checkpoint
+from pretrain.weights import checkpoint, checkpoint_folder
 from pretrain.weights.checkpoint_engine import VerifiedCheckpointEngine
 from pretrain.weights.checkpoint_files import verify
 
@@ -101,7 +101,7 @@ def checkpoint_figures(args: argparse.Namespace, folder: Path) -> dict:
         for name, call in (("stock", stock), ("verified", verified))[:: 1 if repeat % 2 else -1]:
             os.sync()  # each save starts with no dirty pages of the one before to wait on
             times[name].append(seconds(call))
-        saved = checkpoint.checkpoint_dir(run_dir) / "step_00000001"
+        saved = checkpoint_folder.checkpoint_dir(run_dir) / "step_00000001"
         files = sorted(saved.glob("*.pt"))
         times["verify"].append(seconds(verify, saved))
         times["xxh3_128"].append(seconds(hash_all, files, xxhash.xxh3_128))

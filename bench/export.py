@@ -35,7 +35,7 @@ from model import GPT
 from pretrain.config import load_config, save_config
 from pretrain.export.exporter import export
 from pretrain.train.engine import build_engine, init_distributed
-from pretrain.weights import checkpoint
+from pretrain.weights import checkpoint, checkpoint_folder
 from pretrain.weights.checkpoint_files import load_torch_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def read_checkpoint(folder: Path) -> None:
 
 def bench_model(work: Path, model: str, args: argparse.Namespace) -> list[str]:
     run_dir = saved_run(work, model, args.zero_stage)
-    folder = checkpoint.checkpoint_dir(run_dir) / checkpoint.latest_tag(run_dir)
+    folder = checkpoint_folder.checkpoint_dir(run_dir) / checkpoint_folder.latest_tag(run_dir)
     read = median_seconds(lambda: read_checkpoint(folder), args.repeats)
     rows = [f"| {model} | checkpoint (baseline: read) | {read:.2f} | 1.00 | | {size_of(folder) / MB:,.0f} |"]
     for name, (export_format, dtype) in EXPORTS.items():

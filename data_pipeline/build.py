@@ -132,7 +132,11 @@ def _start_ray(ray_address: str | None) -> None:
         _loopback_only(True)
     # Without an address, a Ray of our own: ray.init() would otherwise join whatever cluster
     # /tmp/ray/ray_current_cluster names, and wait forever on one that died without cleaning up.
-    ray.init(address=address or "local", runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
+    try:
+        ray.init(address=address or "local", runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
+    except BaseException:
+        _stop_ray()  # and out of single-machine mode: a later connection to a cluster from this process must work
+        raise
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     # A DataError raised by a worker (a source that cannot be opened) reaches the caller as itself.

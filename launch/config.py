@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from launch.targets import TARGET_NAMES
+
 # DeepSpeed's launcher reads a hostfile; torchrun needs an endpoint every host can reach.
 ENDPOINT = re.compile(r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 
@@ -88,11 +90,12 @@ class RayConfig(Section):
 
 
 class LaunchConfig(Section):
-    target: Literal["local", "multinode", "slurm", "ray"] = Field(
+    target: str = Field(
         "local",
         description="local: this machine; multinode: this host's part of a job over several hosts; "
         "slurm: an sbatch job; ray: a Ray cluster's Jobs API",
     )
+
     launcher: Literal["torchrun", "deepspeed"] = Field(
         "torchrun", description="what starts the ranks on a host: torchrun, or DeepSpeed's `deepspeed` launcher"
     )
@@ -112,6 +115,13 @@ class LaunchConfig(Section):
     )
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("target")
+    @classmethod
+    def _a_known_target(cls, value: str) -> str:
+        if value not in TARGET_NAMES:
+            raise ValueError(f"no such launch target; choose one of {', '.join(TARGET_NAMES)} (launch/targets.py)")
+        return value
 
     @field_validator("rdzv_endpoint")
     @classmethod

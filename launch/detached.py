@@ -11,6 +11,7 @@ cancelled, failed or killed one after the fact.
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,10 +20,12 @@ from pathlib import Path
 import psutil
 
 from data_pipeline.layout import write_json_atomically
+from launch.config import LaunchConfig
 from launch.errors import LaunchError
-from launch.jobs import JobRecord, JobState, read_log
-from launch.local import exit_with_parent, launcher_preexec
+from launch.jobs import JOB_ID_VARIABLE, JobRecord, JobState, read_log
+from launch.local import NodeLayout, exit_with_parent, launcher_command, launcher_preexec, rank_environment
 from launch.signals import JobSignals
+from launch.targets import JobSpec
 
 
 def start(command: list[str], env: dict[str, str], log_file: Path, exit_file: Path, ranks: bool) -> psutil.Process:
@@ -44,6 +47,36 @@ def start(command: list[str], env: dict[str, str], log_file: Path, exit_file: Pa
             start_new_session=True,
         )
     return psutil.Process(process.pid)
+
+
+def check(launch: LaunchConfig) -> None:
+    """Nothing to check: this machine is there."""
+
+
+def submit(job: JobSpec, dry_run: bool) -> JobRecord | str:
+    """This machine's ranks (or the data build's one process) under a supervisor that outlives `pretrain submit`."""
+    if dry_run:
+        return shlex.join(job_command(job))
+    exit_file = job.log_file.with_name(f".{job.name}.exit")
+    env = rank_environment(job.launch.nproc_per_node) | {JOB_ID_VARIABLE: f"local:{job.name}"}
+    process = start(job_command(job), env, job.log_file, exit_file, ranks=job.train)
+    print(f"started {job.launch.nproc_per_node} rank(s) under process {process.pid}; log: {job.log_file}")
+    details = {"pid": process.pid, "create_time": process.create_time(), "exit_file": str(exit_file)}
+    return job.record("local", job.name, log=str(job.log_file), details=details)
+
+
+def job_command(job: JobSpec) -> list[str]:
+    if not job.train:
+        return [sys.executable, "-m", job.module, *job.args]
+    launch = job.launch
+    layout = NodeLayout(
+        nproc_per_node=launch.nproc_per_node,
+        nnodes=launch.nnodes,
+        rdzv_endpoint=launch.rdzv_endpoint,
+        rdzv_id=job.run_name,
+        hostfile=launch.hostfile,
+    )
+    return launcher_command(layout, job.module, job.args, launch.launcher)
 
 
 def supervise(exit_file: Path, command: list[str], ranks: bool) -> int:

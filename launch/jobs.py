@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 from data_pipeline.layout import write_json_atomically
 from launch.errors import LaunchError
 
 # The environment variable that tells the training run which job it is: its MLflow run is tagged with it.
 JOB_ID_VARIABLE = "PRETRAIN_JOB_ID"
-# The module that answers for each target's jobs: each has state(), logs() and cancel().
-BACKENDS = {"local": "launch.detached", "slurm": "launch.slurm", "ray": "launch.ray_jobs"}
 
 
 @dataclass
@@ -82,23 +78,6 @@ def find_record(jobs_dir: Path, job_id: str) -> JobRecord:
         options = ", ".join(record.mlflow_job_tag for record in matches)
         raise LaunchError(f"job id {job_id!r} is ambiguous; give one of {options}")
     return matches[0]
-
-
-def backend(target: str) -> ModuleType:
-    return importlib.import_module(BACKENDS[target])
-
-
-def job_state(record: JobRecord) -> JobState:
-    return backend(record.target).state(record)
-
-
-def job_logs(record: JobRecord, tail: int | None) -> str:
-    return backend(record.target).logs(record, tail)
-
-
-def cancel_job(record: JobRecord) -> str:
-    """Ask the scheduler to stop the job; returns what was done, in words."""
-    return backend(record.target).cancel(record)
 
 
 def tail_lines(text: str, tail: int | None) -> str:

@@ -12,10 +12,13 @@ RAY_AUTH_TOKEN or the file RAY_AUTH_TOKEN_PATH names and sent with every request
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
+from launch.config import LaunchConfig
 from launch.errors import LaunchError
-from launch.jobs import JobRecord, JobState, tail_lines
+from launch.jobs import JOB_ID_VARIABLE, JobRecord, JobState, tail_lines
+from launch.targets import JobSpec
 
 TOKEN_HINT = (
     "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, a file holding it) to the cluster's token; "
@@ -108,7 +111,36 @@ def client(address: str):
         raise LaunchError(f"the Ray cluster at {address} needs a token (token authentication): {TOKEN_HINT}") from None
 
 
-def submit(address: str, entrypoint: str, submission_id: str, runtime_env: dict) -> str:
+def check(launch: LaunchConfig) -> None:
+    """A cluster to send the job to: launch.ray.address or RAY_ADDRESS."""
+    resolve_address(launch.ray.address)
+
+
+def submit(job: JobSpec, dry_run: bool) -> JobRecord | dict:
+    """A Ray job: the project as its working directory, `python -m ...` as its entrypoint.
+
+    Training runs as a Ray Train TorchTrainer (job.ray_train_module); a data build is Ray Data on the cluster.
+    A dry run returns what would be submitted, environment variables included: the caller redacts it.
+    """
+    settings = job.launch.ray
+    address = resolve_address(settings.address)
+    variables = job_environment(settings.env_vars, settings.pass_env, settings.env_file, os.environ)
+    job_id = f"pretrain-{job.name}"
+    module_args = [job.ray_train_module, *job.args[1:]] if job.train else [job.module, *job.args]
+    entrypoint = shlex.join(["python", "-m", *module_args])
+    runtime_env = {
+        "working_dir": str(job.project_root),
+        "excludes": settings.excludes,
+        # Ray Train would copy every line a worker prints to stderr too: the job's log would hold each twice.
+        "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"} | variables | {JOB_ID_VARIABLE: f"ray:{job_id}"},
+    }
+    if dry_run:
+        return {"address": address, "submission_id": job_id, "entrypoint": entrypoint, "runtime_env": runtime_env}
+    submit_entrypoint(address, entrypoint, job_id, runtime_env)
+    return job.record("ray", job_id, details={"address": address})
+
+
+def submit_entrypoint(address: str, entrypoint: str, submission_id: str, runtime_env: dict) -> str:
     jobs = client(address)
     try:
         return jobs.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env)

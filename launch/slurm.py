@@ -15,12 +15,14 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch.config import SlurmConfig
+from launch.config import LaunchConfig, SlurmConfig
 from launch.errors import LaunchError
 from launch.jobs import JOB_ID_VARIABLE, JobRecord, JobState, read_log
+from launch.targets import JobSpec
 
 TIMEOUT_S = 60
 
@@ -151,7 +153,38 @@ def check_partition(settings: SlurmConfig) -> None:
         )
 
 
-def submit(script_path: Path) -> str:
+def check(launch: LaunchConfig) -> None:
+    """Nothing to check before the job is prepared; the partition is asked at submission (check_partition)."""
+
+
+def submit(job: JobSpec, dry_run: bool) -> JobRecord | str:
+    """An sbatch script for the job, written beside its outputs and submitted."""
+    settings = job.launch.slurm
+    python = settings.python or sys.executable
+    node_command = ["exec", shlex.quote(python), "-m", job.module, *map(shlex.quote, job.args)]
+    nnodes = job.launch.nnodes if job.train else 1
+    if nnodes > 1:
+        node_command += ['--node-rank="$SLURM_NODEID"', 'launch.rdzv_endpoint="$PRETRAIN_RDZV_ENDPOINT"']
+    slurm_job = SlurmJob(
+        name=f"pretrain-{job.name}",
+        workdir=Path.cwd(),
+        nnodes=nnodes,
+        log_file=str(job.outputs / "slurm-%j.out"),
+        node_command=node_command,
+        finished_marker=job.finished_marker,
+    )
+    script = render_script(settings, slurm_job)
+    if dry_run:
+        return script
+    check_partition(settings)
+    job.outputs.mkdir(parents=True, exist_ok=True)
+    script_path = job.outputs / f"{job.name}.sbatch"
+    script_path.write_text(script)
+    job_id = sbatch(script_path)
+    return job.record("slurm", job_id, log=slurm_job.log_file, details={"script": str(script_path)})
+
+
+def sbatch(script_path: Path) -> str:
     """`sbatch` the script; the job's id."""
     result = _run(["sbatch", "--parsable", str(script_path)])
     if result.returncode != 0:

@@ -2,12 +2,18 @@
 
 import gzip
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from tests.helpers import MlflowServer, free_port, unavailable
+
+# Ray waits 5 s for its GCS server to answer by default; two test workers on two cores (`make test`), each
+# starting Ray or ranks, can make it wait longer. Every Ray the tests start, in process or not, reads this.
+os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "60")
 
 WORDS = [
     "the",
@@ -152,26 +158,92 @@ def tiny_model_folder(tmp_path_factory, make_documents):
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """The embedded corpus built into shards with the tiny config, once per session."""
+def tiny_data(tmp_path_factory, worker_id) -> Path:
+    """The embedded corpus built into shards with the tiny config, once per run of the suite (for all workers)."""
     from tests.helpers import ROOT, pretrain
 
-    work = tmp_path_factory.mktemp("tiny-data")
-    data_dir = work / "data"
-    built = pretrain(
-        "data", "build", "--config", str(ROOT / "configs" / "tiny.yaml"), f"data.output_dir={data_dir}", cwd=work
-    )
-    (work / "build.out").write_text(built.stdout)  # what the command printed, for tests of its report
-    return data_dir
+    def build(work: Path) -> str:
+        data_dir = work / "data"
+        config = str(ROOT / "configs" / "tiny.yaml")
+        built = pretrain("data", "build", "--config", config, f"data.output_dir={data_dir}", cwd=work)
+        (work / "build.out").write_text(built.stdout)  # what the command printed, for tests of its report
+        return str(data_dir)
+
+    return Path(once_for_all_workers(tmp_path_factory, worker_id, "tiny-data", build))
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, tiny_data) -> dict:
+    """The tiny job's config (the session's shards; runs and MLflow store in a folder of the module's own)."""
+    from tests.helpers import tiny_job_config
+
+    work = tmp_path_factory.mktemp("job")
+    return {"config": tiny_job_config(work, tiny_data), "work": work, "data_dir": tiny_data}
 
 
 @pytest.fixture(scope="session")
-def two_rank_losses(tmp_path_factory, tiny_data) -> list[float]:
+def two_rank_losses(tmp_path_factory, worker_id, tiny_data) -> list[float]:
     """The reference of the resume and launch-target tests: ten steps of the tiny job on 2 ranks, ZeRO-1."""
     from tests.helpers import TWO_RANKS_ZERO1, tiny_job_config, train_losses
 
-    work = tmp_path_factory.mktemp("two-ranks")
-    return train_losses(work, tiny_job_config(work, tiny_data), "layout-2-1", *TWO_RANKS_ZERO1)
+    def train(work: Path) -> list[float]:
+        return train_losses(work, tiny_job_config(work, tiny_data), "layout-2-1", *TWO_RANKS_ZERO1)
+
+    return once_for_all_workers(tmp_path_factory, worker_id, "two-ranks", train)
+
+
+def once_for_all_workers(tmp_path_factory, worker_id: str, name: str, make):
+    """`make(folder)` once for the whole run, whatever the number of pytest-xdist workers: the first worker to
+    get here makes it, in a folder they all share; the others wait for it and read its (JSON) result."""
+    if worker_id == "master":  # no xdist: a session is the whole run
+        return make(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # the run's folder, above each worker's own
+    result = shared / f"{name}.json"
+    with FileLock(shared / f"{name}.lock"):
+        if not result.is_file():
+            folder = shared / name
+            folder.mkdir()
+            result.write_text(json.dumps(make(folder)))
+    return json.loads(result.read_text())
+
+
+# Several pytest-xdist workers share the machine (`make test` runs two). A test module runs whole on one
+# worker, so its module-scoped fixtures (a trained run, a built dataset) are made once, and the modules that
+# use the session's Slurm or Ray cluster run on one worker together, so each cluster is started once.
+CLUSTER_MODULES = {"test_targets", "test_slurm_cluster", "test_ray_cluster"}
+
+
+# The longest modules first, so that the last module running is not a long one started late: the workers
+# take modules in collection order. The clusters' own tests lead, since they need no dataset while the
+# other worker builds the session's (tiny_data).
+LONGEST_FIRST = [
+    "test_ray_cluster",
+    "test_slurm_cluster",
+    "test_targets",
+    "test_layouts",
+    "test_trust",
+    "test_export",
+    "test_interruptions",
+    "test_end_to_end",
+    "test_data_build",
+    "test_tracking",
+]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rpartition(".")[2], len(rank)))  # stable
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "clusters" if Path(module).stem in CLUSTER_MODULES else module
+
+    return ByModule(config, log)
 
 
 @pytest.fixture(scope="session")

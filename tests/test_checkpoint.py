@@ -11,15 +11,9 @@ import torch
 from pretrain.errors import CheckpointError
 from pretrain.layout import LATEST_NAME as LATEST
 from pretrain.layout import MARKER_NAME as COMPLETE
-from pretrain.weights.checkpoint import (
-    _prune,
-    checkpoint_dir,
-    complete_tags,
-    latest_tag,
-    restore_rng_states,
-    rng_states,
-)
-from pretrain.weights.checkpoint_files import describe_file, load_torch_file, verify, write_marker
+from pretrain.weights.checkpoint import restore_rng_states, rng_states
+from pretrain.weights.checkpoint_files import describe_file, load_torch_file, verify
+from pretrain.weights.checkpoint_folder import checkpoint_dir, complete_tags, latest_tag, prune, write_marker
 
 
 def make_checkpoint(run_dir: Path, step: int, complete: bool) -> str:
@@ -62,7 +56,7 @@ def test_no_complete_checkpoint_means_nothing_to_resume(tmp_path):
 
 def test_pruning_keeps_the_last_complete_ones_and_drops_leftovers(tmp_path):
     tags = [make_checkpoint(tmp_path, step, complete=step != 3) for step in range(1, 6)]
-    _prune(checkpoint_dir(tmp_path), keep_last=2)
+    prune(checkpoint_dir(tmp_path), keep_last=2)
     assert complete_tags(checkpoint_dir(tmp_path)) == tags[3:]
     assert sorted(p.name for p in checkpoint_dir(tmp_path).iterdir()) == tags[3:]
 

@@ -272,3 +272,19 @@ def test_inspect_and_verify_commands(built, capsys):
     assert "most frequent tokens:" in report and "sample from train-" in report
     assert main(["data", "verify", "--dir", str(root / "out")]) == 0
     assert f"{len(manifest['shards'])} shards and the tokenizer match" in capsys.readouterr().out
+
+
+def test_a_ray_that_fails_to_start_leaves_the_process_able_to_join_a_cluster(monkeypatch):
+    """The build's own Ray runs in single-machine mode (loopback only); a failed start must not leave it so."""
+    from ray._private import ray_constants
+
+    from data_pipeline import build
+
+    def refuse(**kwargs):
+        raise RuntimeError("no GCS")
+
+    monkeypatch.setattr(build.ray, "init", refuse)
+    with pytest.raises(RuntimeError, match="no GCS"):
+        build._start_ray(None)
+    assert build.RAY_CLUSTER_MODE not in os.environ
+    assert ray_constants.ENABLE_RAY_CLUSTER

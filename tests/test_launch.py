@@ -236,10 +236,10 @@ def test_ray_without_an_address_says_where_to_give_one(tmp_path, capsys, monkeyp
 
 
 def test_slurm_commands_missing_from_the_path_are_named(tmp_path, monkeypatch):
-    from launch.slurm import submit
+    from launch.slurm import sbatch
 
     script = tmp_path / "job.sbatch"
     script.write_text("#!/bin/bash\n")
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(LaunchError, match=r"`sbatch` is not on this machine's PATH.*make slurm"):
-        submit(script)
+        sbatch(script)

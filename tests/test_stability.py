@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
-from pretrain.weights.checkpoint import checkpoint_dir
 from pretrain.weights.checkpoint_files import load_torch_file
+from pretrain.weights.checkpoint_folder import checkpoint_dir
 from tests.helpers import ROOT, free_port, logged_metric, tiny_job_config
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from pretrain.weights.checkpoint import latest_tag
+from pretrain.weights.checkpoint_folder import latest_tag
 from tests.helpers import LAYOUT_RUN, free_port, logged_metric, pretrain, tiny_job_config
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from pretrain.cli import main
 from pretrain.config import load_config, save_config
 from pretrain.errors import ConfigError, TrackingError
 from pretrain.layout import SPOOL_DIR
-from pretrain.tracking.mlflow_tracker import Tracker, flatten
+from pretrain.tracking.mlflow_tracker import MlflowTracker, flatten
 from pretrain.tracking.run_info import PROJECT_ROOT, git_state
 from pretrain.tracking.spool import Spool
 
@@ -45,7 +45,7 @@ def steps_of(client: MlflowClient, run_id: str, key: str) -> list[int]:
 def test_run_params_tags_metrics_and_artifacts_reach_the_server(mlflow_server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     config = tracking_config(mlflow_server, tmp_path)
-    tracker = Tracker(config)
+    tracker = MlflowTracker(config)
     for step in range(1, 251):
         tracker.log_metrics({"loss": 10.0 / step, "lr": 1e-3}, step)
         if step % 50 == 0:
@@ -83,10 +83,10 @@ def test_run_params_tags_metrics_and_artifacts_reach_the_server(mlflow_server, t
 
 def test_resumed_tracker_continues_the_run(mlflow_server, tmp_path):
     config = tracking_config(mlflow_server, tmp_path, "resumed")
-    first = Tracker(config)
+    first = MlflowTracker(config)
     first.log_metrics({"loss": 2.0}, 1)
     first.finish("FAILED")
-    again = Tracker(config, run_id=first.run_id)
+    again = MlflowTracker(config, run_id=first.run_id)
     assert again.history["loss"] == [(1, 2.0)]  # the earlier history, for the loss curve
     again.log_metrics({"loss": 1.0}, 2)
     again.finish()
@@ -102,7 +102,7 @@ def test_unreachable_server_spools_and_runs_sync_sends_everything_once(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a user's setting wins over the tracker's default
     config = tracking_config(unreachable_mlflow_uri, tmp_path, "offline")
     save_config(config, config.run_dir / "config.yaml")
-    tracker = Tracker(config)
+    tracker = MlflowTracker(config)
     assert tracker.run_id is None  # no MLflow run yet
     for step in range(1, 101):
         tracker.log_metrics({"loss": 10.0 / step}, step)
@@ -138,17 +138,17 @@ def test_resumed_run_continues_the_spool_then_sends_it_when_the_server_is_back(
 ):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     down = tracking_config(unreachable_mlflow_uri, tmp_path, "comeback")
-    first = Tracker(down)
+    first = MlflowTracker(down)
     first.log_metrics({"loss": 3.0}, 1)
     first.finish("FAILED")
-    second = Tracker(down, run_id=first.run_id)  # the checkpoint's run id: None
+    second = MlflowTracker(down, run_id=first.run_id)  # the checkpoint's run id: None
     assert second.history["loss"] == [(1, 3.0)]  # from the spool
     second.log_metrics({"loss": 2.0}, 2)
     second.finish("FAILED")
     assert Spool(down.run_dir / SPOOL_DIR).run()["name"] == "comeback"  # one spooled run, continued
 
     up = tracking_config(mlflow_server, tmp_path, "comeback")
-    third = Tracker(up, run_id=second.run_id)  # sends the spool first, then goes on online
+    third = MlflowTracker(up, run_id=second.run_id)  # sends the spool first, then goes on online
     assert third.run_id is not None and not third.offline
     third.log_metrics({"loss": 1.0}, 3)
     third.finish()
@@ -166,7 +166,7 @@ def test_server_killed_mid_run_loses_nothing(restartable_mlflow_server, tmp_path
     server = restartable_mlflow_server
     config = tracking_config(server.uri, tmp_path, "killed")
     save_config(config, config.run_dir / "config.yaml")
-    tracker = Tracker(config)
+    tracker = MlflowTracker(config)
     step = 0
 
     def train_steps(count: int) -> None:
@@ -201,7 +201,7 @@ def test_basic_auth_server_through_mlflow_credential_variables(mlflow_auth_serve
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
     config = tracking_config(uri, tmp_path)
     config_path = save_config(config, config.run_dir / "config.yaml")
-    tracker = Tracker(config)
+    tracker = MlflowTracker(config)
     tracker.log_metrics({"loss": 1.5}, 1)
     tracker.log_artifact(config_path)
     tracker.finish()
@@ -219,7 +219,7 @@ def test_basic_auth_server_through_mlflow_credential_variables(mlflow_auth_serve
 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
     with pytest.raises(TrackingError, match="401.*set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"):
-        Tracker(tracking_config(uri, tmp_path, "wrong"))
+        MlflowTracker(tracking_config(uri, tmp_path, "wrong"))
     assert not (tmp_path / "runs" / "wrong" / SPOOL_DIR).exists()  # a refusal is not spooled
 
 

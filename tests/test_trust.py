@@ -18,8 +18,8 @@ from mlflow import MlflowClient
 
 from pretrain.cli import main
 from pretrain.layout import MARKER_NAME
-from pretrain.weights.checkpoint import checkpoint_dir, latest_tag
 from pretrain.weights.checkpoint_files import describe_file, verify
+from pretrain.weights.checkpoint_folder import checkpoint_dir, latest_tag
 from tests.helpers import pretrain, read_until, tiny_job_config, unavailable
 
 pytestmark = pytest.mark.slow
@@ -278,8 +278,8 @@ def test_sigterm_while_the_job_starts_stops_it_cleanly_with_exit_0(base):
     work = new_folder(base, "early")
     config = [*tiny_job_config(work, base["data"]), "tracking.run_name=early", "launch.nproc_per_node=2"]
     in_preflight = start_run(work, config, *LONG_RUN)
-    while not any("libtorch" in m.path for m in psutil.Process(in_preflight.pid).memory_maps()):
-        time.sleep(0.02)  # importing torch to load the config: its handlers were installed before
+    while not any("libarrow" in m.path for m in psutil.Process(in_preflight.pid).memory_maps()):
+        time.sleep(0.02)  # importing pyarrow to check the dataset: its handlers were installed before
     in_preflight.send_signal(signal.SIGTERM)
     output = in_preflight.communicate(timeout=120)[0]
     assert in_preflight.returncode == 0 and "Traceback" not in output, output[-3000:]

@@ -14,6 +14,10 @@
     pretrain runs sync outputs/runs/first   # send a run's MLflow spool, kept while the server was down
 
 Every subcommand takes `--config FILE` and dotted `key.path=value` overrides.
+
+Owns parsing (parser.py) and dispatching (commands.py, a few lines per
+command calling into the package that does the work). May import every
+package of pretrain/; nothing imports it.
 """
 
 from __future__ import annotations

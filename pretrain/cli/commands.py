@@ -81,10 +81,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
     if args.from_registry:
-        from pretrain.export.registry import fetch
+        from pretrain.tracking import backend
 
         out = args.out or Path(args.from_registry.replace("@", "-").replace("/", "-"))
-        folder, version = fetch(args.from_registry, out, config.tracking.uri)
+        folder, version = backend(config.tracking.backend).fetch(args.from_registry, out, config.tracking.uri)
         print(f"fetched {version.name} version {version.version} ({version.source}): {folder.resolve()}")
         return 0
     from pretrain.export.exporter import export
@@ -94,12 +94,13 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
     print(f"exported model folder: {folder.resolve()}")
     if args.register:
         from pretrain.config import tracking_uri_chosen
-        from pretrain.export.registry import register, validation_loss_at
+        from pretrain.tracking import backend
 
         # A tracking.uri the user gave (a config, an override, MLFLOW_TRACKING_URI) wins; else the run's own.
         uri = config.tracking.uri if tracking_uri_chosen(args.config, args.overrides) else found.config.tracking.uri
-        val_loss = validation_loss_at(uri, found.mlflow_run_id, found.step)
-        version = register(folder, info, args.register, args.alias, uri, val_loss)
+        store = backend(found.config.tracking.backend)
+        val_loss = store.metric_at(uri, found.mlflow_run_id, "val_loss", found.step)
+        version = store.register(folder, info, args.register, args.alias, uri, val_loss)
         print(f"registered {version.name} version {version.version} ({version.source}) at {uri}")
         for alias in args.alias:
             print(f"  {version.name}@{alias}")
@@ -140,9 +141,9 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from pretrain.tracking.mlflow_tracker import sync_run_dir
+    from pretrain.tracking import backend
 
-    report, uri = sync_run_dir(args.run_dir, args.uri)
+    report, uri = backend().sync(args.run_dir, args.uri)  # MLflow's: the one backend that spools
     if report.created:
         print(f"created MLflow run {report.run_id} at {uri}")
     if report.sent_anything:

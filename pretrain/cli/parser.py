@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from launch.targets import TARGET_NAMES
+
 EPILOG = (
     "Overrides: dotted key paths after the options, e.g. train.lr=3e-4 model.n_layer=4. A text setting takes "
     "the text as it is (train.sample_prompt=ROMEO:); quote the whole argument for the shell when it holds "
@@ -126,7 +128,7 @@ def _add_submit(commands) -> None:
         )
     )
     submit.add_argument(
-        "--target", choices=["local", "multinode", "slurm", "ray"], help="where the job runs (launch.target)"
+        "--target", choices=TARGET_NAMES, help="where the job runs (launch.target)"
     )
     submit.add_argument(
         "--stage", choices=["train", "data"], default="train", help="what runs: training (default) or the data build"
@@ -135,7 +137,7 @@ def _add_submit(commands) -> None:
         "--detach", action="store_true", help="local: return at once; a training job logs to <run folder>/job.log"
     )
     submit.add_argument(
-        "--dry-run", action="store_true", help="slurm, ray: print what would be submitted, submit nothing"
+        "--dry-run", action="store_true", help="print what would be submitted (the command, sbatch script or Ray request), submit nothing"
     )
     submit.add_argument("--resume", action="store_true", help="require a checkpoint to continue from")
     submit.add_argument("--nproc", type=int, metavar="N", help="processes per node (launch.nproc_per_node)")

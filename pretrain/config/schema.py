@@ -119,6 +119,7 @@ class CheckpointConfig(Section):
 
 
 class TrackingConfig(Section):
+    backend: Literal["mlflow"] = Field("mlflow", description="where runs are tracked (pretrain/tracking/): mlflow")
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI: sqlite:///file.db or http://host:port")
     experiment: str = "pretrain"
     run_name: str = "run"

@@ -16,8 +16,8 @@ from model import GPT
 from pretrain.config import Config
 from pretrain.errors import CheckpointError, CheckpointRefused, ExportError
 from pretrain.layout import CHECKPOINTS_DIR, CONFIG_NAME, EXPORT_DIR, MARKER_NAME, TOKENIZER_NAME
-from pretrain.weights import checkpoint
 from pretrain.weights.checkpoint_files import load_torch_file, verify
+from pretrain.weights.checkpoint_folder import candidates, checkpoint_dir, complete_tags
 from pretrain.weights.consolidate import consolidated_state_dict
 from pretrain.weights.hf_config import HF_CONFIG_NAME, TORCH_CONFIG_NAME, hf_architecture
 from pretrain.weights.model_folder import load_model_folder, write_model_folder
@@ -36,7 +36,7 @@ class Checkpoint:
 
     @property
     def folder(self) -> Path:
-        return checkpoint.checkpoint_dir(self.run_dir) / self.tag
+        return checkpoint_dir(self.run_dir) / self.tag
 
 
 def find_checkpoint(path: Path, tag: str | None = None) -> Checkpoint:
@@ -53,16 +53,16 @@ def find_checkpoint(path: Path, tag: str | None = None) -> Checkpoint:
         run_dir = path.parent
     if not (run_dir / CONFIG_NAME).is_file():
         raise CheckpointError(f"{path}: not a run folder (no {CONFIG_NAME}); pass the folder `pretrain train` printed")
-    tags = [tag] if tag else checkpoint.candidates(run_dir)
-    folder = checkpoint.checkpoint_dir(run_dir) / (tags[0] if tags else "")
+    tags = [tag] if tag else candidates(run_dir)
+    folder = checkpoint_dir(run_dir) / (tags[0] if tags else "")
     if not tags or not (folder / MARKER_NAME).is_file():
-        complete = ", ".join(checkpoint.complete_tags(checkpoint.checkpoint_dir(run_dir))) or "none"
+        complete = ", ".join(complete_tags(checkpoint_dir(run_dir))) or "none"
         raise CheckpointError(
-            f"{checkpoint.checkpoint_dir(run_dir)}: no complete checkpoint {tag or ''} (complete ones: {complete})"
+            f"{checkpoint_dir(run_dir)}: no complete checkpoint {tag or ''} (complete ones: {complete})"
         )
     for index, candidate in enumerate(tags):
         try:
-            marker = verify(checkpoint.checkpoint_dir(run_dir) / candidate)
+            marker = verify(checkpoint_dir(run_dir) / candidate)
         except CheckpointRefused:
             raise  # tampered with: no checkpoint of this folder is to be trusted
         except CheckpointError as err:
@@ -76,7 +76,7 @@ def find_checkpoint(path: Path, tag: str | None = None) -> Checkpoint:
 
 def checkpoint_of(run_dir: Path, tag: str, marker: dict) -> Checkpoint:
     """What a verified checkpoint is: from its marker, or (saved before markers held it) its client state."""
-    folder = checkpoint.checkpoint_dir(run_dir) / tag
+    folder = checkpoint_dir(run_dir) / tag
     state = marker if marker["files"] is not None else client_state(folder)
     saved = state.get("config") or yaml.safe_load((run_dir / CONFIG_NAME).read_text())
     try:

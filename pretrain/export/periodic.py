@@ -13,9 +13,9 @@ from __future__ import annotations
 from pretrain.config import Config
 from pretrain.errors import PretrainError
 from pretrain.export.exporter import check_exportable, export
-from pretrain.export.registry import register
 from pretrain.layout import EXPORTS_DIR
-from pretrain.weights import checkpoint
+from pretrain.tracking import backend
+from pretrain.weights.checkpoint_folder import tag_for
 
 
 def export_format(config: Config) -> str:
@@ -32,13 +32,15 @@ def due(config: Config, step: int) -> bool:
 
 def export_saved_checkpoint(config: Config, step: int, val_loss: float | None) -> str:
     """Export the checkpoint of `step`; return the line that says where it went (or why it did not)."""
-    tag = checkpoint.tag_for(step)
+    tag = tag_for(step)
     try:
         folder, _, info = export(config.run_dir, config.run_dir / EXPORTS_DIR / tag, tag, export_format(config))
         line = f"exported step {step}: {folder}"
         name = config.train.export_register
         if name:
-            version = register(folder, info, name, config.train.export_aliases, config.tracking.uri, val_loss)
+            version = backend(config.tracking.backend).register(
+                folder, info, name, config.train.export_aliases, config.tracking.uri, val_loss
+            )
             line += f", registered as {name} version {version.version}"
         return line
     except PretrainError as err:

@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from launch.errors import LaunchError
-from launch.jobs import JobRecord, cancel_job, find_record, job_logs, job_state, load_records
+from launch.jobs import JobRecord, find_record, load_records
+from launch.targets import target
 from pretrain.layout import read_summary
-from pretrain.tracking.mlflow_tracker import REQUEST_ERRORS, configure_mlflow_client
-
-JOB_TAG = "pretrain.job_id"
+from pretrain.tracking import backend
 
 
 def jobs_command(action: str, jobs_dir: Path, job_id: str | None, tail: int | None) -> str:
@@ -24,14 +23,14 @@ def jobs_command(action: str, jobs_dir: Path, job_id: str | None, tail: int | No
     if action == "status":
         return describe_job(record)
     if action == "logs":
-        return job_logs(record, tail).rstrip("\n")
-    return cancel_job(record)
+        return target(record.target).logs(record, tail).rstrip("\n")
+    return target(record.target).cancel(record)
 
 
 def state_or_reason(record: JobRecord) -> str:
     """The scheduler's state; when it cannot be asked, why, in place of the state."""
     try:
-        return str(job_state(record))
+        return str(target(record.target).state(record))
     except LaunchError as err:
         return f"UNKNOWN ({err})"
 
@@ -58,7 +57,7 @@ def describe_job(record: JobRecord) -> str:
     if record.log:
         lines.append(f"log:        {record.log}")
     if record.stage == "train":
-        lines += [f"run folder: {record.run_dir}", f"MLflow run: {mlflow_run(record)}"]
+        lines += [f"run folder: {record.run_dir}", f"MLflow run: {backend().job_run(record.tracking_uri, record.experiment, record.mlflow_job_tag)}"]
         summary = read_summary(Path(record.run_dir))
         if summary:
             lines.append(
@@ -66,28 +65,3 @@ def describe_job(record: JobRecord) -> str:
                 f"validation loss {summary['val_loss']:.4f}"
             )
     return "\n".join(lines)
-
-
-def mlflow_run(record: JobRecord) -> str:
-    """The MLflow run the job's training created, found by its job tag; or why it is not known."""
-    from mlflow import MlflowClient
-
-    configure_mlflow_client()
-    client = MlflowClient(record.tracking_uri)
-    try:
-        experiment = client.get_experiment_by_name(record.experiment)
-        runs = (
-            client.search_runs(
-                [experiment.experiment_id], filter_string=f"tags.`{JOB_TAG}` = '{record.mlflow_job_tag}'"
-            )
-            if experiment
-            else []
-        )
-    except REQUEST_ERRORS as err:
-        return f"unknown: MLflow at {record.tracking_uri} cannot be asked ({type(err).__name__})"
-    if not runs:
-        return (
-            f"none yet in experiment {record.experiment!r} at {record.tracking_uri} (the job has not started training)"
-        )
-    run = runs[0]
-    return f"{run.info.run_id} ({run.info.status}) in experiment {record.experiment!r} at {record.tracking_uri}"

@@ -15,25 +15,24 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import shlex
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_pipeline.locks import FolderInUse, holder_if_locked
-from launch import detached, signals
+from launch import signals
 from launch.jobs import JobRecord, save_record
-from launch.local import NodeLayout, launcher_command, rank_environment, run_local
+from launch.local import NodeLayout, run_local
+from launch.targets import FOREGROUND_ONLY, JobSpec, target
 from pretrain.config import Config, save_config, with_absolute_paths
 from pretrain.config.secrets import REDACTED, redact
 from pretrain.errors import ConfigError, PretrainError
-from pretrain.layout import CONFIG_NAME, JOB_ID_VARIABLE, JOB_LOG_NAME, SUMMARY_NAME, read_summary
+from pretrain.layout import CONFIG_NAME, JOB_LOG_NAME, SUMMARY_NAME, read_summary
 from pretrain.train.preflight import check_job
 
 CLI_MODULE = "pretrain.cli"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RAY_TRAIN_MODULE = "pretrain.jobs.ray_train"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -119,23 +118,56 @@ def print_run_outputs(config: Config) -> None:
 
 def submit(config: Config, submission: Submission) -> int:
     """Send the job to `launch.target`; print its id and how to follow it."""
-    target = config.launch.target
-    if target in ("local", "multinode") and not submission.detach:
+    name = config.launch.target
+    if name in ("local", "multinode") and not submission.detach:
         if submission.stage == "data":
             raise ConfigError("--stage data on this machine is `pretrain data build`; or add --detach")
         return run_here(config, submission.require_checkpoint, submission.node_rank)
-    if target == "multinode":
+    if name in FOREGROUND_ONLY:
         raise ConfigError("--detach is for launch.target=local; a multinode job runs in the foreground on each host")
+    target(name).check(config.launch)
+    refuse_redacted(config.launch.ray.env_vars)
     # The job may start in another folder (Ray) or on another host (Slurm): paths must not depend on it.
     config = with_absolute_paths(config, Path.cwd())
-    record = {"local": submit_detached, "slurm": submit_slurm, "ray": submit_ray}[target](config, submission)
-    if record is None:  # a dry run
+    job = job_spec(config, submission)
+    if name == "local" and submission.stage == "train" and not submission.dry_run:
+        check_run_folder_free(config)  # elsewhere the lock is taken where the run runs: its rank 0 finds out
+    result = target(name).submit(job, submission.dry_run)
+    if not isinstance(result, JobRecord):  # a dry run: what would be submitted
+        print(json.dumps(redact(result), indent=2) if isinstance(result, dict) else result, end="\n")
         return 0
-    save_record(Path(config.launch.jobs_dir), record)
-    print(f"submitted {target} job {record.job_id}")
-    print(f"  follow it: pretrain jobs status {record.job_id} | pretrain jobs logs {record.job_id}")
-    print(f"  stop it:   pretrain jobs cancel {record.job_id}")
+    save_record(Path(config.launch.jobs_dir), result)
+    print(f"submitted {name} job {result.job_id}")
+    print(f"  follow it: pretrain jobs status {result.job_id} | pretrain jobs logs {result.job_id}")
+    print(f"  stop it:   pretrain jobs cancel {result.job_id}")
     return 0
+
+
+def job_spec(config: Config, submission: Submission) -> JobSpec:
+    """The job as a target takes it: its resolved config (in the jobs folder) and the `pretrain` arguments it runs."""
+    name = job_name(config, submission.stage)
+    resolved = Path(config.launch.jobs_dir) / f"{name}.yaml"
+    if submission.stage == "data":
+        args = ["data", "build", "--config", str(save_config(config, resolved))]
+    else:
+        args = prepare_training(config, submission.require_checkpoint, resolved)
+    train = submission.stage == "train"
+    return JobSpec(
+        name=name,
+        stage=submission.stage,
+        module=CLI_MODULE,
+        args=args,
+        config_path=resolved,
+        launch=config.launch,
+        run_name=config.tracking.run_name,
+        run_dir=config.run_dir,
+        tracking_uri=config.tracking.uri,
+        experiment=config.tracking.experiment,
+        project_root=PROJECT_ROOT,
+        ray_train_module=RAY_TRAIN_MODULE,
+        log_file=config.run_dir / JOB_LOG_NAME if train else Path(config.launch.jobs_dir) / f"{name}.log",
+        finished_marker=config.run_dir / SUMMARY_NAME if train else None,
+    )
 
 
 def refuse_redacted(variables: dict[str, str]) -> None:
@@ -149,116 +181,7 @@ def refuse_redacted(variables: dict[str, str]) -> None:
             )
 
 
-def new_record(config: Config, target: str, stage: str, job_id: str, config_path: Path, **fields) -> JobRecord:
-    return JobRecord(
-        target=target,
-        job_id=job_id,
-        run_name=config.tracking.run_name,
-        run_dir=str(config.run_dir),
-        config=str(config_path),
-        tracking_uri=config.tracking.uri,
-        experiment=config.tracking.experiment,
-        stage=stage,
-        **fields,
-    )
-
-
 def job_name(config: Config, stage: str) -> str:
     """The run name (or `data`) and the time: readable, and different for each submission."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{config.tracking.run_name if stage == 'train' else 'data'}-{stamp}"
-
-
-def stage_command(config: Config, submission: Submission, name: str) -> tuple[Path, list[str]]:
-    """The resolved config (in the jobs folder) and the `pretrain` arguments of a data build, or of every rank."""
-    resolved = Path(config.launch.jobs_dir) / f"{name}.yaml"
-    if submission.stage == "data":
-        return save_config(config, resolved), ["data", "build", "--config", str(resolved)]
-    return resolved, prepare_training(config, submission.require_checkpoint, resolved)
-
-
-def submit_detached(config: Config, submission: Submission) -> JobRecord:
-    """This machine's ranks, under a supervisor that outlives this command (launch/detached.py)."""
-    job_id = job_name(config, submission.stage)
-    if submission.stage == "train":
-        check_run_folder_free(config)
-    config_path, args = stage_command(config, submission, job_id)
-    if submission.stage == "train":
-        command = launcher_command(node_layout(config, 0), CLI_MODULE, args, config.launch.launcher)
-        log_file = config.run_dir / JOB_LOG_NAME
-    else:
-        command = [sys.executable, "-m", CLI_MODULE, *args]
-        log_file = Path(config.launch.jobs_dir) / f"{job_id}.log"
-    exit_file = log_file.with_name(f".{job_id}.exit")
-    env = rank_environment(config.launch.nproc_per_node) | {JOB_ID_VARIABLE: f"local:{job_id}"}
-    process = detached.start(command, env, log_file, exit_file, ranks=submission.stage == "train")
-    print(f"started {config.launch.nproc_per_node} rank(s) under process {process.pid}; log: {log_file}")
-    return new_record(
-        config,
-        "local",
-        submission.stage,
-        job_id,
-        config_path,
-        log=str(log_file),
-        details={"pid": process.pid, "create_time": process.create_time(), "exit_file": str(exit_file)},
-    )
-
-
-def submit_slurm(config: Config, submission: Submission) -> JobRecord | None:
-    """An sbatch script for the job (launch/slurm.py), written beside its outputs and submitted."""
-    from launch import slurm
-
-    settings, train, name = config.launch.slurm, submission.stage == "train", job_name(config, submission.stage)
-    config_path, args = stage_command(config, submission, name)
-    python = settings.python or sys.executable
-    node_command = ["exec", shlex.quote(python), "-m", CLI_MODULE, *map(shlex.quote, args)]
-    if train and config.launch.nnodes > 1:
-        node_command += ['--node-rank="$SLURM_NODEID"', 'launch.rdzv_endpoint="$PRETRAIN_RDZV_ENDPOINT"']
-    folder = config.run_dir if train else Path(config.launch.jobs_dir)
-    job = slurm.SlurmJob(
-        name=f"pretrain-{name}",
-        workdir=Path.cwd(),
-        nnodes=config.launch.nnodes if train else 1,
-        log_file=str(folder / "slurm-%j.out"),
-        node_command=node_command,
-        finished_marker=config.run_dir / SUMMARY_NAME if train else None,
-    )
-    script = slurm.render_script(settings, job)
-    if submission.dry_run:
-        print(script, end="")
-        return None
-    slurm.check_partition(settings)
-    folder.mkdir(parents=True, exist_ok=True)
-    script_path = folder / f"{name}.sbatch"
-    script_path.write_text(script)
-    job_id = slurm.submit(script_path)
-    return new_record(
-        config, "slurm", submission.stage, job_id, config_path, log=job.log_file, details={"script": str(script_path)}
-    )
-
-
-def submit_ray(config: Config, submission: Submission) -> JobRecord | None:
-    """A Ray job: this project as its working directory, a `pretrain` command as its entrypoint."""
-    from launch import ray_jobs
-
-    settings = config.launch.ray
-    address = ray_jobs.resolve_address(settings.address)
-    variables = ray_jobs.job_environment(settings.env_vars, settings.pass_env, settings.env_file, os.environ)
-    refuse_redacted(variables)
-    job_id = f"pretrain-{job_name(config, submission.stage)}"
-    config_path, args = stage_command(config, submission, job_id)
-    # Training runs as a Ray Train TorchTrainer (pretrain/jobs/ray_train.py); a data build is Ray Data on the cluster.
-    module_args = ["pretrain.jobs.ray_train", *args[1:]] if submission.stage == "train" else [CLI_MODULE, *args]
-    entrypoint = shlex.join(["python", "-m", *module_args])
-    runtime_env = {
-        "working_dir": str(PROJECT_ROOT),
-        "excludes": settings.excludes,
-        # Ray Train would copy every line a worker prints to stderr too: the job's log would hold each twice.
-        "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"} | variables | {JOB_ID_VARIABLE: f"ray:{job_id}"},
-    }
-    if submission.dry_run:
-        shown = {"address": address, "submission_id": job_id, "entrypoint": entrypoint, "runtime_env": runtime_env}
-        print(json.dumps(redact(shown), indent=2))
-        return None
-    ray_jobs.submit(address, entrypoint, job_id, runtime_env)
-    return new_record(config, "ray", submission.stage, job_id, config_path, details={"address": address})

@@ -78,8 +78,9 @@ class _InFlight:
     spool: Callable[[], None]
 
 
-class Tracker:
-    """One MLflow run: parameters at the start, batched metrics, artifacts, a status at the end.
+class MlflowTracker:
+    """One MLflow run (a Tracker, pretrain/tracking/base.py): parameters at the start, batched metrics,
+    artifacts, a status at the end.
 
     `run_id` is the MLflow run id; None while the run exists only in the spool
     (the server was down from the start). A resumed Tracker gets the run id

@@ -17,7 +17,10 @@ import pretrain
 from pretrain.config import Config
 from pretrain.layout import JOB_ID_VARIABLE
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The tag that links a run to the job that trained it: `pretrain jobs status` finds the run by it.
+JOB_TAG = "pretrain.job_id"
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -45,7 +48,7 @@ def run_tags(config: Config) -> dict[str, str]:
         tags[f"version.{package}"] = package_version(package)
     # Set by `pretrain submit` (and the Slurm script): links the run to `pretrain jobs status`.
     if job_id := os.environ.get(JOB_ID_VARIABLE):
-        tags["pretrain.job_id"] = job_id
+        tags[JOB_TAG] = job_id
     return tags
 
 

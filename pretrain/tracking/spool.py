@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from pretrain.layout import write_json_atomically
+from pretrain.tracking.base import SyncReport
 
 # The most metrics MLflow takes in one log_batch call: the unit of progress of a sync.
 METRICS_PER_BATCH = 1000
@@ -119,24 +119,6 @@ def create_run(client: MlflowClient, run: dict) -> str:
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(run["experiment"])
     created = client.create_run(experiment_id, start_time=run["start_time"], tags=run["tags"], run_name=run["name"])
     return created.info.run_id
-
-
-@dataclass
-class SyncReport:
-    run_id: str
-    created: bool = False
-    metrics: int = 0
-    tags: int = 0
-    artifacts: int = 0
-    status: str | None = None
-
-    @property
-    def sent_anything(self) -> bool:
-        return self.created or bool(self.metrics or self.tags or self.artifacts or self.status)
-
-    def describe(self) -> str:
-        parts = [f"{self.metrics} metrics", f"{self.tags} tags", f"{self.artifacts} artifacts"]
-        return ", ".join(parts) + (f", status {self.status}" if self.status else "")
 
 
 def sync_spool(spool: Spool, client: MlflowClient) -> SyncReport:

@@ -25,7 +25,7 @@ from pretrain.config import Config
 from pretrain.errors import ConfigError, TrainingError, on_every_rank
 from pretrain.export import periodic as periodic_export
 from pretrain.layout import CONFIG_HISTORY, MANIFEST_NAME, SUMMARY_NAME, TOKENIZER_NAME
-from pretrain.tracking.mlflow_tracker import Tracker
+from pretrain.tracking import Tracker, backend
 from pretrain.train.console import Console
 from pretrain.train.cost import model_cost
 from pretrain.train.data import make_loaders, verify_shards_together
@@ -40,6 +40,7 @@ from pretrain.train.run_files import write_run_files
 from pretrain.train.sampling import generate_text, generate_texts
 from pretrain.train.stability import NonFiniteSteps
 from pretrain.weights import checkpoint
+from pretrain.weights.checkpoint_folder import checkpoint_dir, tag_for
 from pretrain.weights.model_folder import folder_state_dict
 
 
@@ -193,7 +194,7 @@ def start_tracking(
     config.yaml is written here, once the checkpoint has loaded; a resume
     that changed settings says so, in the console and as a tag of the run.
     """
-    tracker = Tracker(config, run_id)
+    tracker = backend(config.tracking.backend).start(config, run_id)
     files = write_run_files(config, data_dir, deepspeed_config(config), progress.resumed_at)
     for path in [*files, data_dir / MANIFEST_NAME]:
         tracker.log_artifact(path)
@@ -364,7 +365,7 @@ def finish(config: Config, engine, loader, val, progress: Progress, tracker, man
     nothing anew: it makes what the cut-short one did not.
     """
     if progress.resumed_at == progress.step:
-        saved = checkpoint.checkpoint_dir(config.run_dir) / checkpoint.tag_for(progress.step)
+        saved = checkpoint_dir(config.run_dir) / tag_for(progress.step)
         if math.isnan(progress.val_loss):
             progress.val_loss = evaluate(engine, val)
     else:

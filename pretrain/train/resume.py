@@ -29,7 +29,7 @@ from pretrain.config import Config
 from pretrain.errors import CheckpointError, ConfigError
 from pretrain.layout import CONFIG_NAME, read_summary
 from pretrain.tracking.run_info import flatten
-from pretrain.weights.checkpoint import candidates, checkpoint_dir, latest_tag, saved_info, step_of
+from pretrain.weights.checkpoint_folder import candidates, checkpoint_dir, latest_tag, saved_info, step_of
 
 WORLD_SIZE = "launch.nnodes x launch.nproc_per_node"
 FIXED_SETTINGS = (

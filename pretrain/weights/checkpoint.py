@@ -33,20 +33,17 @@ import torch
 import torch.distributed as dist
 
 from pretrain.errors import CheckpointError, CheckpointRefused, on_every_rank
-from pretrain.layout import CHECKPOINTS_DIR, LATEST_NAME, MARKER_NAME, QUARANTINE_PREFIX, write_atomically
-from pretrain.weights.checkpoint_files import check_share, read_marker, warn_unverified, write_marker
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / CHECKPOINTS_DIR
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def step_of(tag: str) -> int:
-    return int(tag.removeprefix("step_"))
+from pretrain.layout import LATEST_NAME, MARKER_NAME, write_atomically
+from pretrain.weights.checkpoint_files import check_share, warn_unverified
+from pretrain.weights.checkpoint_folder import (
+    candidates,
+    checkpoint_dir,
+    prune,
+    quarantine,
+    read_marker,
+    tag_for,
+    write_marker,
+)
 
 
 def rng_states() -> dict:
@@ -90,51 +87,8 @@ def save(engine, run_dir: Path, step: int, client_state: dict, info: dict, keep_
         files = {name: entry for rank_files, _ in recorded for name, entry in rank_files.items()}
         write_marker(folder, files, info)
         write_atomically(directory / LATEST_NAME, tag)
-        _prune(directory, keep_last)
+        prune(directory, keep_last)
     return folder
-
-
-def complete_tags(directory: Path) -> list[str]:
-    """The tags of complete checkpoints, oldest first."""
-    if not directory.is_dir():
-        return []
-    return sorted(p.name for p in directory.glob("step_*") if (p / MARKER_NAME).is_file())
-
-
-def _prune(directory: Path, keep_last: int) -> None:
-    """Remove all but the last `keep_last` complete checkpoints, and what killed saves left behind."""
-    keep = set(complete_tags(directory)[-keep_last:])
-    for path in directory.glob("step_*"):
-        if path.is_dir() and path.name not in keep:
-            shutil.rmtree(path)
-
-
-def latest_tag(run_dir: Path) -> str | None:
-    """The newest complete checkpoint: the one `latest` names, or the newest with a marker if it is not complete."""
-    directory = checkpoint_dir(run_dir)
-    named = (directory / LATEST_NAME).read_text().strip() if (directory / LATEST_NAME).is_file() else None
-    if named and (directory / named / MARKER_NAME).is_file():
-        return named
-    tags = complete_tags(directory)
-    return tags[-1] if tags else None
-
-
-def candidates(run_dir: Path) -> list[str]:
-    """The complete checkpoints to resume from, in the order to try them: the latest, then older ones."""
-    latest = latest_tag(run_dir)
-    older = [tag for tag in reversed(complete_tags(checkpoint_dir(run_dir))) if tag != latest]
-    return ([latest] if latest else []) + older
-
-
-def quarantine(folder: Path) -> Path:
-    """Move a damaged checkpoint aside, where neither resume nor rotation looks."""
-    target = folder.with_name(QUARANTINE_PREFIX + folder.name)
-    suffix = 1
-    while target.exists():
-        suffix += 1
-        target = folder.with_name(f"{QUARANTINE_PREFIX}{folder.name}.{suffix}")
-    folder.rename(target)
-    return target
 
 
 def verify_together(folder: Path) -> list[str]:
@@ -191,6 +145,3 @@ def load(engine, run_dir: Path, say: Callable[[str], None] | None) -> tuple[str,
     return tag, client_state
 
 
-def saved_info(run_dir: Path, tag: str) -> dict:
-    """What the marker of a checkpoint says besides its files (the config it was saved with, its step...)."""
-    return read_marker(checkpoint_dir(run_dir) / tag)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import json
 import os
 import pickle
 import re
@@ -39,10 +38,8 @@ import torch
 import xxhash
 
 from pretrain.errors import CheckpointError, CheckpointRefused
-from pretrain.layout import MARKER_NAME, write_json_atomically
+from pretrain.weights.checkpoint_folder import DIGEST, read_marker
 
-MARKER_FORMAT = 1
-DIGEST = "xxh3_128"
 CHUNK = 8 << 20
 # What torch.load reads, in the folder: every such file must be listed in the marker.
 TORCH_FILES = "*.pt"
@@ -90,26 +87,6 @@ class HashingWriter(io.RawIOBase):
     def describe(self) -> dict:
         """What the marker lists of the file: its size and checksum."""
         return {"bytes": self.size, DIGEST: self._digest.hexdigest()}
-
-
-def write_marker(folder: Path, files: dict[str, dict], info: dict) -> Path:
-    marker = {"format": MARKER_FORMAT, "digest": DIGEST, **info, "files": dict(sorted(files.items()))}
-    return write_json_atomically(folder / MARKER_NAME, marker)
-
-
-def read_marker(folder: Path) -> dict:
-    """The marker of a complete checkpoint; `files` is None in a marker written before checksums."""
-    path = folder / MARKER_NAME
-    text = path.read_text()
-    if not text.strip():
-        return {"files": None}
-    try:
-        marker = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: the checkpoint's marker is damaged ({err})") from None
-    if not isinstance(marker, dict) or marker.get("digest") != DIGEST or not isinstance(marker.get("files"), dict):
-        raise CheckpointError(f"{path}: not a checkpoint marker this version of pretrain reads")
-    return marker
 
 
 def file_problems(folder: Path, files: dict[str, dict], names: list[str]) -> dict[str, str]:

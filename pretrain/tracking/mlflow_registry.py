@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -22,19 +21,13 @@ from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
 
 from pretrain.errors import ExportError, TrackingError
+from pretrain.tracking.base import RegisteredVersion
 from pretrain.tracking.mlflow_tracker import REQUEST_ERRORS, configure_mlflow_client
 from pretrain.weights.model_folder import check_replaceable
 
 # MLflow reserves `latest` (any case): `NAME@latest` always names the newest version.
 LATEST = "latest"
 REFERENCE = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))?$")
-
-
-@dataclass
-class RegisteredVersion:
-    name: str
-    version: str
-    source: str  # where its files are: runs:/RUN_ID/export/TAG/FORMAT-DTYPE
 
 
 def register(
@@ -69,19 +62,6 @@ def register(
     except REQUEST_ERRORS as err:
         raise TrackingError(f"registering {name} at {tracking_uri} failed: {err}") from None
     return RegisteredVersion(name=name, version=version.version, source=version.source)
-
-
-def validation_loss_at(tracking_uri: str, run_id: str | None, step: int) -> float | None:
-    """The run's validation loss logged at `step` (the last one logged there), if any."""
-    if not run_id:
-        return None
-    configure_mlflow_client()
-    try:
-        history = MlflowClient(tracking_uri).get_metric_history(run_id, "val_loss")
-    except REQUEST_ERRORS as err:
-        raise TrackingError(f"reading run {run_id} at {tracking_uri} failed: {err}") from None
-    at_step = sorted((m.timestamp, m.value) for m in history if m.step == step)
-    return at_step[-1][1] if at_step else None
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:

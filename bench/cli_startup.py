@@ -1,0 +1,50 @@
+"""What `pretrain train` and `pretrain submit` pay before a rank starts: the imports of the command that launches.
+
+    .venv/bin/python bench/cli_startup.py               # 5 repeats
+    .venv/bin/python bench/cli_startup.py --repeats 9
+
+Each figure is a fresh interpreter importing what the launching command
+imports (config, preflight, the launch targets: `pretrain.jobs.submit`),
+timed from the outside; the median of `--repeats`. The baseline is the same
+imports plus torch, which the launcher paid before the run folder's
+checkpoint listing (`pretrain/weights/checkpoint_folder.py`) was split from
+the torch code that saves and loads. A rank imports torch and DeepSpeed
+anyway; the launcher, which only reads files and starts torchrun, does not
+need to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+CASES = {
+    "the launcher's imports (pretrain.jobs.submit)": "import pretrain.jobs.submit",
+    "baseline: the same, and torch": "import pretrain.jobs.submit, torch",
+    "for scale: a rank's (pretrain.train.loop)": "import pretrain.train.loop",
+}
+
+
+def seconds(statement: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", statement], check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    seconds("import pretrain.train.loop")  # warm the page cache and the bytecode caches
+    times = {name: statistics.median(seconds(stmt) for _ in range(args.repeats)) for name, stmt in CASES.items()}
+    baseline = times["baseline: the same, and torch"]
+    print("| imports | seconds | x baseline |\n| --- | --- | --- |")
+    for name, value in times.items():
+        print(f"| {name} | {value:.2f} | {value / baseline:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

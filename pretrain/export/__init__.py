@@ -1,0 +1,7 @@
+"""Export: a checkpoint becomes a model folder, at the end or while training runs.
+
+Owns finding and verifying the checkpoint to export, writing the folder and
+loading a trained model back for `generate` and `attention` (exporter.py),
+and `train.export_every` (periodic.py). Imports pretrain/config/,
+pretrain/weights/ and, to register exports, pretrain/tracking/.
+"""

@@ -1,0 +1,68 @@
+"""MLflow as the tracking backend: the one module the rest of pretrain reaches MLflow through.
+
+Runs are MLflow runs (mlflow_tracker.py, with the spool of spool.py while
+the server is down); models go to MLflow's model registry
+(mlflow_registry.py); a submitted job's run is found by its `pretrain.job_id`
+tag. Every request uses short retries (`configure_mlflow_client`), so a
+server that is gone is noticed in seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from pretrain.config import Config
+from pretrain.errors import TrackingError
+from pretrain.tracking import mlflow_registry
+from pretrain.tracking.base import RegisteredVersion, SyncReport
+from pretrain.tracking.mlflow_tracker import REQUEST_ERRORS, MlflowTracker, configure_mlflow_client, sync_run_dir
+from pretrain.tracking.run_info import JOB_TAG
+
+
+class MlflowBackend:
+    def start(self, config: Config, run_id: str | None) -> MlflowTracker:
+        return MlflowTracker(config, run_id)
+
+    def sync(self, run_dir: Path, uri: str | None) -> tuple[SyncReport, str]:
+        return sync_run_dir(run_dir, uri)
+
+    def job_run(self, uri: str, experiment: str, job_tag: str) -> str:
+        configure_mlflow_client()
+        client = MlflowClient(uri)
+        try:
+            found = client.get_experiment_by_name(experiment)
+            runs = (
+                client.search_runs([found.experiment_id], filter_string=f"tags.`{JOB_TAG}` = '{job_tag}'")
+                if found
+                else []
+            )
+        except REQUEST_ERRORS as err:
+            return f"unknown: MLflow at {uri} cannot be asked ({type(err).__name__})"
+        if not runs:
+            return f"none yet in experiment {experiment!r} at {uri} (the job has not started training)"
+        run = runs[0]
+        return f"{run.info.run_id} ({run.info.status}) in experiment {experiment!r} at {uri}"
+
+    def metric_at(self, uri: str, run_id: str | None, key: str, step: int) -> float | None:
+        if not run_id:
+            return None
+        configure_mlflow_client()
+        try:
+            history = MlflowClient(uri).get_metric_history(run_id, key)
+        except REQUEST_ERRORS as err:
+            raise TrackingError(f"reading run {run_id} at {uri} failed: {err}") from None
+        at_step = sorted((m.timestamp, m.value) for m in history if m.step == step)
+        return at_step[-1][1] if at_step else None
+
+    def register(
+        self, folder: Path, info: dict, name: str, aliases: list[str], uri: str, val_loss: float | None
+    ) -> RegisteredVersion:
+        return mlflow_registry.register(folder, info, name, aliases, uri, val_loss)
+
+    def fetch(self, reference: str, out_dir: Path, uri: str) -> tuple[Path, RegisteredVersion]:
+        return mlflow_registry.fetch(reference, out_dir, uri)
+
+
+BACKEND = MlflowBackend()

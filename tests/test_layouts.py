@@ -1,0 +1,119 @@
+"""One job, every parallel layout: the same seed, data and global batch give the single process's loss at every
+step, whatever splits the work (data-parallel ranks, ZeRO stages, offload, tensor parallelism, accumulation,
+recomputation, compilation, DeepSpeed's launcher), all through the real CLI on gloo.
+"""
+
+import json
+
+import pytest
+import torch
+
+from pretrain.weights.checkpoint_files import load_torch_file
+from pretrain.weights.checkpoint_folder import checkpoint_dir, latest_tag
+from tests.helpers import (
+    TWO_RANKS_ZERO1,
+    train_losses,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def train_layout(job, name: str, *layout: str) -> list[float]:
+    return train_losses(job["work"], job["config"], name, *layout)
+
+
+@pytest.fixture(scope="module")
+def single_process_losses(job):
+    return train_layout(job, "layout-single", "launch.nproc_per_node=1", "parallel.zero_stage=0")
+
+
+def test_two_data_parallel_ranks_give_the_single_process_losses(single_process_losses, two_rank_losses):
+    assert len(two_rank_losses) == len(single_process_losses) == 10
+    assert two_rank_losses == pytest.approx(single_process_losses, rel=1e-5)
+    assert two_rank_losses[-1] < two_rank_losses[0]  # they trained, not just agreed at initialization
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        # The single process computes the loss in one chunk (train.loss_chunk_tokens=4096 > 8 x 64 tokens);
+        # these layouts from the whole logits, and in uneven chunks of 100 tokens under ZeRO-3's gathered head.
+        ("launch.nproc_per_node=2", "parallel.zero_stage=2", "train.loss_chunk_tokens=0"),
+        ("launch.nproc_per_node=2", "parallel.zero_stage=3", "train.loss_chunk_tokens=100"),
+        ("launch.nproc_per_node=2", "parallel.zero_stage=2", "parallel.offload_optimizer=true"),
+        # 2 accumulation steps of 4 per rank, each block's activations recomputed in backward
+        (
+            "launch.nproc_per_node=2",
+            "parallel.zero_stage=1",
+            "train.micro_batch_size=4",
+            "train.activation_checkpointing=true",
+        ),
+        ("launch.nproc_per_node=2", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2"),
+        # 2 data-parallel x 2 tensor-parallel ranks
+        ("launch.nproc_per_node=4", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2"),
+        (
+            "launch.nproc_per_node=4",
+            "parallel.zero_stage=3",
+            "parallel.tensor_parallel_size=2",
+            "train.loss_chunk_tokens=100",
+        ),
+        # DeepSpeed's launcher instead of torchrun, and the --nproc shorthand
+        ("--nproc=2", "launch.launcher=deepspeed"),
+    ],
+    ids=[
+        "zero2",
+        "zero3",
+        "zero2-offload",
+        "zero1-micro4-accum2-recompute",
+        "tp2",
+        "dp2-tp2-zero1",
+        "dp2-tp2-zero3",
+        "deepspeed-launcher",
+    ],
+)
+def test_parallel_layouts_give_the_single_process_losses(job, single_process_losses, layout):
+    """The same seed, data and global batch: the same loss at every step, whatever the layout (fp32)."""
+    name = "layout-" + "-".join(part.split("=")[1] for part in layout)
+    losses = train_layout(job, name, *layout)
+    assert len(losses) == len(single_process_losses) == 10
+    assert losses == pytest.approx(single_process_losses, rel=1e-5)
+
+
+def test_a_compiled_model_trains_to_the_single_process_losses(job, single_process_losses):
+    """train.compile=true: DeepSpeed's engine.compile() (torch.compile with inductor, here on the CPU), the loss
+    in chunks included; generation with eval prompts and the final sample run eagerly on the same model."""
+    layout = ("launch.nproc_per_node=1", "parallel.zero_stage=0", "train.compile=true", "train.eval_prompts=[The]")
+    losses = train_layout(job, "compiled", *layout)
+    # Compiled kernels add in another order: equal to fp32 rounding, and not bit for bit (they did run).
+    assert losses == pytest.approx(single_process_losses, rel=1e-4)
+    assert losses != single_process_losses
+    summary = json.loads((job["work"] / "runs" / "compiled" / "summary.json").read_text())
+    assert summary["sample"].startswith("Return the")  # train.sample_prompt (configs/demo.yaml), continued
+
+
+def test_bf16_autocast_trains_fp32_weights_with_bf16_matrix_products(job, two_rank_losses):
+    """train.precision=bf16-autocast: the checkpoint's weights stay fp32, and the losses are the fp32 run's
+    to bf16's accuracy, not bit for bit: the Linear layers did run in bf16."""
+    losses = train_layout(job, "autocast", *TWO_RANKS_ZERO1, "train.precision=bf16-autocast")
+    assert losses == pytest.approx(two_rank_losses, rel=2e-2)
+    assert losses != pytest.approx(two_rank_losses, rel=1e-5)
+    run_dir = job["work"] / "runs" / "autocast"
+    assert json.loads((run_dir / "deepspeed_config.json").read_text())["torch_autocast"]["enabled"]
+    states = checkpoint_dir(run_dir) / latest_tag(run_dir) / "mp_rank_00_model_states.pt"
+    module = load_torch_file(states)["module"]
+    assert {tensor.dtype for tensor in module.values()} == {torch.float32}
+
+
+def test_tensor_parallel_checkpoints_hold_one_shard_per_tensor_parallel_rank(job):
+    """Tensor parallelism really splits the projections: each model shard holds half of every head's matrix."""
+    folder = checkpoint_dir(job["work"] / "runs" / "layout-4-1-2") / "step_00000010"
+    shards = [load_torch_file(folder / f"mp_rank_0{r}_model_states.pt")["module"] for r in (0, 1)]
+    for name, column_parallel in [("self_attn.q_proj", True), ("mlp.up_proj", True), ("self_attn.o_proj", False)]:
+        weights = [shard[f"layers.0.{name}.weight"] for shard in shards]
+        full_shape = (64, 64) if "attn" in name else (256, 64)
+        split = 0 if column_parallel else 1
+        assert all(w.shape[split] == full_shape[split] // 2 for w in weights), (name, weights[0].shape)
+        assert not torch.equal(weights[0], weights[1])
+    assert torch.equal(shards[0]["embed_tokens.weight"], shards[1]["embed_tokens.weight"])  # kept whole
+
+

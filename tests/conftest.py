@@ -213,28 +213,6 @@ def once_for_all_workers(tmp_path_factory, worker_id: str, name: str, make):
 CLUSTER_MODULES = {"test_targets", "test_slurm_cluster", "test_ray_cluster"}
 
 
-# The longest modules first, so that the last module running is not a long one started late: the workers
-# take modules in collection order. The clusters' own tests lead, since they need no dataset while the
-# other worker builds the session's (tiny_data).
-LONGEST_FIRST = [
-    "test_ray_cluster",
-    "test_slurm_cluster",
-    "test_targets",
-    "test_layouts",
-    "test_trust",
-    "test_export",
-    "test_interruptions",
-    "test_end_to_end",
-    "test_data_build",
-    "test_tracking",
-]
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.module.__name__.rpartition(".")[2], len(rank)))  # stable
-
-
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pretrain.cli import main
 from pretrain.config import load_config
@@ -135,3 +136,49 @@ def test_generate_refuses_a_prompt_that_fills_the_context(tiny_model_folder, cap
     long_prompt = " ".join(["the model reads a token"] * 20)
     assert main(["generate", "--model", str(tiny_model_folder), "--prompt", long_prompt]) == 1
     assert "and the model's context (max_seq_len) is 32: shorten the prompt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_installed_package_carries_the_shipped_configs_and_presets(tmp_path):
+    """`pip install .`, then `pretrain ... --config demo` outside a checkout: the YAML files are package data."""
+    import os
+    import shutil
+    import zipfile
+
+    source = tmp_path / "source"  # a copy: building a wheel writes build/ and *.egg-info beside the sources
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "outputs", "mlruns", "*.db", "__pycache__"))
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), "."],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    installed = tmp_path / "installed"
+    zipfile.ZipFile(next(wheels.glob("pretrain-*.whl"))).extractall(installed)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # The unpacked wheel comes first on the path, before this checkout's editable install.
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+    where = subprocess.run(
+        [sys.executable, "-c", "from pretrain.config.presets import shipped_configs_dir; print(shipped_configs_dir())"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert where.stdout.strip() == str(installed / "pretrain" / "configs"), where.stderr
+    shown = subprocess.run(
+        [sys.executable, "-m", "pretrain.cli", "config", "--config", "demo", "model.preset=llama-160m"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    config = yaml.safe_load(shown.stdout)
+    assert config["tracking"]["experiment"] == "demo" and config["model"]["vocab_size"] == 32000

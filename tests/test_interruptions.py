@@ -26,8 +26,8 @@ from tests.helpers import (
 pytestmark = pytest.mark.slow
 
 
-# A model big enough (25 M parameters, 300 MB of checkpoint) that a save takes long enough to be killed inside.
-SLOW_SAVE = ["model.n_layer=8", "model.n_embd=512", "model.n_head=8"]
+# A model big enough (11 M parameters, 130 MB of checkpoint) that a save takes long enough to be killed inside.
+SLOW_SAVE = ["model.n_layer=6", "model.n_embd=384", "model.n_head=6"]
 
 
 def kill_during_a_save(job, run_name: str) -> list[str]:

@@ -34,16 +34,19 @@ def submitted_id(output: str) -> str:
 
 
 def wait_for_state(work, job_id: str, states: tuple[str, ...], timeout_s: float = 600, cluster=None) -> str:
-    """Poll `pretrain jobs status` until the job is in one of `states`; with a cluster, through its environment."""
+    """Poll `pretrain jobs list` until the job is in one of `states`, then return its `pretrain jobs status`;
+    with a cluster, through its environment. (The list asks the scheduler only; the status also asks MLflow,
+    which a poll every 2 s would pay for in CPU the job itself needs.)"""
     env = cluster.env if cluster else None
     deadline = time.time() + timeout_s
     while True:
-        status = jobs(work, "status", job_id, env=env).stdout
-        state = re.search(r"^state: +(\S+)", status, re.MULTILINE).group(1)
+        listed = jobs(work, "list", env=env).stdout
+        row = next(line.split() for line in listed.splitlines() if line.split()[:1] == [job_id])
+        state = row[5]  # JOB ID, TARGET, STAGE, SUBMITTED, RUN, then STATE
         if state in states:
-            return status
+            return jobs(work, "status", job_id, env=env).stdout
         daemons = cluster.log_tails() if cluster else ""
-        assert time.time() < deadline, f"still {state} after {timeout_s} s:\n{status}\n{daemons}"
+        assert time.time() < deadline, f"still {state} after {timeout_s} s:\n{listed}\n{daemons}"
         time.sleep(2)
 
 

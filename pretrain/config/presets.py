@@ -8,7 +8,7 @@ configs/ in pyproject.toml), so `pretrain train --config demo` and
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 from pathlib import Path
 
 import yaml
@@ -18,10 +18,10 @@ from pretrain.errors import ConfigError
 
 def shipped_configs_dir() -> Path:
     """The installed package's copy of configs/, or the checkout's own (an editable install has no copy)."""
-    try:
-        return Path(str(importlib.resources.files("pretrain.configs")))
-    except ModuleNotFoundError:
+    installed = importlib.util.find_spec("pretrain.configs")  # a folder of YAML files: a namespace package
+    if installed is None or not installed.submodule_search_locations:
         return Path(__file__).resolve().parents[2] / "configs"
+    return Path(next(iter(installed.submodule_search_locations)))
 
 
 def shipped_config_names() -> list[str]:

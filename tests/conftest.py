@@ -213,6 +213,30 @@ def once_for_all_workers(tmp_path_factory, worker_id: str, name: str, make):
 CLUSTER_MODULES = {"test_targets", "test_slurm_cluster", "test_ray_cluster"}
 
 
+# The order the two workers take modules in. First the clusters (their own tests need no dataset, so the
+# worker starts Ray and Slurm, then builds the session's dataset for test_targets); then every module that
+# needs no dataset, which the other worker runs meanwhile instead of waiting for it; then the modules that
+# train, longest first, so that the last one running is a short one.
+LONGEST_FIRST = ["test_layouts", "test_trust", "test_export", "test_interruptions", "test_end_to_end"]
+
+
+def pytest_collection_modifyitems(items):
+    def module(item) -> str:
+        return item.module.__name__.rpartition(".")[2]
+
+    trains = {module(item) for item in items if "tiny_data" in item.fixturenames}
+
+    def order(item) -> tuple[int, int]:
+        name = module(item)
+        if name in CLUSTER_MODULES:
+            return 0, name == "test_targets"
+        if name not in trains:
+            return 1, 0
+        return 2, LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=order)  # stable: a module's tests keep their order
+
+
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
@@ -221,6 +245,7 @@ def pytest_xdist_make_scheduler(config, log):
             module = nodeid.split("::", 1)[0]
             return "clusters" if Path(module).stem in CLUSTER_MODULES else module
 
+    config.option.loadscopereorder = False  # the order above, not xdist's (the module with most tests first)
     return ByModule(config, log)
 
 

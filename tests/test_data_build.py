@@ -20,7 +20,6 @@ from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
 from data_pipeline.shards import read_manifest, verify_dataset
 from data_pipeline.tokenizer import END_OF_TEXT, file_sha256
-from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,38 +187,25 @@ def test_a_build_killed_at_any_point_resumes_to_the_same_bytes(built, tmp_path):
 
 
 def test_a_two_node_ray_cluster_writes_the_same_shards(built, tmp_path):
+    """A cluster of two nodes on this machine (tests/ray_cluster.py, which stops only its own processes: a
+    `ray stop` would also stop the Ray of a test running beside this one)."""
+    from tests.ray_cluster import RayCluster
+
     root, _, _ = built
-    ray = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    port = str(free_port())
-    head = ["start", "--head", "--port", port, "--num-cpus", "1", "--include-dashboard=false"]
-    subprocess.run([ray, *head, "--disable-usage-stats"], env=env, check=True, capture_output=True)
-    try:
-        subprocess.run(
-            [ray, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+    with RayCluster(tmp_path / "ray", worker_nodes=1, cpus_per_node=1) as cluster:
         config = write_config_file(tmp_path / "data.yaml", data_config(root / "corpus", tmp_path / "out"))
         job = run_cli(
-            ["data", "build", "--config", str(config), "--ray-address", f"127.0.0.1:{port}"],
-            env={"RAY_AUTH_MODE": "token"},
+            ["data", "build", "--config", str(config), "--ray-address", cluster.gcs_address],
+            env=cluster.auth_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
         output, _ = job.communicate(timeout=600)
         assert job.returncode == 0, output
-        nodes = subprocess.run(
-            [ray, "status", "--address", f"127.0.0.1:{port}"], env=env, capture_output=True, text=True
-        )
-        assert nodes.stdout.count("node_") == 2, nodes.stdout
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+        assert sum(node["Alive"] for node in cluster.nodes()) == 2
+    cluster.remove_temp_dir()
     assert shard_bytes(tmp_path / "out") == shard_bytes(root / "out")
-
-
 
 
 def test_a_given_tokenizer_is_used_and_every_layout_read(built, corpus_dir, tmp_path):

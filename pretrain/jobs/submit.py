@@ -1,8 +1,10 @@
 """Starting a job where its config says: this machine, one host of several, Slurm or Ray.
 
 `pretrain train` runs this host's part of the job in the foreground (all of a
-one-node job). `pretrain submit` sends the job to `launch.target` and records
-it for `pretrain jobs`; its `--stage data` sends the data build instead.
+one-node job). `pretrain submit` describes the job (a JobSpec), hands it to the
+target `launch.target` names (launch/targets.py: each target is one module of
+launch/) and records what comes back for `pretrain jobs`; its `--stage data`
+sends the data build instead.
 Either way the job runs a resolved config written here (for the foreground
 ranks a temporary file, for a submitted job `<launch.jobs_dir>/<job>.yaml`),
 so every process, on every host, runs exactly what was validated here. The

@@ -21,7 +21,6 @@ a job over several hosts runs in the foreground on each (`pretrain train
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,9 +77,6 @@ class JobSpec:
             stage=self.stage,
             **fields,
         )
-
-    def replace(self, **changes) -> JobSpec:
-        return dataclasses.replace(self, **changes)
 
 
 def target(name: str) -> ModuleType:

@@ -65,7 +65,7 @@ def job_config(args: argparse.Namespace, model: str, ranks: int) -> Config:
             "train.micro_batch_size=1",
             f"train.global_batch_size={ranks}",
             "train.seq_len=64",
-            "train.warmup_steps=1",
+            "lr_schedule.warmup_steps=1",
         ],
     )
 

@@ -81,7 +81,7 @@ def hash_all(paths: list[Path], new) -> None:
 def checkpoint_figures(args: argparse.Namespace, folder: Path) -> dict:
     overrides = [*MODELS[args.model], "parallel.zero_stage=1", "launch.nproc_per_node=1", "train.micro_batch_size=1"]
     overrides.append("train.global_batch_size=1")
-    config = load_config(args.config, [*overrides, "train.seq_len=64", "train.warmup_steps=1"])
+    config = load_config(args.config, [*overrides, "train.seq_len=64", "lr_schedule.warmup_steps=1"])
     engine = trained_engine(config)
     client_state = {"step": 1, "tokens_seen": 64}
     stock_engine = TorchCheckpointEngine(engine._config)

@@ -56,7 +56,7 @@ def saved_run(work: Path, model: str, zero_stage: int) -> Path:
         "train.micro_batch_size=1",
         "train.global_batch_size=1",
         "train.seq_len=64",
-        "train.warmup_steps=1",
+        "lr_schedule.warmup_steps=1",
         f"checkpoint.root={work}",
         f"tracking.run_name={model}",
     ]

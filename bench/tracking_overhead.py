@@ -79,7 +79,7 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 def job_config(args: argparse.Namespace, uri: str, root: Path, name: str) -> Config:
     micro = load_config(args.config).train.micro_batch_size
-    overrides = ["launch.nproc_per_node=1", "parallel.zero_stage=0", "train.warmup_steps=1"]
+    overrides = ["launch.nproc_per_node=1", "parallel.zero_stage=0", "lr_schedule.warmup_steps=1"]
     overrides += [f"train.global_batch_size={micro}", f"tracking.uri={uri}", "tracking.experiment=overhead"]
     overrides += [f"tracking.run_name={name}", f"checkpoint.root={root / 'runs'}"]
     return load_config(args.config, overrides)

@@ -60,7 +60,7 @@ def job_config(args: argparse.Namespace) -> Config:
             f"train.seq_len={args.seq_len}",
             f"train.micro_batch_size={args.micro_batch}",
             f"train.global_batch_size={args.micro_batch}",
-            "train.warmup_steps=1",
+            "lr_schedule.warmup_steps=1",
         ],
     )
 
@@ -90,11 +90,14 @@ class PlainLoop:
     name = "plain PyTorch (nanoGPT-style)"
 
     def __init__(self, config: Config, model: GPT):
-        train = config.train
-        self.model, self.grad_clip = model, train.grad_clip
+        settings = config.optimizer
+        self.model, self.grad_clip = model, settings.grad_clip
         self.compiled = torch.compile(model)
         self.optimizer = torch.optim.AdamW(
-            param_groups(model, train.weight_decay), lr=train.lr, betas=(train.beta1, train.beta2), fused=True
+            param_groups(model, settings.weight_decay),
+            lr=settings.lr,
+            betas=(settings.beta1, settings.beta2),
+            fused=True,
         )
 
     def forward(self, inputs, targets):

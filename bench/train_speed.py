@@ -45,13 +45,13 @@ class PlainLoop:
     """The training step without DeepSpeed: what the engine's overhead is measured against."""
 
     def __init__(self, config: Config, model: GPT):
-        self.model, self.grad_clip = model, config.train.grad_clip
+        self.model, self.grad_clip = model, config.optimizer.grad_clip
         self.optimizer = torch.optim.AdamW(
-            param_groups(model, config.train.weight_decay),
-            lr=config.train.lr,
-            betas=(config.train.beta1, config.train.beta2),
+            param_groups(model, config.optimizer.weight_decay),
+            lr=config.optimizer.lr,
+            betas=(config.optimizer.beta1, config.optimizer.beta2),
         )
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(config.train))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(config))
 
     def step(self, micro_batches) -> None:
         for inputs, targets in micro_batches:
@@ -106,7 +106,7 @@ def job_config(args: argparse.Namespace) -> Config:
         f"parallel.zero_stage={args.zero_stage}",
         f"train.precision={args.precision}",
         "launch.nproc_per_node=1",
-        "train.warmup_steps=1",
+        "lr_schedule.warmup_steps=1",
     ]
     if args.preset:
         overrides.append(f"model.preset={args.preset}")

@@ -155,7 +155,7 @@ def job_config(args: argparse.Namespace, stage: int, precision: str, ranks: int)
             f"train.micro_batch_size={micro}",
             f"train.global_batch_size={micro * ranks}",
             "train.seq_len=64",
-            "train.warmup_steps=1",
+            "lr_schedule.warmup_steps=1",
         ],
     )
 

@@ -81,7 +81,8 @@ class RayConfig(Section):
     )
     env_file: str | None = Field(
         None,
-        json_schema_extra={"path": True}, description="a file of KEY=VALUE lines (dotenv) the job's environment is read from at submission"
+        json_schema_extra={"path": True},
+        description="a file of KEY=VALUE lines (dotenv) the job's environment is read from at submission",
     )
     excludes: list[str] = Field(
         default_factory=lambda: [".venv", ".git", "outputs", "*.db", "mlruns", "__pycache__", ".pytest_cache"],
@@ -106,7 +107,8 @@ class LaunchConfig(Section):
     )
     hostfile: str | None = Field(
         None,
-        json_schema_extra={"path": True}, description="multinode with the deepspeed launcher: its hostfile (`host slots=N` lines; needs ssh)"
+        json_schema_extra={"path": True},
+        description="multinode with the deepspeed launcher: its hostfile (`host slots=N` lines; needs ssh)",
     )
     jobs_dir: str = Field(
         "outputs/jobs",

@@ -10,7 +10,7 @@
       job.log                 the output of a detached local job
       checkpoints/            latest, step_N/ each with its `complete` marker (pretrain/weights/checkpoint.py)
       export/                 `pretrain export`'s default output
-      exports/step_N/         the periodic exports of train.export_every
+      exports/step_N/         the periodic exports of export.every
       mlflow_spool/           while the MLflow server cannot be reached (pretrain/tracking/spool.py)
 
 A dataset folder's names are data_pipeline's own (data_pipeline/layout.py,

@@ -63,7 +63,7 @@ def logged_metric(work: Path, run_name: str, key: str = "loss") -> dict[int, flo
 
 
 # The layout tests' run: ten steps, a loss logged at every one.
-LAYOUT_RUN = ["train.max_steps=10", "train.warmup_steps=2", "train.log_interval=1", "train.eval_interval=10"]
+LAYOUT_RUN = ["train.max_steps=10", "lr_schedule.warmup_steps=2", "train.log_interval=1", "eval.interval=10"]
 TWO_RANKS_ZERO1 = ("launch.nproc_per_node=2", "parallel.zero_stage=1")
 
 
@@ -85,7 +85,7 @@ def validation_batches(run_dir: Path, data_dir: Path):
             "val",
             config.train.seq_len,
             config.train.micro_batch_size,
-            config.train.eval_batches,
+            config.eval.batches,
             rank,
             config.dp_size,
             config.train.seed,

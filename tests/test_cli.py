@@ -19,7 +19,7 @@ def test_console_script_help_lists_every_stage():
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
     for command in ("data", "train", "export", "generate", "submit", "jobs"):
         assert command in result.stdout
-    assert "train.lr=3e-4" in result.stdout
+    assert "optimizer.lr=3e-4" in result.stdout
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS, ids=lambda c: " ".join(c))
@@ -43,11 +43,11 @@ def test_submit_and_jobs_help_name_every_target_and_action(capsys):
 
 
 def test_config_prints_the_resolved_config_that_loads_back(tmp_path, capsys):
-    assert main(["config", "--config", str(ROOT / "configs" / "demo.yaml"), "train.lr=3e-4"]) == 0
+    assert main(["config", "--config", str(ROOT / "configs" / "demo.yaml"), "optimizer.lr=3e-4"]) == 0
     printed = tmp_path / "printed.yaml"
     printed.write_text(capsys.readouterr().out)
     config = load_config(printed)
-    assert config == load_config(ROOT / "configs" / "demo.yaml", ["train.lr=3e-4"])
+    assert config == load_config(ROOT / "configs" / "demo.yaml", ["optimizer.lr=3e-4"])
     assert "rope_theta: 10000.0" in printed.read_text()  # defaults are spelled out
 
 

@@ -31,24 +31,24 @@ def test_demo_config_extends_base():
 
 
 def test_child_file_overrides_parent_key_by_key(tmp_path):
-    write(tmp_path / "parent.yaml", "model:\n  n_layer: 2\n  n_head: 2\ntrain:\n  lr: 0.1\n")
+    write(tmp_path / "parent.yaml", "model:\n  n_layer: 2\n  n_head: 2\noptimizer:\n  lr: 0.1\n")
     child = write(tmp_path / "child.yaml", "extends: parent.yaml\nmodel:\n  n_layer: 3\n")
     config = load_config(child)
-    assert (config.model.n_layer, config.model.n_head, config.train.lr) == (3, 2, 0.1)
+    assert (config.model.n_layer, config.model.n_head, config.optimizer.lr) == (3, 2, 0.1)
 
 
 def test_overrides_are_typed_by_the_schema():
     config = load_config(
         CONFIGS / "demo.yaml",
         [
-            "train.lr=3e-4",
+            "optimizer.lr=3e-4",
             "model.n_layer=6",
             "tracking.run_name=123",
             "data.sources=[{name: web, paths: [a.jsonl, b.txt]}]",
             "model.bias=false",
         ],
     )
-    assert config.train.lr == pytest.approx(3e-4)
+    assert config.optimizer.lr == pytest.approx(3e-4)
     assert config.model.n_layer == 6
     assert config.tracking.run_name == "123"
     assert [(s.name, s.paths) for s in config.data.sources] == [("web", ["a.jsonl", "b.txt"])]
@@ -56,8 +56,8 @@ def test_overrides_are_typed_by_the_schema():
 
 
 def test_readme_override_example_is_valid():
-    config = load_config(CONFIGS / "demo.yaml", ["train.lr=3e-4", "model.n_layer=6", "launch.nproc_per_node=1"])
-    assert (config.train.lr, config.model.n_layer, config.world_size, config.grad_accum_steps) == (3e-4, 6, 1, 2)
+    config = load_config(CONFIGS / "demo.yaml", ["optimizer.lr=3e-4", "model.n_layer=6", "launch.nproc_per_node=1"])
+    assert (config.optimizer.lr, config.model.n_layer, config.world_size, config.grad_accum_steps) == (3e-4, 6, 1, 2)
 
 
 def test_saved_config_loads_back_identical(tmp_path):
@@ -74,19 +74,41 @@ def error_of(path=None, overrides=()) -> str:
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("train.learning_rate=0.1", ["train.learning_rate: unknown key; allowed here: seed, max_steps", "lr"]),
+        ("optimizer.learning_rate=0.1", ["optimizer.learning_rate: unknown key; allowed here: lr, weight_decay"]),
+        ("train.max_step=9", ["train.max_step: unknown key; allowed here: seed, max_steps"]),
         ("model.layers=4", ["model.layers: unknown key", "n_layer"]),
         ("train.max_steps=lots", ["train.max_steps = 'lots'", "valid integer"]),
         ("parallel.zero_stage=4", ["parallel.zero_stage = '4'", "less than or equal to 3"]),
         ("model.pos_encoding=alibi", ["model.pos_encoding = 'alibi'", "'learned', 'sinusoidal' or 'rope'"]),
         ("train.loss_chunk_tokens=-1", ["train.loss_chunk_tokens = '-1'", "greater than or equal to 0"]),
     ],
-    ids=["unknown key", "unknown model key", "wrong type", "out of range", "not an allowed value", "negative chunk"],
+    ids=[
+        "unknown key",
+        "misspelled key",
+        "unknown model key",
+        "wrong type",
+        "out of range",
+        "not an allowed value",
+        "negative chunk",
+    ],
 )
 def test_invalid_value_names_path_value_and_what_is_allowed(override, expected):
     message = error_of(overrides=[override])
     for fragment in expected:
         assert fragment in message
+
+
+def test_a_setting_that_left_train_is_named_at_its_new_key(tmp_path):
+    """train.lr, train.eval_interval, ... moved to sections of their own: the error says where, in a file or an override."""
+    old = write(tmp_path / "old.yaml", "train:\n  lr: 0.1\n  eval_interval: 5\n  export_register: gpt\n")
+    message = error_of(old, ["train.sample_prompt=ROMEO:"])
+    for moved, now in [
+        ("train.lr", "optimizer.lr"),
+        ("train.eval_interval", "eval.interval"),
+        ("train.export_register", "export.registered_model"),
+        ("train.sample_prompt", "sample.prompt"),
+    ]:
+        assert f"{moved}: this setting is now {now}; rename it" in message
 
 
 def test_heads_must_divide_width():
@@ -116,9 +138,9 @@ def test_batch_sizes_must_multiply_out():
 
 
 def test_all_problems_reported_at_once():
-    message = error_of(overrides=["train.seq_len=4096", "train.min_lr=1", "train.lr=0.1"])
+    message = error_of(overrides=["train.seq_len=4096", "lr_schedule.min_lr=1", "optimizer.lr=0.1"])
     assert "train.seq_len = 4096: must not exceed model.max_seq_len (1024)" in message
-    assert "train.min_lr = 1.0: must not exceed train.lr (0.1)" in message
+    assert "lr_schedule.min_lr = 1.0: must not exceed optimizer.lr (0.1)" in message
 
 
 def test_vocab_must_hold_the_tokenizer():
@@ -127,7 +149,7 @@ def test_vocab_must_hold_the_tokenizer():
 
 
 def test_bad_override_syntax():
-    assert "write it as key.path=value" in error_of(overrides=["train.lr"])
+    assert "write it as key.path=value" in error_of(overrides=["optimizer.lr"])
 
 
 @pytest.mark.parametrize(
@@ -144,8 +166,8 @@ def test_an_override_that_is_not_valid_yaml_is_a_config_error_naming_it(tmp_path
 
 
 def test_override_into_a_value_is_refused():
-    assert "train.lr = {'x': '1'}: Input should be a valid number" in error_of(overrides=["train.lr.x=1"])
-    assert "override 'train.lr.x=1': lr is not a section" in error_of(CONFIGS / "demo.yaml", ["train.lr.x=1"])
+    assert "optimizer.lr = {'x': '1'}: Input should be a valid number" in error_of(overrides=["optimizer.lr.x=1"])
+    assert "override 'optimizer.lr.x=1': lr is not a section" in error_of(CONFIGS / "demo.yaml", ["optimizer.lr.x=1"])
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
@@ -220,13 +242,16 @@ def test_optimizer_offload_needs_zero_and_is_refused_with_tensor_parallelism():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("train.sample_prompt=ROMEO:", "ROMEO:"),  # YAML would make it a mapping
-        ('train.sample_prompt="ROMEO:"', "ROMEO:"),  # quotes are removed, not kept in the value
-        ("train.sample_prompt=' ROMEO: '", " ROMEO: "),  # ... and keep the spaces inside them
-        ("train.sample_prompt=[1, 2]", "[1, 2]"),
-        ("train.sample_prompt=key: value # not a comment", "key: value # not a comment"),
+        ("sample.prompt=ROMEO:", "ROMEO:"),  # YAML would make it a mapping
+        ('sample.prompt="ROMEO:"', "ROMEO:"),  # quotes are removed, not kept in the value
+        ("sample.prompt=' ROMEO: '", " ROMEO: "),  # ... and keep the spaces inside them
+        ("sample.prompt=[1, 2]", "[1, 2]"),
+        ("sample.prompt=key: value # not a comment", "key: value # not a comment"),
         ("tracking.run_name=007", "007"),
-        ("tracking.run_name=!!python/object/apply:os.system [touch pwned]", "!!python/object/apply:os.system [touch pwned]"),
+        (
+            "tracking.run_name=!!python/object/apply:os.system [touch pwned]",
+            "!!python/object/apply:os.system [touch pwned]",
+        ),
         ("model.pos_encoding=rope", "rope"),
     ],
 )
@@ -239,8 +264,8 @@ def test_an_override_sets_any_text_of_a_text_setting_as_written(override, expect
 
 
 def test_null_unsets_an_optional_text_setting_and_help_states_the_quoting_rule():
-    assert load_config(overrides=["train.init_from=null", "train.export_register=~"]).train.init_from is None
-    for example in ("train.sample_prompt=ROMEO:", "quote", "null"):
+    assert load_config(overrides=["train.init_from=null", "export.registered_model=~"]).train.init_from is None
+    for example in ("sample.prompt=ROMEO:", "quote", "null"):
         assert example in EPILOG
 
 
@@ -248,7 +273,9 @@ def test_mlflow_tracking_uri_in_the_environment_is_used_unless_the_config_sets_o
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert load_config(CONFIGS / "demo.yaml").tracking.uri == "http://127.0.0.1:5999"
     assert tracking_uri_origin(CONFIGS / "demo.yaml") == "the environment (MLFLOW_TRACKING_URI)"
-    own = write(tmp_path / "own.yaml", "extends: " + str(CONFIGS / "demo.yaml") + "\ntracking: {uri: sqlite:///own.db}\n")
+    own = write(
+        tmp_path / "own.yaml", "extends: " + str(CONFIGS / "demo.yaml") + "\ntracking: {uri: sqlite:///own.db}\n"
+    )
     assert load_config(own).tracking.uri == "sqlite:///own.db"
     assert tracking_uri_origin(own) == f"the config ({own})"
     override = ["tracking.uri=sqlite:///mine.db"]

@@ -30,7 +30,7 @@ def job(job):
     config, work, data_dir = job["config"], job["work"], job["data_dir"]
     return job | {
         "data": (data_dir.parent / "build.out").read_text(),
-        "train": pretrain("train", *config, "train.eval_prompts=[Return the, def]", cwd=work).stdout,
+        "train": pretrain("train", *config, "eval.prompts=[Return the, def]", cwd=work).stdout,
         "export": pretrain("export", *config, cwd=work).stdout,
     }
 
@@ -83,7 +83,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(job):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "deepspeed_config.json", "manifest.json", "tokenizer.json", "summary.json"} <= artifacts
     samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
-    # train.eval_prompts continued at every validation (steps 0, 15 and 30), the sample prompt at the end
+    # eval.prompts continued at every validation (steps 0, 15 and 30), the sample prompt at the end
     assert samples == ["samples/final.txt"] + [f"samples/step_000000{s}.txt" for s in ("00", "15", "30")]
     at_the_end = Path(client.download_artifacts(run.info.run_id, "samples/step_00000030.txt", str(job["work"])))
     assert at_the_end.read_text().startswith("Return the") and "\n\ndef" in at_the_end.read_text()
@@ -140,7 +140,7 @@ def test_single_process_without_zero_with_accumulation_and_document_masking(job)
         "launch.nproc_per_node=1",
         "parallel.zero_stage=0",
         "train.max_steps=4",
-        "train.warmup_steps=2",
+        "lr_schedule.warmup_steps=2",
         "train.global_batch_size=16",  # 2 accumulation steps of 8
         "checkpoint.every_steps=1",
         "checkpoint.keep_last=2",
@@ -173,24 +173,24 @@ def test_resume_continues_the_same_mlflow_run_with_the_changed_learning_rate(job
     """What may change on resume takes effect: the schedule is rebuilt from the new rates at the step reached;
     config.yaml is the new config, the old one kept beside it, and the MLflow run records the change."""
     _, before = mlflow_run(job)
-    changed = ["train.max_steps=40", "train.lr=1e-4", "train.min_lr=1e-5"]
+    changed = ["train.max_steps=40", "optimizer.lr=1e-4", "lr_schedule.min_lr=1e-5"]
     resumed = pretrain("train", *job["config"], "--resume", *changed, cwd=job["work"])
     assert (
         "continuing at step 30 with changed settings: " in resumed.stdout
-        and "train.lr 0.002 -> 0.0001" in resumed.stdout
+        and "optimizer.lr 0.002 -> 0.0001" in resumed.stdout
     )
     client, after = mlflow_run(job)
     assert after.info.run_id == before.info.run_id
     steps = [m.step for m in client.get_metric_history(after.info.run_id, "loss")]
     assert max(steps) == 40 and steps.count(30) == 1
-    schedule = lr_multiplier(load_config(job["config"][1], [*job["config"][2:], *changed]).train)
+    schedule = lr_multiplier(load_config(job["config"][1], [*job["config"][2:], *changed]))
     lrs = {m.step: m.value for m in client.get_metric_history(after.info.run_id, "lr")}
     assert [lrs[35], lrs[40]] == pytest.approx([1e-4 * schedule(35), 1e-4 * schedule(40)])
     assert lrs[40] == pytest.approx(1e-5)
     run_dir = job["work"] / "runs" / "tiny"
-    assert load_config(run_dir / "config.yaml").train.lr == 1e-4
-    assert load_config(run_dir / "config_history" / "config.until_step_00000030.yaml").train.lr == 2e-3
-    assert "train.lr 0.002 -> 0.0001" in after.data.tags["config.changed_at_step_30"]
+    assert load_config(run_dir / "config.yaml").optimizer.lr == 1e-4
+    assert load_config(run_dir / "config_history" / "config.until_step_00000030.yaml").optimizer.lr == 2e-3
+    assert "optimizer.lr 0.002 -> 0.0001" in after.data.tags["config.changed_at_step_30"]
 
 
 def test_training_with_the_tracking_server_down_finishes_and_runs_sync_sends_it(
@@ -204,7 +204,7 @@ def test_training_with_the_tracking_server_down_finishes_and_runs_sync_sends_it(
         "tracking.run_name=offline",
         f"tracking.uri={unreachable_mlflow_uri}",
         "train.max_steps=10",
-        "train.warmup_steps=2",
+        "lr_schedule.warmup_steps=2",
         "train.log_interval=2",
         cwd=job["work"],
     )

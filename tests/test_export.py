@@ -47,7 +47,7 @@ LAYOUTS = {
     "zero3": ["launch.nproc_per_node=2", "parallel.zero_stage=3"],
     "tp2": ["launch.nproc_per_node=2", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2"],
 }
-SHORT_RUN = ["train.max_steps=3", "train.warmup_steps=1", "train.log_interval=3", "train.eval_interval=3"]
+SHORT_RUN = ["train.max_steps=3", "lr_schedule.warmup_steps=1", "train.log_interval=3", "eval.interval=3"]
 TEXT = "def main():\n    return the value"
 TOLERANCE = 1e-4
 
@@ -61,7 +61,7 @@ class Runs:
             *tiny_job_config(work, data_dir),
             f"tracking.uri={tracking_uri}",
             "tracking.experiment=export",
-            "train.sample_tokens=4",
+            "sample.tokens=4",
         ]
         self.done = {}
 
@@ -303,8 +303,8 @@ def test_init_from_a_model_of_another_tokenizer_is_refused(tiny_model_folder, ti
 def test_export_every_exports_and_registers_while_training(runs):
     name = "tiny-llama-periodic"
     options = [*runs.config, *FAMILIES["llama"], *LAYOUTS["zero1"], *SHORT_RUN, "tracking.run_name=periodic"]
-    periodic = ["train.max_steps=4", "checkpoint.every_steps=2", "train.export_every=2", "train.eval_interval=2"]
-    registry = [f"train.export_register={name}", "train.export_aliases=[candidate]"]
+    periodic = ["train.max_steps=4", "checkpoint.every_steps=2", "export.every=2", "eval.interval=2"]
+    registry = [f"export.registered_model={name}", "export.aliases=[candidate]"]
     trained = pretrain("train", *options, *periodic, *registry, cwd=runs.work)
     exports = runs.work / "runs" / "periodic" / "exports"
     for version, step in ((1, 2), (2, 4)):
@@ -324,10 +324,8 @@ def test_export_every_exports_and_registers_while_training(runs):
 
 
 def test_export_every_must_fall_on_checkpoints():
-    with pytest.raises(
-        ConfigError, match=r"train.export_every = 3: must be a multiple of checkpoint.every_steps \(2\)"
-    ):
-        load_config(None, ["train.export_every=3", "checkpoint.every_steps=2"])
+    with pytest.raises(ConfigError, match=r"export.every = 3: must be a multiple of checkpoint.every_steps \(2\)"):
+        load_config(None, ["export.every=3", "checkpoint.every_steps=2"])
 
 
 def test_a_bf16_run_exports_its_fp32_master_weights(runs):

@@ -64,7 +64,7 @@ def test_no_host_reads_inside_a_training_step_and_the_loss_read_at_logs_only(tmp
     env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "PYTHONPATH": str(ROOT)}
     args = ["train", *tiny_job_config(tmp_path, tiny_data), "launch.nproc_per_node=1", "parallel.zero_stage=1"]
     # 2 micro-batches a step; the loss is logged at steps 3 and 6, and validated at 6 only.
-    args += ["train.global_batch_size=16", "train.max_steps=6", "train.log_interval=3", "train.eval_interval=100"]
+    args += ["train.global_batch_size=16", "train.max_steps=6", "train.log_interval=3", "eval.interval=100"]
     out = tmp_path / "reads.json"
     result = subprocess.run(
         [sys.executable, "-c", RECORDING_RANK, str(ROOT), str(out), *args],

@@ -36,7 +36,7 @@ def kill_during_a_save(job, run_name: str) -> list[str]:
     Returns the checkpoint folders that were incomplete at the kill (empty if the kill came too late).
     """
     command = [sys.executable, "-m", "pretrain.cli", "train", *job["config"], f"tracking.run_name={run_name}"]
-    command += [*SLOW_SAVE, "train.max_steps=40", "train.warmup_steps=2", "checkpoint.every_steps=1"]
+    command += [*SLOW_SAVE, "train.max_steps=40", "lr_schedule.warmup_steps=2", "checkpoint.every_steps=1"]
     process = subprocess.Popen(command, cwd=job["work"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     directory = checkpoint_dir(job["work"] / "runs" / run_name)
     deadline = time.time() + 300
@@ -75,7 +75,7 @@ def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint(jo
         "--resume",
         *SLOW_SAVE,
         f"train.max_steps={last}",
-        "train.warmup_steps=2",
+        "lr_schedule.warmup_steps=2",
         "checkpoint.every_steps=0",
         "checkpoint.keep_last=2",
         cwd=job["work"],
@@ -91,7 +91,7 @@ def test_killing_the_train_command_takes_its_ranks_with_it(job):
     """kill -9 of `pretrain train` alone: torchrun and both ranks (each in a session of its own) die too."""
     command = [sys.executable, "-m", "pretrain.cli", "train", *job["config"], "tracking.run_name=orphans"]
     process = subprocess.Popen(
-        [*command, "train.max_steps=100000", "train.eval_interval=100000"],
+        [*command, "train.max_steps=100000", "eval.interval=100000"],
         cwd=job["work"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -170,5 +170,3 @@ def test_sigterm_saves_and_exits_zero_then_resume_continues_exactly(job, two_ran
     losses = logged_metric(job["work"], "preempted")
     assert list(losses.values()) == two_rank_losses
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
-
-

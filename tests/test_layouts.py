@@ -82,13 +82,13 @@ def test_parallel_layouts_give_the_single_process_losses(job, single_process_los
 def test_a_compiled_model_trains_to_the_single_process_losses(job, single_process_losses):
     """train.compile=true: DeepSpeed's engine.compile() (torch.compile with inductor, here on the CPU), the loss
     in chunks included; generation with eval prompts and the final sample run eagerly on the same model."""
-    layout = ("launch.nproc_per_node=1", "parallel.zero_stage=0", "train.compile=true", "train.eval_prompts=[The]")
+    layout = ("launch.nproc_per_node=1", "parallel.zero_stage=0", "train.compile=true", "eval.prompts=[The]")
     losses = train_layout(job, "compiled", *layout)
     # Compiled kernels add in another order: equal to fp32 rounding, and not bit for bit (they did run).
     assert losses == pytest.approx(single_process_losses, rel=1e-4)
     assert losses != single_process_losses
     summary = json.loads((job["work"] / "runs" / "compiled" / "summary.json").read_text())
-    assert summary["sample"].startswith("Return the")  # train.sample_prompt (configs/demo.yaml), continued
+    assert summary["sample"].startswith("Return the")  # sample.prompt (configs/demo.yaml), continued
 
 
 def test_bf16_autocast_trains_fp32_weights_with_bf16_matrix_products(job, two_rank_losses):
@@ -115,5 +115,3 @@ def test_tensor_parallel_checkpoints_hold_one_shard_per_tensor_parallel_rank(job
         assert all(w.shape[split] == full_shape[split] // 2 for w in weights), (name, weights[0].shape)
         assert not torch.equal(weights[0], weights[1])
     assert torch.equal(shards[0]["embed_tokens.weight"], shards[1]["embed_tokens.weight"])  # kept whole
-
-

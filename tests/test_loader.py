@@ -315,7 +315,7 @@ def test_preflight_names_an_unknown_mixture_source(two_sources, tmp_path):
     "overrides, message",
     [
         (["train.global_batch_size=4096"], r"the train split has \d+ sequences of 9 tokens, fewer than one batch"),
-        (["train.eval_batches=500"], r"the val split has \d+ sequences .* raise data.val_fraction"),
+        (["eval.batches=500"], r"the val split has \d+ sequences .* raise data.val_fraction"),
     ],
     ids=["train", "val"],
 )

@@ -11,10 +11,11 @@ from pretrain.train.deepspeed_config import deepspeed_config
 from pretrain.train.optim import AdamW, lr_multiplier, param_groups
 
 
-def schedule(**train):
-    config = load_config(overrides=[f"train.{key}={value}" for key, value in train.items()])
-    multiplier = lr_multiplier(config.train)
-    return [config.train.lr * multiplier(step) for step in range(config.train.max_steps + 1)]
+def schedule(lr: float, max_steps: int, **lr_schedule):
+    settings = [f"lr_schedule.{key}={value}" for key, value in lr_schedule.items()]
+    config = load_config(overrides=[f"optimizer.lr={lr}", f"train.max_steps={max_steps}", *settings])
+    multiplier = lr_multiplier(config)
+    return [config.optimizer.lr * multiplier(step) for step in range(config.train.max_steps + 1)]
 
 
 def test_warmup_then_cosine_to_min_lr():
@@ -51,7 +52,7 @@ def test_deepspeed_json_follows_the_config():
             "train.global_batch_size=32",
             "parallel.zero_stage=2",
             "train.precision=bf16",
-            "train.grad_clip=0.5",
+            "optimizer.grad_clip=0.5",
         ]
     )
     ds = deepspeed_config(config)

@@ -49,7 +49,7 @@ def run_poisoned(work, tiny_data, spec: str, *overrides: str) -> subprocess.Comp
     env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "PYTHONPATH": str(ROOT)}
     # 2 micro-batches per step (16 = 8 x 2): forward calls 6 and 7 are step 4's.
     args = ["train", *tiny_job_config(work, tiny_data), "launch.nproc_per_node=1", "train.global_batch_size=16"]
-    args += ["train.warmup_steps=2", "train.log_interval=1", "train.eval_interval=100", *overrides]
+    args += ["lr_schedule.warmup_steps=2", "train.log_interval=1", "eval.interval=100", *overrides]
     return subprocess.run(
         [sys.executable, "-c", POISONED_RANK, spec, *args],
         cwd=work,

@@ -30,9 +30,9 @@ BASE = [
     "launch.nproc_per_node=2",
     "parallel.zero_stage=1",
     "train.max_steps=4",
-    "train.warmup_steps=1",
+    "lr_schedule.warmup_steps=1",
     "train.log_interval=1",
-    "train.eval_interval=4",
+    "eval.interval=4",
     "checkpoint.every_steps=2",
     "checkpoint.keep_last=3",
 ]
@@ -183,7 +183,7 @@ def test_a_planted_secret_lands_in_no_file_no_job_record_and_no_mlflow_record(ba
     work = new_folder(base, "secret")
     config = [*tiny_job_config(work, base["data"]), f"launch.jobs_dir={work / 'jobs'}", "tracking.run_name=secret"]
     secret = f"launch.ray.env_vars={{MLFLOW_TRACKING_PASSWORD: {PLANTED_SECRET}, HF_TOKEN: {PLANTED_SECRET}-hf}}"
-    settings = ["launch.nproc_per_node=1", "train.max_steps=2", "train.warmup_steps=1", "train.eval_prompts=[def]"]
+    settings = ["launch.nproc_per_node=1", "train.max_steps=2", "lr_schedule.warmup_steps=1", "eval.prompts=[def]"]
     submitted = pretrain("submit", *config, secret, *settings, "--detach", cwd=work)
     exit_file = next((work / "runs" / "secret").glob(".*.exit"), None)
     deadline = time.time() + 300
@@ -223,7 +223,7 @@ def start_run(work: Path, config: list[str], *settings: str, session: bool = Fal
     )
 
 
-LONG_RUN = ["train.max_steps=100000", "train.warmup_steps=1", "train.log_interval=1", "train.eval_interval=100000"]
+LONG_RUN = ["train.max_steps=100000", "lr_schedule.warmup_steps=1", "train.log_interval=1", "eval.interval=100000"]
 
 
 def test_one_run_writes_a_run_folder_and_its_job_listens_on_loopback_only(base):
@@ -336,7 +336,12 @@ def test_an_altered_shard_stops_training_naming_it(base, tmp_path):
     content = bytearray(shard.read_bytes())
     content[len(content) // 2] ^= 0x10  # one bit of one token: the same size, still a valid Arrow file
     shard.write_bytes(bytes(content))
-    config = [*tiny_job_config(tmp_path, data), "launch.nproc_per_node=1", "train.max_steps=2", "train.warmup_steps=1"]
+    config = [
+        *tiny_job_config(tmp_path, data),
+        "launch.nproc_per_node=1",
+        "train.max_steps=2",
+        "lr_schedule.warmup_steps=1",
+    ]
     trained = pretrain("train", *config, cwd=tmp_path, check=False)
     assert trained.returncode == 1
     assert f"{shard}: its checksum differs from the manifest's: the shard was altered or damaged" in trained.stderr
@@ -366,7 +371,7 @@ def test_a_full_disk_is_named_and_the_previous_checkpoint_is_intact(base, small_
         "checkpoint.every_steps=1",
         "checkpoint.keep_last=1",
     ]
-    settings += ["train.max_steps=6", "train.warmup_steps=1"]
+    settings += ["train.max_steps=6", "lr_schedule.warmup_steps=1"]
     filled = pretrain("train", *config, *settings, cwd=work, check=False)
     run_dir = small_disk / "full"
     assert filled.returncode == 1

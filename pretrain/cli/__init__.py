@@ -3,13 +3,13 @@
     pretrain data build --config configs/demo.yaml
     pretrain data inspect --config configs/demo.yaml
     pretrain data verify --dir outputs/data/stdlib
-    pretrain train      --config configs/demo.yaml train.lr=3e-4
+    pretrain train      --config configs/demo.yaml optimizer.lr=3e-4
     pretrain export     --config configs/demo.yaml
     pretrain generate   --config configs/demo.yaml --prompt "Return the" --prompt "def"
     pretrain attention  --checkpoint outputs/runs/first/export --text "I love it."   # heatmaps
     pretrain submit     --config configs/demo.yaml --detach                # or --target slurm|ray|multinode
     pretrain jobs list                                    # submitted jobs and their schedulers' state
-    pretrain config     --config configs/demo.yaml train.lr=3e-4   # the resolved config
+    pretrain config     --config configs/demo.yaml optimizer.lr=3e-4   # the resolved config
     pretrain model info llama-1b --zero-stage 3 --world-size 8     # size, FLOPs, memory
     pretrain runs sync outputs/runs/first   # send a run's MLflow spool, kept while the server was down
 
@@ -92,4 +92,3 @@ def run_command(args: argparse.Namespace) -> int:
         return cmd_jobs(args)
     config = load_config(args.config, args.overrides)
     return COMMANDS[args.command](args, config)
-

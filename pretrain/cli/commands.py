@@ -115,7 +115,7 @@ def cmd_generate(args: argparse.Namespace, config: Config) -> int:
     texts = generate_texts(
         model,
         tokenizer,
-        args.prompt or [config.train.sample_prompt],
+        args.prompt or [config.sample.prompt],
         args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k or None,
@@ -169,5 +169,3 @@ COMMANDS = {
     "export": cmd_export,
     "generate": cmd_generate,
 }
-
-

@@ -8,17 +8,17 @@ from pathlib import Path
 from launch.targets import TARGET_NAMES
 
 EPILOG = (
-    "Overrides: dotted key paths after the options, e.g. train.lr=3e-4 model.n_layer=4. A text setting takes "
-    "the text as it is (train.sample_prompt=ROMEO:); quote the whole argument for the shell when it holds "
-    "spaces ('train.sample_prompt=To be'), and put quotes inside it to keep spaces at its ends "
-    "('train.sample_prompt=\" ROMEO\"'). Lists and mappings are YAML (train.mixture={web: 0.7, code: 0.3}); "
+    "Overrides: dotted key paths after the options, e.g. optimizer.lr=3e-4 model.n_layer=4. A text setting takes "
+    "the text as it is (sample.prompt=ROMEO:); quote the whole argument for the shell when it holds "
+    "spaces ('sample.prompt=To be'), and put quotes inside it to keep spaces at its ends "
+    "('sample.prompt=\" ROMEO\"'). Lists and mappings are YAML (train.mixture={web: 0.7, code: 0.3}); "
     "null unsets an optional setting."
 )
 
 
 def _with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML config file (may `extends:` another); defaults when omitted")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=3e-4")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optimizer.lr=3e-4")
     return parser
 
 
@@ -127,9 +127,7 @@ def _add_submit(commands) -> None:
             epilog="Reference: docs/launching.md. " + EPILOG,
         )
     )
-    submit.add_argument(
-        "--target", choices=TARGET_NAMES, help="where the job runs (launch.target)"
-    )
+    submit.add_argument("--target", choices=TARGET_NAMES, help="where the job runs (launch.target)")
     submit.add_argument(
         "--stage", choices=["train", "data"], default="train", help="what runs: training (default) or the data build"
     )
@@ -137,7 +135,9 @@ def _add_submit(commands) -> None:
         "--detach", action="store_true", help="local: return at once; a training job logs to <run folder>/job.log"
     )
     submit.add_argument(
-        "--dry-run", action="store_true", help="print what would be submitted (the command, sbatch script or Ray request), submit nothing"
+        "--dry-run",
+        action="store_true",
+        help="print what would be submitted (the command, sbatch script or Ray request), submit nothing",
     )
     submit.add_argument("--resume", action="store_true", help="require a checkpoint to continue from")
     submit.add_argument("--nproc", type=int, metavar="N", help="processes per node (launch.nproc_per_node)")
@@ -229,7 +229,7 @@ def _add_generate(commands) -> None:
     )
     generate.add_argument("--tag", help="with a run folder: the checkpoint tag (default: the latest)")
     generate.add_argument(
-        "--prompt", action="append", help="text to continue; repeat for a batch (default: train.sample_prompt)"
+        "--prompt", action="append", help="text to continue; repeat for a batch (default: sample.prompt)"
     )
     generate.add_argument("--max-new-tokens", type=int, default=64)
     generate.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
@@ -270,5 +270,3 @@ def _add_runs(commands) -> None:
         "run_dir", type=Path, metavar="RUN_DIR", help="the run folder (checkpoint.root/tracking.run_name)"
     )
     sync.add_argument("--uri", help="MLflow tracking URI (default: tracking.uri of RUN_DIR/config.yaml)")
-
-

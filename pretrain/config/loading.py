@@ -1,6 +1,6 @@
 """Loading a config: YAML files that `extends:` others, presets, dotted overrides, the environment.
 
-    config = load_config("configs/demo.yaml", ["train.lr=3e-4", "model.n_layer=4"])
+    config = load_config("configs/demo.yaml", ["optimizer.lr=3e-4", "model.n_layer=4"])
 
 A YAML file may `extends:` another (a path relative to it, or a list of them);
 later files and then the overrides win, key by key. Every problem (an unknown
@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pretrain.config.presets import read_model_preset, shipped_config, shipped_config_names
-from pretrain.config.schema import Config, consistency_problems
+from pretrain.config.schema import MOVED_KEYS, Config, consistency_problems
 from pretrain.errors import ConfigError, PretrainError
 from pretrain.layout import write_atomically
 from pretrain.weights.hf_config import folder_model_config
@@ -199,7 +199,7 @@ def _deep_merge(base: dict, update: dict) -> dict:
 def _apply_override(raw: dict, override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {override!r}: write it as key.path=value, for example train.lr=3e-4")
+        raise ConfigError(f"override {override!r}: write it as key.path=value, for example optimizer.lr=3e-4")
     node = raw
     *parents, leaf = key.split(".")
     for part in parents:
@@ -212,8 +212,8 @@ def _apply_override(raw: dict, override: str) -> None:
 def _override_value(key: str, text: str) -> Any:
     """The value of `key=text`, by what the schema expects at `key` (the rule --help states).
 
-    A text setting takes the text as it is (`train.sample_prompt=ROMEO:`);
-    quotes around it are removed (`'train.sample_prompt=" ROMEO:"'` keeps the
+    A text setting takes the text as it is (`sample.prompt=ROMEO:`);
+    quotes around it are removed (`'sample.prompt=" ROMEO:"'` keeps the
     space). Lists and mappings are parsed as YAML; other scalars stay text and
     the schema converts them, so `run_name=123` stays a name and `lr=3e-4` a float.
     `null` unsets an optional setting.
@@ -262,6 +262,8 @@ def _annotation(path: list[str]) -> Any:
 def _describe(error: dict) -> str:
     path = ".".join(str(part) for part in error["loc"])
     if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        if path in MOVED_KEYS:
+            return f"  {path}: this setting is now {MOVED_KEYS[path]}; rename it"
         allowed = ", ".join(_allowed_keys(error["loc"][:-1]))
         return f"  {path}: unknown key; allowed here: {allowed}"
     message = error["msg"].removeprefix("Value error, ")

@@ -21,11 +21,14 @@ from pretrain.config.secrets import redact
 
 SQLITE = "sqlite:///"
 
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class TrainConfig(Section):
+    """What the loop trains on and how: steps, batches, precision, the data stream and where weights start."""
+
     seed: int = 1337
     max_steps: int = Field(1000, ge=1)
     seq_len: int = Field(256, ge=1, description="tokens per training sequence")
@@ -33,14 +36,6 @@ class TrainConfig(Section):
     global_batch_size: int = Field(
         8, ge=1, description="sequences per optimizer step, all ranks: micro x grad-accumulation x data-parallel"
     )
-    lr: float = Field(6e-4, gt=0, description="peak learning rate")
-    min_lr: float = Field(6e-5, ge=0, description="learning rate at the end of the decay")
-    warmup_steps: int = Field(100, ge=0)
-    decay: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = Field(0.1, ge=0, description="applied to weight matrices only")
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.95, ge=0, lt=1)
-    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
     precision: Literal["fp32", "bf16", "bf16-autocast", "fp16"] = Field(
         "fp32",
         description="bf16: bf16 weights, fp32 masters in the optimizer; bf16-autocast: fp32 weights and optimizer, "
@@ -72,30 +67,73 @@ class TrainConfig(Section):
         description="consecutive steps with a non-finite loss or gradient norm (each skipped) before the run stops",
     )
     log_interval: int = Field(10, ge=1, description="steps between metric logs")
-    eval_interval: int = Field(100, ge=1, description="steps between validation runs")
-    eval_batches: int = Field(10, ge=1, description="micro-batches per rank in one validation run")
-    sample_prompt: str = Field("The", description="prompt of the sample generated at the end")
-    sample_tokens: int = Field(64, ge=1)
-    eval_prompts: list[str] = Field(
-        default_factory=list, description="prompts continued at every validation, logged to MLflow as text"
-    )
-    export_every: int = Field(
-        0,
-        ge=0,
-        description="export every N steps (a multiple of checkpoint.every_steps) into <run folder>/exports/; 0: never",
-    )
-    export_register: str | None = Field(
-        None, description="register each export of export_every as a new version of this MLflow model"
-    )
-    export_aliases: list[str] = Field(
-        default_factory=list, description="aliases that move to each registered export, e.g. [candidate]"
-    )
     init_from: str | None = Field(
         None,
         json_schema_extra={"path": True},
         description="start from the weights of an exported folder (--format torch) or a Hugging Face GPT-2 or "
         "Llama folder, whose architecture replaces the model section (model.dropout is kept)",
     )
+
+
+class OptimizerConfig(Section):
+    """AdamW, and the clipping of the gradients it steps with."""
+
+    lr: float = Field(6e-4, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.1, ge=0, description="applied to weight matrices only")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables clipping")
+
+
+class LRScheduleConfig(Section):
+    """Linear warm-up to optimizer.lr, then a decay to min_lr at train.max_steps."""
+
+    warmup_steps: int = Field(100, ge=0)
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr: float = Field(6e-5, ge=0, description="learning rate at the end of the decay")
+
+
+class EvalConfig(Section):
+    """Validation while training: the loss on the val split, and prompts continued."""
+
+    interval: int = Field(100, ge=1, description="steps between validation runs (and one at the last step)")
+    batches: int = Field(10, ge=1, description="micro-batches per rank in one validation run")
+    prompts: list[str] = Field(
+        default_factory=list, description="prompts continued at every validation, logged to MLflow as text"
+    )
+
+
+class SampleConfig(Section):
+    """The text generated at the end of training (and the length of eval.prompts' continuations)."""
+
+    prompt: str = Field("The", description="prompt of the sample generated at the end")
+    tokens: int = Field(64, ge=1, description="tokens generated for the sample and for each of eval.prompts")
+
+
+class ExportConfig(Section):
+    """Exports made while training (pretrain/export/periodic.py); `pretrain export` takes its own options."""
+
+    every: int = Field(
+        0,
+        ge=0,
+        description="export every N steps (a multiple of checkpoint.every_steps) into <run folder>/exports/; 0: never",
+    )
+    registered_model: str | None = Field(None, description="register each export as a new version of this MLflow model")
+    aliases: list[str] = Field(
+        default_factory=list, description="aliases that move to each registered export, e.g. [candidate]"
+    )
+
+
+# Settings that left `train` for a section of their own: a config that still
+# names them is told the new key rather than that the key does not exist.
+MOVED_KEYS = {
+    **{f"train.{key}": f"optimizer.{key}" for key in OptimizerConfig.model_fields},
+    **{f"train.{key}": f"lr_schedule.{key}" for key in LRScheduleConfig.model_fields},
+    **{f"train.eval_{key}": f"eval.{key}" for key in EvalConfig.model_fields},
+    **{f"train.sample_{key}": f"sample.{key}" for key in SampleConfig.model_fields},
+    **{f"train.export_{key}": f"export.{key}" for key in ("every", "aliases")},
+    "train.export_register": "export.registered_model",
+}
 
 
 class ParallelConfig(Section):
@@ -143,6 +181,11 @@ class Config(Section):
     model: GPTConfig = Field(default_factory=GPTConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -198,17 +241,18 @@ def consistency_problems(config: Config) -> list[str]:
         problems.append(
             f"train.seq_len = {train.seq_len}: must not exceed model.max_seq_len ({config.model.max_seq_len})"
         )
-    every = config.checkpoint.every_steps
-    if train.export_every and (not every or train.export_every % every):
+    every, export_every = config.checkpoint.every_steps, config.export.every
+    if export_every and (not every or export_every % every):
         problems.append(
-            f"train.export_every = {train.export_every}: must be a multiple of checkpoint.every_steps ({every}), "
+            f"export.every = {export_every}: must be a multiple of checkpoint.every_steps ({every}), "
             f"since each export is made from a checkpoint"
         )
-    if train.min_lr > train.lr:
-        problems.append(f"train.min_lr = {train.min_lr}: must not exceed train.lr ({train.lr})")
-    if train.warmup_steps > train.max_steps:
+    lr, schedule = config.optimizer.lr, config.lr_schedule
+    if schedule.min_lr > lr:
+        problems.append(f"lr_schedule.min_lr = {schedule.min_lr}: must not exceed optimizer.lr ({lr})")
+    if schedule.warmup_steps > train.max_steps:
         problems.append(
-            f"train.warmup_steps = {train.warmup_steps}: must not exceed train.max_steps ({train.max_steps})"
+            f"lr_schedule.warmup_steps = {schedule.warmup_steps}: must not exceed train.max_steps ({train.max_steps})"
         )
     if config.data.tokenizer.path is None and config.model.vocab_size < config.data.tokenizer.vocab_size:
         problems.append(
@@ -239,5 +283,3 @@ def tensor_parallel_problems(config: Config) -> list[str]:
             "set parallel.tensor_parallel_size=1 or parallel.offload_optimizer=false"
         )
     return problems
-
-

@@ -2,6 +2,6 @@
 
 Owns finding and verifying the checkpoint to export, writing the folder and
 loading a trained model back for `generate` and `attention` (exporter.py),
-and `train.export_every` (periodic.py). Imports pretrain/config/,
+and `export.every` (periodic.py). Imports pretrain/config/,
 pretrain/weights/ and, to register exports, pretrain/tracking/.
 """

@@ -1,4 +1,4 @@
-"""`train.export_every`: export (and with `train.export_register`, register) checkpoints while training runs.
+"""`export.every`: export (and with `export.registered_model`, register) checkpoints while training runs.
 
 Each export is made by rank 0 from a checkpoint the trainer has just saved,
 so it reads complete files; the other ranks wait at their next collective.
@@ -27,7 +27,7 @@ def export_format(config: Config) -> str:
 
 
 def due(config: Config, step: int) -> bool:
-    return bool(config.train.export_every) and step % config.train.export_every == 0
+    return bool(config.export.every) and step % config.export.every == 0
 
 
 def export_saved_checkpoint(config: Config, step: int, val_loss: float | None) -> str:
@@ -36,10 +36,10 @@ def export_saved_checkpoint(config: Config, step: int, val_loss: float | None) -
     try:
         folder, _, info = export(config.run_dir, config.run_dir / EXPORTS_DIR / tag, tag, export_format(config))
         line = f"exported step {step}: {folder}"
-        name = config.train.export_register
+        name = config.export.registered_model
         if name:
             version = backend(config.tracking.backend).register(
-                folder, info, name, config.train.export_aliases, config.tracking.uri, val_loss
+                folder, info, name, config.export.aliases, config.tracking.uri, val_loss
             )
             line += f", registered as {name} version {version.version}"
         return line

@@ -57,7 +57,10 @@ def describe_job(record: JobRecord) -> str:
     if record.log:
         lines.append(f"log:        {record.log}")
     if record.stage == "train":
-        lines += [f"run folder: {record.run_dir}", f"MLflow run: {backend().job_run(record.tracking_uri, record.experiment, record.mlflow_job_tag)}"]
+        lines += [
+            f"run folder: {record.run_dir}",
+            f"MLflow run: {backend().job_run(record.tracking_uri, record.experiment, record.mlflow_job_tag)}",
+        ]
         summary = read_summary(Path(record.run_dir))
         if summary:
             lines.append(

@@ -5,7 +5,7 @@ step, tags, files, a final status. It never blocks training on the network:
 a backend buffers, sends in the background, and keeps what it could not send.
 `TrackingBackend` is the store of runs behind it, for the commands that read
 past runs or publish models: `pretrain runs sync`, `pretrain jobs status`,
-`pretrain export --register/--from-registry` and `train.export_register`.
+`pretrain export --register/--from-registry` and `export.registered_model`.
 
 MLflow is the backend (pretrain/tracking/mlflow_backend.py). Another is one
 module with a `BACKEND` object, one line in `BACKENDS`, and its name in the

@@ -65,7 +65,7 @@ def make_loaders(config: Config, manifest: dict) -> tuple[BatchLoader, BatchLoad
         "val",
         train.seq_len,
         train.micro_batch_size,
-        train.eval_batches,
+        config.eval.batches,
         dp_rank,
         config.dp_size,
         train.seed,

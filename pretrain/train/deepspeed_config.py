@@ -11,7 +11,7 @@ def deepspeed_config(config: Config) -> dict:
         "train_batch_size": train.global_batch_size,
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": config.grad_accum_steps,
-        "gradient_clipping": train.grad_clip,
+        "gradient_clipping": config.optimizer.grad_clip,
         "zero_optimization": zero_config(config),
         "bf16": {"enabled": train.precision == "bf16"},
         # PyTorch autocast inside the engine: fp32 weights, gradients and optimizer

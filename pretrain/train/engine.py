@@ -68,7 +68,7 @@ def build_engine(config: Config, model: GPT):
         model=model,
         mpu=mpu,
         optimizer=make_optimizer(config, model),
-        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config.train)),
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config)),
         config=deepspeed_config(config),
     )
     # Every checkpoint file written through it is recorded with its checksum; every one read is loaded weights_only.
@@ -84,10 +84,13 @@ def make_optimizer(config: Config, model: GPT) -> torch.optim.Optimizer:
     autocast (fp32 weights), DeepSpeed steps it directly: our AdamW then
     does that check itself.
     """
-    train = config.train
-    stepped_directly = config.parallel.zero_stage == 0 and train.precision in ("fp32", "bf16-autocast")
+    settings = config.optimizer
+    stepped_directly = config.parallel.zero_stage == 0 and config.train.precision in ("fp32", "bf16-autocast")
     optimizer_class = AdamW if stepped_directly else torch.optim.AdamW
     fused = torch.cuda.is_available() and not config.parallel.offload_optimizer
     return optimizer_class(
-        param_groups(model, train.weight_decay), lr=train.lr, betas=(train.beta1, train.beta2), fused=fused or None
+        param_groups(model, settings.weight_decay),
+        lr=settings.lr,
+        betas=(settings.beta1, settings.beta2),
+        fused=fused or None,
     )

@@ -170,7 +170,7 @@ def restore(config: Config, engine, loader: BatchLoader, progress: Progress) -> 
     progress.step, progress.tokens_seen = state["step"], state["tokens_seen"]
     progress.train_loss, progress.val_loss = known(state.get("train_loss")), known(state.get("val_loss"))
     progress.resumed_at = progress.step
-    apply_settings(engine, config.train)
+    apply_settings(engine, config)
     if dist.get_rank() == 0 and progress.step < config.train.max_steps:
         # It told of an earlier end (train.max_steps has been raised since); it is written again at the new one.
         (config.run_dir / SUMMARY_NAME).unlink(missing_ok=True)
@@ -284,8 +284,8 @@ def step_metrics(config: Config, engine, val, progress: Progress, tracker, meter
 
 
 def validates_at(config: Config, step: int) -> bool:
-    """Validation runs every train.eval_interval steps and at the last."""
-    return step % config.train.eval_interval == 0 or step == config.train.max_steps
+    """Validation runs every eval.interval steps and at the last."""
+    return step % config.eval.interval == 0 or step == config.train.max_steps
 
 
 def stop_if_diverged(config: Config, engine, loader, progress: Progress, tracker, nonfinite: NonFiniteSteps) -> None:
@@ -296,14 +296,14 @@ def stop_if_diverged(config: Config, engine, loader, progress: Progress, tracker
     raise TrainingError(
         f"the loss or gradient norm was not finite for {nonfinite.consecutive} consecutive steps "
         f"({nonfinite.first_of_run}-{progress.step}; train.max_nonfinite_steps = {nonfinite.limit}); each was "
-        f"skipped, so {saved} holds the weights from before step {nonfinite.first_of_run}. Lower train.lr, "
-        f"raise train.warmup_steps or use train.precision=fp32/bf16, then continue with --resume"
+        f"skipped, so {saved} holds the weights from before step {nonfinite.first_of_run}. Lower optimizer.lr, "
+        f"raise lr_schedule.warmup_steps or use train.precision=fp32/bf16, then continue with --resume"
     )
 
 
 def validation_metrics(config: Config, engine, val: BatchLoader, progress: Progress, tracker) -> dict[str, float]:
     progress.val_loss = evaluate(engine, val)
-    if config.train.eval_prompts:
+    if config.eval.prompts:
         log_eval_samples(config, engine, progress.step, tracker)
     return {"val_loss": progress.val_loss, "val_perplexity": perplexity(progress.val_loss)}
 
@@ -318,7 +318,7 @@ def log_eval_samples(config: Config, engine, step: int, tracker) -> None:
     """Continue the fixed evaluation prompts; every rank takes part (ZeRO-3 and TP gather weights collectively)."""
     tokenizer = dataset_tokenizer(config.data.output_dir)
     with torch.compiler.set_stance("force_eager"):  # a compiled model would recompile for every cache length
-        texts = generate_texts(engine.module, tokenizer, config.train.eval_prompts, config.train.sample_tokens, seed=0)
+        texts = generate_texts(engine.module, tokenizer, config.eval.prompts, config.sample.tokens, seed=0)
     if tracker:
         tracker.log_text("\n\n".join(texts) + "\n", f"samples/step_{step:08d}.txt")
 
@@ -348,7 +348,7 @@ def save_checkpoint(config: Config, engine, loader: BatchLoader, progress: Progr
 
 
 def export_if_due(config: Config, progress: Progress, say) -> None:
-    """Export the checkpoint just saved when train.export_every says so (pretrain/export/periodic.py).
+    """Export the checkpoint just saved when export.every says so (pretrain/export/periodic.py).
 
     `say` prints a line: rank 0 exports; the other ranks pass None and go on to wait at the next collective.
     """
@@ -375,7 +375,7 @@ def finish(config: Config, engine, loader, val, progress: Progress, tracker, man
     # Every rank generates: under ZeRO-3 the forward pass gathers weights collectively.
     with torch.compiler.set_stance("force_eager"):
         sample = generate_text(
-            engine.module, tokenizer, config.train.sample_prompt, config.train.sample_tokens, seed=config.train.seed
+            engine.module, tokenizer, config.sample.prompt, config.sample.tokens, seed=config.train.seed
         )
     if tracker is None:
         return

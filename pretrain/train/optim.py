@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pretrain.config import TrainConfig
+from pretrain.config import Config
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -53,27 +53,28 @@ class AdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
-def lr_multiplier(train: TrainConfig) -> Callable[[int], float]:
-    """Linear warmup to the peak, then cosine or linear decay to `min_lr` at `max_steps`.
+def lr_multiplier(config: Config) -> Callable[[int], float]:
+    """Linear warmup to the peak, then cosine or linear decay to `min_lr` at `train.max_steps`.
 
-    Returns a factor of the peak learning rate, as torch's LambdaLR expects.
+    Returns a factor of the peak learning rate (optimizer.lr), as torch's LambdaLR expects.
     """
-    floor = train.min_lr / train.lr
+    schedule, max_steps = config.lr_schedule, config.train.max_steps
+    floor = schedule.min_lr / config.optimizer.lr
 
     def multiplier(step: int) -> float:
-        if step < train.warmup_steps:
-            return (step + 1) / train.warmup_steps
-        if train.decay == "constant":
+        if step < schedule.warmup_steps:
+            return (step + 1) / schedule.warmup_steps
+        if schedule.decay == "constant":
             return 1.0
-        progress = min(1.0, (step - train.warmup_steps) / max(1, train.max_steps - train.warmup_steps))
-        if train.decay == "cosine":
+        progress = min(1.0, (step - schedule.warmup_steps) / max(1, max_steps - schedule.warmup_steps))
+        if schedule.decay == "cosine":
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
         return floor + (1 - floor) * (1 - progress)
 
     return multiplier
 
 
-def apply_settings(engine, train: TrainConfig) -> None:
+def apply_settings(engine, config: Config) -> None:
     """After a checkpoint has loaded: this config's schedule and optimizer settings, at the step reached.
 
     Loading restores the optimizer's hyperparameters and the schedule's base
@@ -83,12 +84,12 @@ def apply_settings(engine, train: TrainConfig) -> None:
     base rate and the rate of the current step are set anew. The groups are
     in the order `param_groups` made them: with weight decay, then without.
     """
-    scheduler, optimizer = engine.lr_scheduler, engine.optimizer
-    scheduler.base_lrs = [train.lr] * len(scheduler.base_lrs)
-    lr = train.lr * lr_multiplier(train)(scheduler.last_epoch)
+    scheduler, optimizer, settings = engine.lr_scheduler, engine.optimizer, config.optimizer
+    scheduler.base_lrs = [settings.lr] * len(scheduler.base_lrs)
+    lr = settings.lr * lr_multiplier(config)(scheduler.last_epoch)
     scheduler._last_lr = [lr] * len(scheduler.base_lrs)
     for index, group in enumerate(optimizer.param_groups):
-        group.update(lr=lr, initial_lr=train.lr, betas=(train.beta1, train.beta2))
-        group["weight_decay"] = train.weight_decay if index == 0 else 0.0
+        group.update(lr=lr, initial_lr=settings.lr, betas=(settings.beta1, settings.beta2))
+        group["weight_decay"] = settings.weight_decay if index == 0 else 0.0
     if hasattr(optimizer, "clip_grad"):  # ZeRO's optimizers restore the clipping they were saved with
-        optimizer.clip_grad = train.grad_clip
+        optimizer.clip_grad = settings.grad_clip

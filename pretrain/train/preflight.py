@@ -81,8 +81,8 @@ def check_split_sizes(config: Config, manifest: dict) -> None:
     needs = {
         "train": (train.global_batch_size, "lower train.global_batch_size or train.seq_len, or add data"),
         "val": (
-            train.micro_batch_size * train.eval_batches * config.dp_size,
-            "lower train.eval_batches or train.seq_len, or raise data.val_fraction",
+            train.micro_batch_size * config.eval.batches * config.dp_size,
+            "lower eval.batches or train.seq_len, or raise data.val_fraction",
         ),
     }
     check_mixture(train.mixture, manifest, data_dir)

@@ -2,11 +2,10 @@
 
 A run folder that holds a complete checkpoint is continued from it with the
 config given now. What may change takes effect: the learning-rate schedule
-(`train.lr`, `min_lr`, `warmup_steps`, `decay`, `max_steps`) is rebuilt at
-the current step, the optimizer takes `weight_decay`, `beta1`, `beta2` and
-`grad_clip`, and the rest (intervals, evaluation, checkpointing, export,
-samples, micro-batch size and accumulation, compile...) is read as the loop
-goes. What the checkpoint fixes cannot change, and is compared before any
+(`optimizer.lr`, `lr_schedule.*`, `train.max_steps`) is rebuilt at the
+current step, the optimizer takes the rest of `optimizer.*`, and the rest
+(`eval.*`, `sample.*`, `export.*`, checkpointing, intervals, micro-batch size
+and accumulation, compile...) is read as the loop goes. What the checkpoint fixes cannot change, and is compared before any
 process starts (`fixed_problems`):
 
 - the model (`model.*` but `dropout`): the checkpoint's weights have its shapes;
@@ -42,7 +41,10 @@ FIXED_SETTINGS = (
     "train.seed",
 )
 # What a resumed run reports as changed: the settings of training itself, not where files are.
-REPORTED_SECTIONS = ("model.", "train.", "parallel.", "checkpoint.")
+REPORTED_SECTIONS = (
+    *("model.", "train.", "optimizer.", "lr_schedule.", "eval.", "sample.", "export."),
+    *("parallel.", "checkpoint."),
+)
 NOT_REPORTED = ("train.init_from", "checkpoint.root")
 
 

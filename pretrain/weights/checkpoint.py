@@ -143,5 +143,3 @@ def load(engine, run_dir: Path, say: Callable[[str], None] | None) -> tuple[str,
         raise CheckpointError(f"{directory / tag}: the checkpoint could not be loaded")
     restore_rng_states(client_state["rng"])
     return tag, client_state
-
-

@@ -41,7 +41,9 @@ def architectures() -> dict[str, dict[str, tuple]]:
 
     return {
         name: {
-            "pos_encoding": tuple(key for key, encoding in POSITIONAL_ENCODINGS.items() if encoding.absolute == absolute),
+            "pos_encoding": tuple(
+                key for key, encoding in POSITIONAL_ENCODINGS.items() if encoding.absolute == absolute
+            ),
             **ARCHITECTURES[name],
         }
         for name, absolute in ABSOLUTE_POSITIONS.items()

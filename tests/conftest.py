@@ -220,10 +220,11 @@ CLUSTER_MODULES = {"test_targets", "test_slurm_cluster", "test_ray_cluster"}
 LONGEST_FIRST = ["test_layouts", "test_trust", "test_export", "test_interruptions", "test_end_to_end"]
 
 
-def pytest_collection_modifyitems(items):
-    def module(item) -> str:
-        return item.module.__name__.rpartition(".")[2]
+def module(item) -> str:
+    return item.module.__name__.rpartition(".")[2]
 
+
+def pytest_collection_modifyitems(items):
     trains = {module(item) for item in items if "tiny_data" in item.fixturenames}
 
     def order(item) -> tuple[int, int]:
@@ -249,6 +250,17 @@ def pytest_xdist_make_scheduler(config, log):
     return ByModule(config, log)
 
 
+# The session's clusters, stopped as soon as the last module that uses them is done rather than at the end of
+# the session: idle, Ray's daemons alone keep 7% of a core busy, which the modules after them need.
+STARTED_CLUSTERS = []
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if module(item) in CLUSTER_MODULES and (nextitem is None or module(nextitem) not in CLUSTER_MODULES):
+        for cluster in STARTED_CLUSTERS:
+            cluster.stop()  # idempotent: the fixture's own stop at the end of the session does nothing more
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A real one-node Slurm cluster on 127.0.0.1 (munged, slurmctld, slurmd), stopped at the end."""
@@ -258,6 +270,7 @@ def slurm_cluster(tmp_path_factory):
     if reason:
         unavailable(reason)
     with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        STARTED_CLUSTERS.append(cluster)
         yield cluster
 
 
@@ -271,5 +284,6 @@ def ray_cluster(tmp_path_factory):
         unavailable(reason)
     cluster = RayCluster(tmp_path_factory.mktemp("ray"), worker_nodes=1)
     with cluster:
+        STARTED_CLUSTERS.append(cluster)
         yield cluster
     cluster.remove_temp_dir()

@@ -1,4 +1,4 @@
-"""What `pretrain train` and `pretrain submit` pay before a rank starts: the imports of the command that launches.
+"""What `pretrain train` and `pretrain submit` pay in imports: the command that launches, and each rank.
 
     .venv/bin/python bench/cli_startup.py               # 5 repeats
     .venv/bin/python bench/cli_startup.py --repeats 9
@@ -10,7 +10,9 @@ imports plus torch, which the launcher paid before the run folder's
 checkpoint listing (`pretrain/weights/checkpoint_folder.py`) was split from
 the torch code that saves and loads. A rank imports torch and DeepSpeed
 anyway; the launcher, which only reads files and starts torchrun, does not
-need to.
+need to. The last two rows are a rank's imports: rank 0's, and another
+rank's, which refuses the MLflow that DeepSpeed would import
+(`pretrain/cli/commands.py`, `cmd_train`); compare them with each other.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import time
 CASES = {
     "the launcher's imports (pretrain.jobs.submit)": "import pretrain.jobs.submit",
     "baseline: the same, and torch": "import pretrain.jobs.submit, torch",
-    "for scale: a rank's (pretrain.train.loop)": "import pretrain.train.loop",
+    "rank 0's (pretrain.train.loop)": "import pretrain.train.loop",
+    "another rank's (the same, MLflow refused)": "import sys; sys.modules['mlflow'] = None; import pretrain.train.loop",
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +51,11 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
         # inherited that; from here on a stop request is kept (pretrain/train/preemption.py).
         preemption.listen()
         exit_with_parent()
+        if os.environ.get("RANK", "0") != "0":
+            # DeepSpeed imports MLflow if it can, for an autotuner that training does not use: 1.4 s of
+            # each rank's start-up (bench/cli_startup.py). Only rank 0 tracks, so the others refuse that
+            # import (a None in sys.modules makes it raise ImportError) and DeepSpeed goes on without it.
+            sys.modules.setdefault("mlflow", None)
         # Defense in depth: any torch.load in a rank, DeepSpeed's own included, rebuilds data only.
         os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
         from pretrain.train.loop import train

@@ -14,10 +14,6 @@ from tests.helpers import MlflowServer, free_port, unavailable
 # Ray waits 5 s for its GCS server to answer by default; two test workers on two cores (`make test`), each
 # starting Ray or ranks, can make it wait longer. Every Ray the tests start, in process or not, reads this.
 os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "60")
-# TorchInductor compiles kernels in a pool of worker processes, one per core, each importing torch: on two
-# cores that pool cost 88 CPU-s of the compiled tiny run against 26 s compiling in the rank itself. What is
-# compiled is the same either way; the pool only spreads the C++ compilation over more cores.
-os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 WORDS = [
     "the",

@@ -67,9 +67,9 @@ LAYOUT_RUN = ["train.max_steps=10", "lr_schedule.warmup_steps=2", "train.log_int
 TWO_RANKS_ZERO1 = ("launch.nproc_per_node=2", "parallel.zero_stage=1")
 
 
-def train_losses(work: Path, config: list[str], name: str, *layout: str) -> list[float]:
+def train_losses(work: Path, config: list[str], name: str, *layout: str, env: dict | None = None) -> list[float]:
     """Ten steps of the tiny job in the given parallel layout, global batch 16; the loss of every step."""
-    pretrain("train", *config, f"tracking.run_name={name}", *LAYOUT_RUN, *layout, cwd=work)
+    pretrain("train", *config, f"tracking.run_name={name}", *LAYOUT_RUN, *layout, cwd=work, env=env)
     return list(logged_metric(work, name).values())
 
 

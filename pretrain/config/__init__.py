@@ -17,7 +17,12 @@ from pretrain.config.loading import (
 from pretrain.config.schema import (
     CheckpointConfig,
     Config,
+    EvalConfig,
+    ExportConfig,
+    LRScheduleConfig,
+    OptimizerConfig,
     ParallelConfig,
+    SampleConfig,
     TrackingConfig,
     TrainConfig,
 )
@@ -25,7 +30,12 @@ from pretrain.config.schema import (
 __all__ = [
     "CheckpointConfig",
     "Config",
+    "EvalConfig",
+    "ExportConfig",
+    "LRScheduleConfig",
+    "OptimizerConfig",
     "ParallelConfig",
+    "SampleConfig",
     "TrackingConfig",
     "TrainConfig",
     "load_config",

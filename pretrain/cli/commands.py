@@ -52,7 +52,7 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
         preemption.listen()
         exit_with_parent()
         if os.environ.get("RANK", "0") != "0":
-            # DeepSpeed imports MLflow if it can, for an autotuner that training does not use: 1.4 s of
+            # DeepSpeed imports MLflow if it can, for an autotuner that training does not use: 2.1 s of
             # each rank's start-up (bench/cli_startup.py). Only rank 0 tracks, so the others refuse that
             # import (a None in sys.modules makes it raise ImportError) and DeepSpeed goes on without it.
             sys.modules.setdefault("mlflow", None)

@@ -6,7 +6,9 @@ import pytest
 
 from pretrain.cli.parser import EPILOG
 from pretrain.config import Config, load_config, save_config, tracking_uri_origin
+from pretrain.config.schema import MOVED_KEYS, with_moved_keys
 from pretrain.errors import ConfigError
+from pretrain.train.resume import differences
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -109,6 +111,22 @@ def test_a_setting_that_left_train_is_named_at_its_new_key(tmp_path):
         ("train.sample_prompt", "sample.prompt"),
     ]:
         assert f"{moved}: this setting is now {now}; rename it" in message
+
+
+def test_a_config_saved_before_the_split_reads_as_it_was_meant():
+    """A checkpoint's or run folder's config from before the split: every moved value lands at its new key, so
+    the run still exports, generates and resumes, and a resume sees no change."""
+    config = load_config(
+        CONFIGS / "demo.yaml", ["optimizer.lr=3e-4", "eval.prompts=[def]", "export.registered_model=gpt"]
+    )
+    saved = config.to_dict()
+    for old, new in MOVED_KEYS.items():
+        section, name = new.split(".")
+        saved["train"][old.removeprefix("train.")] = saved[section].pop(name)
+    for section in ("optimizer", "lr_schedule", "eval", "sample", "export"):
+        assert not saved.pop(section)
+    assert Config.model_validate(with_moved_keys(saved)) == config
+    assert differences(saved, config) == []
 
 
 def test_heads_must_divide_width():

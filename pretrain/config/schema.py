@@ -136,6 +136,29 @@ MOVED_KEYS = {
 }
 
 
+def with_moved_keys(saved: dict) -> dict:
+    """A config saved before settings left `train` (a checkpoint's, a run folder's), with them in their sections.
+
+    What pretrain wrote itself is read as it was meant, so a run saved by an
+    earlier version still exports, generates and resumes; a config a user
+    writes now is told the new key instead (pretrain/config/loading.py).
+    """
+    train = saved.get("train") if isinstance(saved, dict) else None
+    if not isinstance(train, dict) or not any(f"train.{key}" in MOVED_KEYS for key in train):
+        return saved  # written since the split, or not a config at all: validation says what is wrong
+    moved = {
+        section: dict(saved.get(section) or {}) for section in ("optimizer", "lr_schedule", "eval", "sample", "export")
+    }
+    kept = {}
+    for key, value in train.items():
+        section, _, name = MOVED_KEYS.get(f"train.{key}", "train." + key).partition(".")
+        if section == "train":
+            kept[key] = value
+        else:
+            moved[section].setdefault(name, value)
+    return {**saved, "train": kept, **{section: values for section, values in moved.items() if values}}
+
+
 class ParallelConfig(Section):
     zero_stage: int = Field(
         1, ge=0, le=3, description="DeepSpeed ZeRO stage: 0 none, 1 optimizer state, 2 +gradients, 3 +parameters"

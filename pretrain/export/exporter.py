@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 from data_pipeline.tokenizer import load_tokenizer
 from model import GPT
 from pretrain.config import Config
+from pretrain.config.schema import with_moved_keys
 from pretrain.errors import CheckpointError, CheckpointRefused, ExportError
 from pretrain.layout import CHECKPOINTS_DIR, CONFIG_NAME, EXPORT_DIR, MARKER_NAME, TOKENIZER_NAME
 from pretrain.weights.checkpoint_files import load_torch_file, verify
@@ -80,7 +81,7 @@ def checkpoint_of(run_dir: Path, tag: str, marker: dict) -> Checkpoint:
     state = marker if marker["files"] is not None else client_state(folder)
     saved = state.get("config") or yaml.safe_load((run_dir / CONFIG_NAME).read_text())
     try:
-        config = Config.model_validate(saved)
+        config = Config.model_validate(with_moved_keys(saved))
     except ValidationError as err:
         raise CheckpointError(
             f"{folder}: the config it was saved with does not load ({err.error_count()} errors)"

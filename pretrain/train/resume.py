@@ -25,6 +25,7 @@ import yaml
 from pydantic import ValidationError
 
 from pretrain.config import Config
+from pretrain.config.schema import with_moved_keys
 from pretrain.errors import CheckpointError, ConfigError
 from pretrain.layout import CONFIG_NAME, read_summary
 from pretrain.tracking.run_info import flatten
@@ -82,7 +83,7 @@ def saved_settings(saved: dict) -> dict[str, str]:
     """A checkpoint's config, flat (values as text, as MLflow's parameters), with the defaults of settings
     added since it was saved."""
     try:
-        saved = Config.model_validate(saved).to_public_dict()
+        saved = Config.model_validate(with_moved_keys(saved)).to_public_dict()
     except ValidationError:  # written by a version with other settings: compared as it is
         pass
     flat = flatten(saved)

@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q --no-build-isolation $(DEEPSPEED)
 	$(PIP) install -q --no-build-isolation -e ".[test]"
-	# DeepSpeed compiles its shared-memory collective for CPU ranks the first time a rank needs it (40 CPU-s
+	# DeepSpeed compiles its shared-memory collective for CPU ranks the first time a rank needs it (49 CPU-s
 	# here, cached in ~/.cache/torch_extensions): done at install, not in the first job or test. No-op on GPUs.
 	$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 	touch $@

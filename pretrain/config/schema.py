@@ -146,17 +146,11 @@ def with_moved_keys(saved: dict) -> dict:
     train = saved.get("train") if isinstance(saved, dict) else None
     if not isinstance(train, dict) or not any(f"train.{key}" in MOVED_KEYS for key in train):
         return saved  # written since the split, or not a config at all: validation says what is wrong
-    moved = {
-        section: dict(saved.get(section) or {}) for section in ("optimizer", "lr_schedule", "eval", "sample", "export")
-    }
-    kept = {}
+    migrated = {**saved, "train": {}}
     for key, value in train.items():
-        section, _, name = MOVED_KEYS.get(f"train.{key}", "train." + key).partition(".")
-        if section == "train":
-            kept[key] = value
-        else:
-            moved[section].setdefault(name, value)
-    return {**saved, "train": kept, **{section: values for section, values in moved.items() if values}}
+        section, _, name = MOVED_KEYS.get(f"train.{key}", f"train.{key}").partition(".")
+        migrated[section] = {**migrated.get(section, {}), name: value}
+    return migrated
 
 
 class ParallelConfig(Section):

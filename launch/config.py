@@ -102,6 +102,13 @@ class LaunchConfig(Section):
     )
     nnodes: int = Field(1, ge=1, description="hosts (nodes) in the job")
     nproc_per_node: int = Field(1, ge=1, description="processes (ranks) per node")
+    max_restarts: int = Field(
+        0,
+        ge=0,
+        description="when a rank fails (dies, or stops a hung job), restart every rank from the last complete "
+        "checkpoint, at most this many times: torchrun's --max-restarts, Ray Train's FailureConfig(max_failures); "
+        "a few on a cluster, 0 on a workstation, where a failure is usually a bug to see at once",
+    )
     rdzv_endpoint: str | None = Field(
         None, description="multinode with torchrun: HOST:PORT on the node-rank-0 host, reachable from every host"
     )

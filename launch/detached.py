@@ -75,6 +75,7 @@ def job_command(job: JobSpec) -> list[str]:
         rdzv_endpoint=launch.rdzv_endpoint,
         rdzv_id=job.run_name,
         hostfile=launch.hostfile,
+        max_restarts=launch.max_restarts,
     )
     return launcher_command(layout, job.module, job.args, launch.launcher)
 

@@ -29,6 +29,7 @@ class NodeLayout:
     rdzv_endpoint: str | None = None  # HOST:PORT on the node-rank-0 host
     rdzv_id: str = "pretrain"  # the same on every host of one job, and different between jobs
     hostfile: str | None = None  # DeepSpeed's launcher: it starts every host's ranks itself, over ssh
+    max_restarts: int = 0  # torchrun restarts every rank (from the last checkpoint) after a failure, this many times
 
 
 def torchrun_command(layout: NodeLayout, module: str, args: list[str]) -> list[str]:
@@ -59,6 +60,9 @@ def torchrun_command(layout: NodeLayout, module: str, args: list[str]) -> list[s
     if is_host:
         # The ranks' own store is served from here too: at the address the others reach the rendezvous on.
         command.append(f"--local-addr={endpoint.rpartition(':')[0]}")
+    # On a failed rank torchrun's elastic agent stops the others and starts them all again, each
+    # continuing from the run folder's last complete checkpoint: the same command, run again.
+    command.append(f"--max-restarts={layout.max_restarts}")
     return [*command, "--signals-to-handle=SIGHUP,SIGQUIT", "-m", module, *args]
 
 

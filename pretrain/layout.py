@@ -12,6 +12,8 @@
       export/                 `pretrain export`'s default output
       exports/step_N/         the periodic exports of export.every
       mlflow_spool/           while the MLflow server cannot be reached (pretrain/tracking/spool.py)
+      heartbeats/             each rank's step and phase, every few seconds (pretrain/train/heartbeat.py)
+      hangs/step_N/           what a hang left: the report and every rank's Python stack
 
 A dataset folder's names are data_pipeline's own (data_pipeline/layout.py,
 which may not import pretrain/); they are re-exported here with the atomic
@@ -42,6 +44,8 @@ __all__ = [
     "DEEPSPEED_CONFIG_NAME",
     "EXPORTS_DIR",
     "EXPORT_DIR",
+    "HANGS_DIR",
+    "HEARTBEATS_DIR",
     "JOB_ID_VARIABLE",
     "JOB_LOG_NAME",
     "LATEST_NAME",
@@ -72,6 +76,8 @@ QUARANTINE_PREFIX = "corrupt-"  # a damaged checkpoint, moved aside: corrupt-ste
 EXPORT_DIR = "export"
 EXPORTS_DIR = "exports"
 SPOOL_DIR = "mlflow_spool"
+HEARTBEATS_DIR = "heartbeats"
+HANGS_DIR = "hangs"
 
 
 def lock(run_dir: Path, purpose: str) -> FolderLock:

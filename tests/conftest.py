@@ -182,14 +182,22 @@ def job(tmp_path_factory, tiny_data) -> dict:
 
 
 @pytest.fixture(scope="session")
-def two_rank_losses(tmp_path_factory, worker_id, tiny_data) -> list[float]:
-    """The reference of the resume and launch-target tests: ten steps of the tiny job on 2 ranks, ZeRO-1."""
+def two_rank_run(tmp_path_factory, worker_id, tiny_data) -> dict:
+    """The reference of the resume and launch-target tests: ten steps of the tiny job on 2 ranks, ZeRO-1, saved
+    at steps 5 and 10 (run `layout-2-1` in the folder `work`, which tests copy and never change)."""
     from tests.helpers import TWO_RANKS_ZERO1, tiny_job_config, train_losses
 
-    def train(work: Path) -> list[float]:
-        return train_losses(work, tiny_job_config(work, tiny_data), "layout-2-1", *TWO_RANKS_ZERO1)
+    def train(work: Path) -> dict:
+        config = tiny_job_config(work, tiny_data)
+        losses = train_losses(work, config, "layout-2-1", *TWO_RANKS_ZERO1, "checkpoint.every_steps=5")
+        return {"work": str(work), "losses": losses}
 
     return once_for_all_workers(tmp_path_factory, worker_id, "two-ranks", train)
+
+
+@pytest.fixture(scope="session")
+def two_rank_losses(two_rank_run) -> list[float]:
+    return two_rank_run["losses"]
 
 
 def once_for_all_workers(tmp_path_factory, worker_id: str, name: str, make):

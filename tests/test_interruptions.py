@@ -2,7 +2,10 @@
 the launcher killed) resume to exactly the run that was not interrupted.
 """
 
+import contextlib
 import json
+import os
+import random
 import re
 import signal
 import subprocess
@@ -115,29 +118,76 @@ def start_layout_run(job, name: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=job["work"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_a_run_killed_after_a_step_resumes_to_the_same_losses_bit_for_bit(job, two_rank_losses):
-    """kill -9 after step 6, resume from the step-4 checkpoint: every step's loss equals the uninterrupted run's."""
-    process = start_layout_run(job, "killed-at-6", "checkpoint.every_steps=2", "checkpoint.keep_last=5")
-    read_until(process, "step      6/10")
-    for child in [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]:
-        child.send_signal(signal.SIGKILL)
-    process.wait()
-    run_dir = job["work"] / "runs" / "killed-at-6"
-    assert latest_tag(run_dir) in ("step_00000004", "step_00000006")
-    resumed = pretrain(
-        "train",
-        *job["config"],
-        "tracking.run_name=killed-at-6",
-        *LAYOUT_RUN,
-        *TWO_RANKS_ZERO1,
-        "checkpoint.every_steps=2",
-        "--resume",
-        cwd=job["work"],
+def rank_process(process: subprocess.Popen, rank: int) -> psutil.Process:
+    """The process of one rank among a job's descendants (torchrun sets RANK in each rank's environment)."""
+    for child in psutil.Process(process.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.environ().get("RANK") == str(rank) and "pretrain.cli" in " ".join(child.cmdline()):
+                return child
+    raise AssertionError(f"no rank {rank} among the job's processes")
+
+
+def test_a_rank_killed_mid_run_is_restarted_from_the_last_checkpoint_to_the_same_losses(job, two_rank_losses):
+    """launch.max_restarts=1 and a kill -9 of one rank (not of the launcher) at a random step after the first
+    checkpoint: torchrun starts every rank again, they continue from the last complete checkpoint, and the job
+    finishes by itself, in the same MLflow run, with every step's loss the uninterrupted run's, logged once."""
+    kill_at = random.randint(3, 9)  # checkpoints every 2 steps: the first at step 2
+    process = start_layout_run(
+        job, "restarted", "checkpoint.every_steps=2", "checkpoint.keep_last=5", "launch.max_restarts=1"
     )
-    assert "step     10/10" in resumed.stdout
-    losses = logged_metric(job["work"], "killed-at-6")
-    assert sorted(losses) == list(range(1, 11))
-    assert list(losses.values()) == two_rank_losses  # exactly: same data order, same arithmetic
+    output = read_until(process, f"step {kill_at:>6}/10")
+    rank_process(process, 1).send_signal(signal.SIGKILL)
+    output += process.stdout.read()
+    assert process.wait() == 0, f"killed at step {kill_at}:\n{output[-3000:]}"
+    assert "step     10/10" in output and "final train loss" in output
+    client = MlflowClient(f"sqlite:///{job['work'] / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'restarted'")
+    history = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda metric: metric.step)
+    assert [metric.step for metric in history] == list(range(1, 11)), f"killed at step {kill_at}"
+    assert [metric.value for metric in history] == two_rank_losses  # bit for bit: same data order, same arithmetic
+    assert run.info.status == "FINISHED"
+
+
+def test_a_straggler_is_named_a_spike_rolled_back_and_a_hung_rank_found_with_its_stack(job):
+    """One run, three faults injected in turn (pretrain/train/faults.py): rank 1 is slow at every step, the
+    batch of step 7 makes the loss spike, then rank 1 is stopped (SIGSTOP) for good."""
+    faults = {"PRETRAIN_FAULT_SLOW_RANK": "1:0.3", "PRETRAIN_FAULT_SPIKE_AT_SAMPLE": str(6 * 16)}
+    command = [sys.executable, "-m", "pretrain.cli", "train", *job["config"], "tracking.run_name=faults"]
+    command += [*LAYOUT_RUN, *TWO_RANKS_ZERO1, "train.max_steps=60", "checkpoint.every_steps=5"]
+    command += ["train.spike.action=rollback", "train.straggler_intervals=2", "train.hang_timeout_s=6"]
+    env = os.environ | faults
+    process = subprocess.Popen(
+        command, cwd=job["work"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    output = read_until(process, "loss spike at step 7")
+    assert "straggler: rank 1 spends" in output  # slow for 2 log intervals in a row
+    assert "rolled back to step 5 and past the 32 samples read since" in output.splitlines()[-1]
+    stopped = rank_process(process, 1)
+    stopped.suspend()
+    stopped_at = time.monotonic()
+    try:
+        output = read_until(process, "hang:")
+        detected_in = time.monotonic() - stopped_at
+        output += process.stdout.read()
+        assert process.wait() != 0
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            stopped.kill()  # if torchrun has not
+    assert detected_in < 6 + 5, output[-3000:]  # the timeout, then at most a heartbeat period and a check
+    assert re.search(
+        r"rank 1 \(.*, pid \d+\): step \d+, \w+, no progress for \d+ s; its process is not running", output
+    )
+    (hang,) = (job["work"] / "runs" / "faults" / "hangs").iterdir()
+    assert "pretrain/train/step.py" in (hang / "stack-rank_00000.txt").read_text()  # waiting in the step
+    assert "MainThread" in (hang / "stack-rank_00001.txt").read_text()  # read from outside, by py-spy
+    client = MlflowClient(f"sqlite:///{job['work'] / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'faults'")
+    assert run.info.status == "FAILED" and "rank 1" in run.data.tags["hang"]
+    assert "rolled back to step 5" in run.data.tags["spike.step_7"]
+    slowest = client.get_metric_history(run.info.run_id, "slowest_rank")
+    assert slowest and all(metric.value == 1 for metric in slowest)
 
 
 def test_sigterm_saves_and_exits_zero_then_resume_continues_exactly(job, two_rank_losses):

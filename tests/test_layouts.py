@@ -1,26 +1,50 @@
 """One job, every parallel layout: the same seed, data and global batch give the single process's loss at every
 step, whatever splits the work (data-parallel ranks, ZeRO stages, offload, tensor parallelism, accumulation,
-recomputation, compilation, DeepSpeed's launcher), all through the real CLI on gloo.
+recomputation, compilation, DeepSpeed's launcher), and a run saved on one layout continues on another, all
+through the real CLI on gloo.
 """
 
 import json
 import os
+import shutil
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from pretrain.weights.checkpoint_files import load_torch_file
-from pretrain.weights.checkpoint_folder import checkpoint_dir, latest_tag
+from pretrain.weights.checkpoint_folder import checkpoint_dir, latest_tag, tag_for
 from tests.helpers import (
+    LAYOUT_RUN,
     TWO_RANKS_ZERO1,
+    pretrain,
+    tiny_job_config,
     train_losses,
 )
 
 pytestmark = pytest.mark.slow
 
+TP2 = ("launch.nproc_per_node=2", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2")
+
 
 def train_layout(job, name: str, *layout: str) -> list[float]:
     return train_losses(job["work"], job["config"], name, *layout)
+
+
+@pytest.fixture(scope="module")
+def layout_losses(job):
+    """Ten steps in a layout, saved at steps 5 and 10, each layout trained once for the module's tests."""
+    trained = {}
+
+    def losses(*layout: str) -> list[float]:
+        if layout not in trained:
+            name = "layout-" + "-".join(part.split("=")[1] for part in layout)
+            trained[layout] = train_layout(job, name, *layout, "checkpoint.every_steps=5")
+        return trained[layout]
+
+    return losses
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +81,7 @@ def test_two_data_parallel_ranks_give_the_single_process_losses(single_process_l
             "train.micro_batch_size=4",
             "train.activation_checkpointing=true",
         ),
-        ("launch.nproc_per_node=2", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2"),
+        TP2,
         # 2 data-parallel x 2 tensor-parallel ranks
         ("launch.nproc_per_node=4", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2"),
         (
@@ -76,10 +100,9 @@ def test_two_data_parallel_ranks_give_the_single_process_losses(single_process_l
         "dp2-tp2-zero3",
     ],
 )
-def test_parallel_layouts_give_the_single_process_losses(job, single_process_losses, layout):
+def test_parallel_layouts_give_the_single_process_losses(layout_losses, single_process_losses, layout):
     """The same seed, data and global batch: the same loss at every step, whatever the layout (fp32)."""
-    name = "layout-" + "-".join(part.split("=")[1] for part in layout)
-    losses = train_layout(job, name, *layout)
+    losses = layout_losses(*layout)
     assert len(losses) == len(single_process_losses) == 10
     assert losses == pytest.approx(single_process_losses, rel=1e-5)
 
@@ -122,3 +145,51 @@ def test_tensor_parallel_checkpoints_hold_one_shard_per_tensor_parallel_rank(job
         assert all(w.shape[split] == full_shape[split] // 2 for w in weights), (name, weights[0].shape)
         assert not torch.equal(weights[0], weights[1])
     assert torch.equal(shards[0]["embed_tokens.weight"], shards[1]["embed_tokens.weight"])  # kept whole
+
+
+def continue_on(source: Path, run: str, job, *layout: str) -> list[float]:
+    """Run `run` of the folder `source` as it was saved at step 5, continued to step 10 on `layout` (in a copy);
+    the losses the continued run logged, steps 6 to 10."""
+    work = job["work"] / ("from-" + run + "-on-" + "-".join(part.split("=")[1] for part in layout))
+    run_dir = work / "runs" / run
+    shutil.copytree(source / "runs" / run, run_dir)
+    shutil.copy(source / "mlflow.db", work / "mlflow.db")
+    # What the run held after step 5: its checkpoint of step 5, and no finish.
+    shutil.rmtree(checkpoint_dir(run_dir) / tag_for(10))
+    (checkpoint_dir(run_dir) / "latest").write_text(tag_for(5))
+    (run_dir / "summary.json").unlink()
+    started = int(time.time() * 1000)
+    continued = pretrain(
+        "train", *tiny_job_config(work, job["data_dir"]), f"tracking.run_name={run}", *LAYOUT_RUN, *layout, cwd=work
+    )
+    assert f"checkpoint {tag_for(5)} was saved on" in continued.stdout
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    (found,) = client.search_runs([experiment], filter_string=f"attributes.run_name = '{run}'")
+    history = [m for m in client.get_metric_history(found.info.run_id, "loss") if m.timestamp >= started]
+    assert sorted(m.step for m in history) == [6, 7, 8, 9, 10]  # in the same MLflow run, each step once
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+# A run saved at step 5 on one layout continues on another to the losses of the run that kept its layout
+# (the tolerance of the parity tests above: sums taken in another order). DP2 -> DP4 changes the ZeRO stage
+# from 1 to 3 at the same time: one run for two changes, each of which breaks the equality if it fails.
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ("launch.nproc_per_node=1", "parallel.zero_stage=1"),
+        ("launch.nproc_per_node=4", "parallel.zero_stage=3", "train.micro_batch_size=4"),
+        TP2,
+    ],
+    ids=["dp2-to-dp1", "dp2-zero1-to-dp4-zero3", "tp1-to-tp2"],
+)
+def test_a_run_saved_on_two_data_parallel_ranks_continues_on_another_layout(job, two_rank_run, layout):
+    continued = continue_on(Path(two_rank_run["work"]), "layout-2-1", job, *layout)
+    assert continued == pytest.approx(two_rank_run["losses"][5:], rel=1e-5)
+
+
+def test_a_tensor_parallel_run_continues_on_one_process(job, layout_losses):
+    """TP2 -> TP1: AutoTP's halves of each projection are joined, Adam's moments with them."""
+    losses = layout_losses(*TP2)
+    continued = continue_on(job["work"], "layout-2-1-2", job, "launch.nproc_per_node=1", "parallel.zero_stage=1")
+    assert continued == pytest.approx(losses[5:], rel=1e-5)

@@ -145,15 +145,19 @@ def test_settings_a_checkpoint_fixes_are_refused_before_anything_starts(base, ca
     before = (run_dir / "config.yaml").read_text()
     changed = ["train.max_steps=6", "model.n_layer=3", "--nproc=4", "train.seq_len=32", "train.micro_batch_size=4"]
     started = time.monotonic()
-    assert main(["train", *config, *changed]) == 1
+    # A layout change is resharded (tests/test_layouts.py), but not to ZeRO stage 0: its optimizer state is not
+    # sharded in a form DeepSpeed converts.
+    assert main(["train", *config, *changed, "parallel.zero_stage=0"]) == 1
     err = capsys.readouterr().err
     assert "cannot continue from this checkpoint with these settings, which it fixes:" in err
     for line in (
         "launch.nnodes x launch.nproc_per_node: 2 in the checkpoint, 4 now",
+        "parallel.zero_stage: 1 in the checkpoint, 0 now",
         "model.n_layer: 2 in the checkpoint, 3 now",
         "train.seq_len: 64 in the checkpoint, 32 now",
     ):
         assert f"  {line}\n" in err
+    assert "a checkpoint continues on another layout only between ZeRO stages 1, 2 and 3" in err
     assert "micro_batch_size" not in err  # it may change: the data order does not depend on it
     assert time.monotonic() - started < 30 and "Traceback" not in err
     assert (run_dir / "config.yaml").read_text() == before

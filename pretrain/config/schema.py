@@ -26,6 +26,19 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SpikeConfig(Section):
+    """What a loss spike does (pretrain/train/spikes.py)."""
+
+    action: Literal["log", "skip", "rollback"] = Field(
+        "log",
+        description="log: logged as loss_spike and printed, at each log interval; skip: the spiking step's update "
+        "is not applied; rollback: back to the last checkpoint, past the samples that led to the spike. skip and "
+        "rollback read the loss every step",
+    )
+    factor: float = Field(3.0, gt=1, description="a loss above this many times the median of the recent ones")
+    max_rollbacks: int = Field(3, ge=1, description="rollbacks before the run stops, naming the steps that spiked")
+
+
 class TrainConfig(Section):
     """What the loop trains on and how: steps, batches, precision, the data stream and where weights start."""
 
@@ -67,6 +80,17 @@ class TrainConfig(Section):
         description="consecutive steps with a non-finite loss or gradient norm (each skipped) before the run stops",
     )
     log_interval: int = Field(10, ge=1, description="steps between metric logs")
+    hang_timeout_s: float = Field(
+        600,
+        ge=0,
+        description="stop the job, naming the stalled ranks and writing every rank's stack to <run>/hangs/, when "
+        "no rank has made progress for this long; longer than the slowest checkpoint save or validation; 0: never",
+    )
+    straggler_factor: float = Field(
+        1.5, gt=1, description="a rank this many times slower than the median rank at its own work is named"
+    )
+    straggler_intervals: int = Field(3, ge=1, description="log intervals in a row a rank is slow before it is named")
+    spike: SpikeConfig = Field(default_factory=SpikeConfig)
     init_from: str | None = Field(
         None,
         json_schema_extra={"path": True},

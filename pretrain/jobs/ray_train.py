@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
 
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pretrain.train.preflight import check_job
@@ -46,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         train_loop_config={"config": args.config, "resume": args.resume},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=config.world_size, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=config.tracking.run_name, storage_path=str(config.run_dir.resolve() / "ray")),
+        run_config=RunConfig(
+            name=config.tracking.run_name,
+            storage_path=str(config.run_dir.resolve() / "ray"),
+            # A failed worker: every worker is started again, each continuing from the last complete checkpoint.
+            failure_config=FailureConfig(max_failures=config.launch.max_restarts),
+        ),
     )
     trainer.fit()
     print(f"training finished; run folder {config.run_dir}", flush=True)

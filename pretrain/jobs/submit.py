@@ -59,6 +59,7 @@ def node_layout(config: Config, node_rank: int) -> NodeLayout:
         rdzv_endpoint=launch.rdzv_endpoint,
         rdzv_id=config.tracking.run_name,
         hostfile=launch.hostfile,
+        max_restarts=launch.max_restarts,
     )
 
 

@@ -31,6 +31,9 @@ class Tracker(Protocol):
 
     run_id: str | None  # the backend's id of the run; None while it exists only where it was kept offline
 
+    def last_logged_step(self) -> int:
+        """The last step whose training loss the run holds (from before a restart); -1 for none."""
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
     def set_tags(self, tags: dict[str, object]) -> None: ...

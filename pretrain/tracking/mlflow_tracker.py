@@ -169,6 +169,9 @@ class MlflowTracker:
             flush=True,
         )
 
+    def last_logged_step(self) -> int:
+        return max((step for step, _ in self.history["loss"]), default=-1)
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         timestamp = now_ms()
         with self._lock:

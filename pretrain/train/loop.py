@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,34 +22,27 @@ from model import GPT
 from pretrain import layout
 from pretrain.config import Config
 from pretrain.errors import ConfigError, TrainingError, on_every_rank
-from pretrain.export import periodic as periodic_export
-from pretrain.layout import CONFIG_HISTORY, MANIFEST_NAME, SUMMARY_NAME, TOKENIZER_NAME
+from pretrain.layout import CONFIG_HISTORY, MANIFEST_NAME, TOKENIZER_NAME
 from pretrain.tracking import Tracker, backend
 from pretrain.train.console import Console
 from pretrain.train.cost import model_cost
 from pretrain.train.data import make_loaders, verify_shards_together
 from pretrain.train.deepspeed_config import deepspeed_config
 from pretrain.train.engine import build_engine, init_distributed
+from pretrain.train.health import handle_spike, start_heartbeat, straggler_metrics
 from pretrain.train.metrics import IntervalMeter, memory_metrics, perplexity
-from pretrain.train.optim import apply_settings
 from pretrain.train.preemption import PreemptionWatch
 from pretrain.train.preflight import check_job
+from pretrain.train.progress import Progress, export_if_due, restore, save_checkpoint, validates_at
 from pretrain.train.resume import describe_changes, reported_changes
 from pretrain.train.run_files import write_run_files
 from pretrain.train.sampling import generate_text, generate_texts
+from pretrain.train.spikes import SpikeWatch
 from pretrain.train.stability import NonFiniteSteps
-from pretrain.weights import checkpoint
+from pretrain.train.step import evaluate, mean_over_ranks, train_step
+from pretrain.train.stragglers import StragglerWatch
 from pretrain.weights.checkpoint_folder import checkpoint_dir, tag_for
 from pretrain.weights.model_folder import folder_state_dict
-
-
-@dataclass
-class Progress:
-    step: int = 0
-    tokens_seen: int = 0
-    train_loss: float = float("nan")
-    val_loss: float = float("nan")
-    resumed_at: int | None = None  # the step of the checkpoint this run continued from
 
 
 def check_world_size(config: Config) -> None:
@@ -61,30 +53,6 @@ def check_world_size(config: Config) -> None:
             f"processes; start it with `pretrain train`, which launches the right number"
         )
         raise on_every_rank(ConfigError(message))
-
-
-def mean_over_ranks(value: torch.Tensor) -> float:
-    value = value.detach().float().cpu().clone()
-    dist.all_reduce(value)
-    return value.item() / dist.get_world_size()
-
-
-def evaluate(engine, val: BatchLoader) -> float:
-    """Mean loss over the same held-out micro-batches every time."""
-    val.consumed = 0
-    engine.eval()
-    with torch.no_grad():
-        losses = [engine(*to_device(batch, engine.device))[1] for batch in val.next_step()]
-    engine.train()
-    return mean_over_ranks(torch.stack(losses).mean())
-
-
-def to_device(batch, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """The loader's arrays on the device; to a GPU from page-locked memory, so the copy does not block the host."""
-    tensors = [torch.from_numpy(array) for array in batch]
-    if device.type == "cuda":
-        tensors = [tensor.pin_memory() for tensor in tensors]
-    return tuple(tensor.to(device, non_blocking=True) for tensor in tensors)
 
 
 def train(config: Config, require_checkpoint: bool = False) -> Progress:
@@ -160,27 +128,6 @@ def stopped_before_training(preemption: PreemptionWatch, rank_zero: bool) -> boo
     return True
 
 
-def restore(config: Config, engine, loader: BatchLoader, progress: Progress) -> tuple[str | None, dict]:
-    """Load the newest intact checkpoint into the engine and the loader; return its MLflow run and config.
-
-    The optimizer and schedule then take this config's settings (pretrain/train/resume.py).
-    """
-    _, state = checkpoint.load(engine, config.run_dir, print if dist.get_rank() == 0 else None)
-    loader.load_state_dict(state["loader"])
-    progress.step, progress.tokens_seen = state["step"], state["tokens_seen"]
-    progress.train_loss, progress.val_loss = known(state.get("train_loss")), known(state.get("val_loss"))
-    progress.resumed_at = progress.step
-    apply_settings(engine, config)
-    if dist.get_rank() == 0 and progress.step < config.train.max_steps:
-        # It told of an earlier end (train.max_steps has been raised since); it is written again at the new one.
-        (config.run_dir / SUMMARY_NAME).unlink(missing_ok=True)
-    return state["mlflow_run_id"], state["config"]
-
-
-def known(value: float | None) -> float:
-    return float("nan") if value is None else float(value)
-
-
 def compiles(config: Config) -> bool:
     """train.compile, where null means: on a CUDA GPU."""
     return torch.cuda.is_available() if config.train.compile is None else config.train.compile
@@ -195,6 +142,7 @@ def start_tracking(
     that changed settings says so, in the console and as a tag of the run.
     """
     tracker = backend(config.tracking.backend).start(config, run_id)
+    progress.logged_through = tracker.last_logged_step() if run_id else -1
     files = write_run_files(config, data_dir, deepspeed_config(config), progress.resumed_at)
     for path in [*files, data_dir / MANIFEST_NAME]:
         tracker.log_artifact(path)
@@ -215,44 +163,60 @@ def start_tracking(
     return tracker
 
 
-def train_step(engine, loader: BatchLoader) -> torch.Tensor:
-    """One optimizer step over this rank's micro-batches; the mean loss, left on the device."""
-    micro_batches = loader.next_step()
-    loss_sum = torch.zeros((), device=engine.device)
-    for batch in micro_batches:
-        _, loss = engine(*to_device(batch, engine.device))
-        engine.backward(loss)
-        engine.step()  # steps the optimizer at the gradient-accumulation boundary only
-        loss_sum += loss.detach()
-    return loss_sum / len(micro_batches)
-
-
 def run_loop(config: Config, engine, loader, val, progress: Progress, tracker, preemption: PreemptionWatch) -> bool:
     """Train to `train.max_steps`; return False when stopped early by SIGTERM (after saving)."""
+    heartbeat = start_heartbeat(config, tracker)
+    try:
+        return train_steps(config, engine, loader, val, progress, tracker, preemption, heartbeat)
+    finally:
+        if heartbeat:
+            heartbeat.stop()
+
+
+def train_steps(
+    config: Config, engine, loader, val, progress: Progress, tracker, preemption: PreemptionWatch, heartbeat
+) -> bool:
     train = config.train
     tokens_per_step = train.global_batch_size * train.seq_len
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     flops_per_token = model_cost(config.model, train.seq_len).flops_per_token
-    meter = IntervalMeter(tokens_per_step, flops_per_token, device_name, dist.get_world_size())
+    world_size = dist.get_world_size()
+    meter = IntervalMeter(tokens_per_step, flops_per_token, device_name, world_size, train.spike.factor)
+    stragglers = StragglerWatch(train.straggler_factor, train.straggler_intervals, engine.device)
+    spikes = SpikeWatch(train.spike) if train.spike.action != "log" else None
     nonfinite = NonFiniteSteps(engine, train.max_nonfinite_steps)
     console = Console(train.max_steps) if tracker else None
+
+    def beat(phase: str) -> None:
+        if heartbeat:
+            heartbeat.beat(progress.step + 1, phase)
+
     if progress.step == 0:
         # The untrained model's validation loss: the point the curve falls from.
         report(progress, validation_metrics(config, engine, val, progress, tracker), tracker, console)
     while progress.step < train.max_steps:
         started = time.perf_counter()
-        loss = train_step(engine, loader)
+        loss, own_seconds = train_step(engine, loader, beat, spikes)
         progress.step += 1
         progress.tokens_seen += tokens_per_step
         meter.add_step(time.perf_counter() - started)
-        if nonfinite.record(progress.step):
+        stragglers.add_step(own_seconds)
+        if spikes and spikes.ratio is not None:
+            rolled_back = handle_spike(config, engine, loader, progress, tracker, console, spikes)
+            nonfinite = NonFiniteSteps(engine, train.max_nonfinite_steps)  # the refused update is not one
+            if rolled_back:
+                continue  # the steps from the checkpoint on are trained again, and logged then
+        elif nonfinite.record(progress.step):
             stop_if_diverged(config, engine, loader, progress, tracker, nonfinite)
+        beat("eval")
         metrics = step_metrics(config, engine, val, progress, tracker, meter, nonfinite, loss)
         if metrics:
+            metrics |= straggler_metrics(stragglers, world_size, console)
             report(progress, metrics, tracker, console)
         elif console:
             console.progress(progress.step)
         last = progress.step == train.max_steps
+        beat("checkpoint")
         if preemption.requested() and not last:
             saved = save_checkpoint(config, engine, loader, progress, tracker)
             if console:
@@ -281,11 +245,6 @@ def step_metrics(config: Config, engine, val, progress: Progress, tracker, meter
     if validates_at(config, progress.step):
         metrics |= validation_metrics(config, engine, val, progress, tracker)
     return metrics
-
-
-def validates_at(config: Config, step: int) -> bool:
-    """Validation runs every eval.interval steps and at the last."""
-    return step % config.eval.interval == 0 or step == config.train.max_steps
 
 
 def stop_if_diverged(config: Config, engine, loader, progress: Progress, tracker, nonfinite: NonFiniteSteps) -> None:
@@ -326,36 +285,10 @@ def log_eval_samples(config: Config, engine, step: int, tracker) -> None:
 def report(progress: Progress, metrics: dict, tracker, console: Console | None) -> None:
     if tracker is None:
         return
-    tracker.log_metrics(metrics, progress.step)
+    if progress.step > progress.logged_through:
+        tracker.log_metrics(metrics, progress.step)
     tracker.flush()
     console.report(progress.step, metrics)
-
-
-def save_checkpoint(config: Config, engine, loader: BatchLoader, progress: Progress, tracker) -> Path:
-    """Save every rank's state; the marker holds what export and resume read without loading the files."""
-    info = {
-        "step": progress.step,
-        "tokens_seen": progress.tokens_seen,
-        "config": config.to_public_dict(),
-        "data_fingerprint": loader.fingerprint,
-        "mlflow_run_id": tracker.run_id if tracker else None,
-        # What a run finished from here reports (its summary), should its finish be cut short.
-        "train_loss": None if math.isnan(progress.train_loss) else progress.train_loss,
-        "val_loss": None if math.isnan(progress.val_loss) else progress.val_loss,
-    }
-    client_state = info | {"loader": loader.state_dict()}
-    return checkpoint.save(engine, config.run_dir, progress.step, client_state, info, config.checkpoint.keep_last)
-
-
-def export_if_due(config: Config, progress: Progress, say) -> None:
-    """Export the checkpoint just saved when export.every says so (pretrain/export/periodic.py).
-
-    `say` prints a line: rank 0 exports; the other ranks pass None and go on to wait at the next collective.
-    """
-    if say is None or not periodic_export.due(config, progress.step):
-        return
-    val_loss = progress.val_loss if validates_at(config, progress.step) else None
-    say(periodic_export.export_saved_checkpoint(config, progress.step, val_loss))
 
 
 def finish(config: Config, engine, loader, val, progress: Progress, tracker, manifest: dict) -> None:

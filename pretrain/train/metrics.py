@@ -16,7 +16,6 @@ import torch
 
 from pretrain.train.cost import mfu
 
-SPIKE_FACTOR = 3.0  # a logged loss above this many times the recent median is a spike
 SPIKE_WINDOW = 20  # logged losses the median is taken over
 SPIKE_MIN_HISTORY = 5  # fewer than this and there is no "recent" to compare with
 
@@ -24,8 +23,8 @@ SPIKE_MIN_HISTORY = 5  # fewer than this and there is no "recent" to compare wit
 class IntervalMeter:
     """Accumulates the steps between two logs and turns them into metrics."""
 
-    def __init__(self, tokens_per_step: int, flops_per_token: int, device_name: str, devices: int):
-        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+    def __init__(self, tokens_per_step: int, flops_per_token: int, device_name: str, devices: int, spike_factor: float):
+        self.tokens_per_step, self.flops_per_token, self.spike_factor = tokens_per_step, flops_per_token, spike_factor
         self.device_name, self.devices = device_name, devices
         self.steps, self.seconds = 0, 0.0
         self.recent_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
@@ -43,7 +42,7 @@ class IntervalMeter:
         utilization = mfu(tokens_per_s, self.flops_per_token, self.device_name, self.devices)
         if utilization is not None:  # only for a chip whose peak is known
             metrics["mfu"] = utilization
-        ratio = spike_ratio(loss, self.recent_losses)
+        ratio = spike_ratio(loss, self.recent_losses, self.spike_factor)
         if ratio is not None:
             metrics["loss_spike"] = ratio
         self.recent_losses.append(loss)
@@ -51,15 +50,15 @@ class IntervalMeter:
         return metrics
 
 
-def spike_ratio(loss: float, recent: deque[float] | list[float]) -> float | None:
-    """loss / median of the recent losses when that exceeds SPIKE_FACTOR (or the loss is not finite), else None."""
+def spike_ratio(loss: float, recent: deque[float] | list[float], factor: float) -> float | None:
+    """loss / median of the recent losses when that exceeds `factor` (or the loss is not finite), else None."""
     if len(recent) < SPIKE_MIN_HISTORY:
         return None
     median = statistics.median(recent)
     if not math.isfinite(loss):
         return math.inf
     ratio = loss / median if median > 0 else math.inf
-    return ratio if ratio > SPIKE_FACTOR else None
+    return ratio if ratio > factor else None
 
 
 def format_duration(seconds: float) -> str:

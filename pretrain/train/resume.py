@@ -9,8 +9,10 @@ and accumulation, compile...) is read as the loop goes. What the checkpoint fixe
 process starts (`fixed_problems`):
 
 - the model (`model.*` but `dropout`): the checkpoint's weights have its shapes;
-- the parallel layout (the world size, `parallel.*`, `train.precision`):
-  DeepSpeed's files are sharded for it;
+- how the optimizer keeps its state (`parallel.offload_optimizer`,
+  `train.precision`). The layout itself (the world size, the ZeRO stage, the
+  tensor-parallel degree) may change between ZeRO stages 1, 2 and 3: the
+  checkpoint is resharded (pretrain/weights/reshard.py);
 - the data order (`train.seq_len`, `train.global_batch_size`, `train.seed`,
   `train.mixture`, and the dataset itself): sample i of the stream is a
   function of these, and the checkpoint holds how many samples were used.
@@ -30,6 +32,7 @@ from pretrain.errors import CheckpointError, ConfigError
 from pretrain.layout import CONFIG_NAME, read_summary
 from pretrain.tracking.run_info import flatten
 from pretrain.weights.checkpoint_folder import candidates, checkpoint_dir, latest_tag, saved_info, step_of
+from pretrain.weights.reshard import Layout, reshard_problem
 
 WORLD_SIZE = "launch.nnodes x launch.nproc_per_node"
 FIXED_SETTINGS = (
@@ -41,6 +44,8 @@ FIXED_SETTINGS = (
     "train.global_batch_size",
     "train.seed",
 )
+# What a checkpoint is sharded for: changes that resharding carries over (reshard_problem says which).
+LAYOUT_SETTINGS = (WORLD_SIZE, "parallel.zero_stage", "parallel.tensor_parallel_size")
 # What a resumed run reports as changed: the settings of training itself, not where files are.
 REPORTED_SECTIONS = (
     *("model.", "train.", "optimizer.", "lr_schedule.", "eval.", "sample.", "export."),
@@ -79,13 +84,18 @@ def finished_at(run_dir: Path) -> int:
     return int(read_summary(run_dir).get("steps", -1))
 
 
+def with_defaults(saved: dict) -> dict:
+    """A checkpoint's config with the defaults of settings added since it was saved."""
+    try:
+        return Config.model_validate(with_moved_keys(saved)).to_public_dict()
+    except ValidationError:  # written by a version with other settings: compared as it is
+        return saved
+
+
 def saved_settings(saved: dict) -> dict[str, str]:
     """A checkpoint's config, flat (values as text, as MLflow's parameters), with the defaults of settings
     added since it was saved."""
-    try:
-        saved = Config.model_validate(with_moved_keys(saved)).to_public_dict()
-    except ValidationError:  # written by a version with other settings: compared as it is
-        pass
+    saved = with_defaults(saved)
     flat = flatten(saved)
     launch = saved.get("launch", {})
     flat[WORLD_SIZE] = str(launch.get("nnodes", 1) * launch.get("nproc_per_node", 1))
@@ -115,12 +125,17 @@ def differences(saved: dict, config: Config) -> list[tuple[str, Any, Any]]:
 def fixed_problems(saved: dict, config: Config, where: str) -> None:
     """Refuse, in one message that names each setting with both values, changes the checkpoint cannot take."""
     fixed = [(key, old, new) for key, old, new in differences(saved, config) if is_fixed(key)]
+    layout_problem = reshard_problem(Layout.of(with_defaults(saved)), Layout.of(config.to_dict()))
+    if layout_problem is None:
+        fixed = [change for change in fixed if change[0] not in LAYOUT_SETTINGS]
     if not fixed:
         return
     lines = "\n".join(f"  {key}: {old} in the checkpoint, {new} now" for key, old, new in fixed)
+    layout = f"The layout: {layout_problem}.\n" if layout_problem else ""
     raise ConfigError(
-        f"{where}: cannot continue from this checkpoint with these settings, which it fixes:\n{lines}\n"
-        f"The model fixes the shapes of its weights, the parallel layout how DeepSpeed sharded them, and "
+        f"{where}: cannot continue from this checkpoint with these settings, which it fixes:\n{lines}\n{layout}"
+        f"The model fixes the shapes of its weights, train.precision and parallel.offload_optimizer how the "
+        f"optimizer keeps its state, and "
         f"train.seq_len, global_batch_size, seed and mixture the order of the data. Set them back to continue "
         f"this run. To train with them, start a new run (another tracking.run_name), from this run's weights if "
         f"you like: `pretrain export --format torch`, then `pretrain train --init-from` the exported folder"

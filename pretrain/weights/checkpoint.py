@@ -44,6 +44,7 @@ from pretrain.weights.checkpoint_folder import (
     tag_for,
     write_marker,
 )
+from pretrain.weights.reshard import Layout, load_resharded
 
 
 def rng_states() -> dict:
@@ -114,11 +115,12 @@ def verify_together(folder: Path) -> list[str]:
     return sorted({problem for rank_damage, _ in everyone for problem in rank_damage})
 
 
-def load(engine, run_dir: Path, say: Callable[[str], None] | None) -> tuple[str, dict]:
-    """Load the newest intact checkpoint into the engine; return its tag and client state.
+def load(engine, run_dir: Path, layout: Layout, say: Callable[[str], None] | None) -> tuple[str, dict]:
+    """Load the newest intact checkpoint into the engine, which has `layout`; return its tag and client state.
 
     A damaged checkpoint is named (by `say`, rank 0's printer), moved aside,
-    and the previous complete one is tried, as every rank does.
+    and the previous complete one is tried, as every rank does. One saved
+    on another layout is converted for this one (pretrain/weights/reshard.py).
     """
     directory = checkpoint_dir(run_dir)
     for tag in candidates(run_dir):
@@ -138,7 +140,14 @@ def load(engine, run_dir: Path, say: Callable[[str], None] | None) -> tuple[str,
                 f"{directory}: no intact checkpoint to resume from; move the run folder away to start afresh"
             )
         )
-    _, client_state = engine.load_checkpoint(str(directory), tag=tag)
+    saved_config = read_marker(directory / tag).get("config")
+    saved = Layout.of(saved_config) if saved_config else layout  # a marker from before configs: never resharded
+    if saved != layout:
+        if dist.get_rank() == 0:
+            (say or print)(f"checkpoint {tag} was saved on {saved.describe()}: resharding it for {layout.describe()}")
+        client_state = load_resharded(engine, directory / tag)
+    else:
+        _, client_state = engine.load_checkpoint(str(directory), tag=tag)
     if client_state is None:
         raise CheckpointError(f"{directory / tag}: the checkpoint could not be loaded")
     restore_rng_states(client_state["rng"])

@@ -94,6 +94,32 @@ def validation_batches(run_dir: Path, data_dir: Path):
         yield from loader.next_step()
 
 
+def kill_rank_after_first_checkpoint(run_dir: Path, rank: int = 1, timeout_s: float = 600) -> None:
+    """kill -9 one rank of a running job, wherever its scheduler started it, once the first checkpoint is
+    complete, at a random moment within the next second: its process is the one its heartbeat names
+    (pretrain/train/heartbeat.py)."""
+    import json
+    import random
+
+    from pretrain.layout import CHECKPOINTS_DIR, HEARTBEATS_DIR, LATEST_NAME
+
+    deadline = time.time() + timeout_s
+    while not (run_dir / CHECKPOINTS_DIR / LATEST_NAME).is_file():
+        assert time.time() < deadline, f"{run_dir}: no checkpoint after {timeout_s} s"
+        time.sleep(0.1)
+    time.sleep(random.uniform(0, 1))
+    beat = json.loads((run_dir / HEARTBEATS_DIR / f"rank_{rank:05d}.json").read_text())
+    os.kill(beat["pid"], signal.SIGKILL)
+
+
+def steps_logged(work: Path, run_name: str, key: str = "loss") -> list[int]:
+    """The steps of every value of a metric the run holds, in order: a step logged twice appears twice."""
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
+    return sorted(metric.step for metric in client.get_metric_history(run.info.run_id, key))
+
+
 def free_ports(count: int) -> list[int]:
     """Ports on 127.0.0.1 that are free now, all different (each socket is held until every port is picked)."""
     sockets = []

@@ -140,6 +140,7 @@ def test_a_rank_killed_mid_run_is_restarted_from_the_last_checkpoint_to_the_same
     output += process.stdout.read()
     assert process.wait() == 0, f"killed at step {kill_at}:\n{output[-3000:]}"
     assert "step     10/10" in output and "final train loss" in output
+    assert output.count("resumed from checkpoint step_") == 1, output[-3000:]  # once: restarted by torchrun
     client = MlflowClient(f"sqlite:///{job['work'] / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
     (run,) = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'restarted'")

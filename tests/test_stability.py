@@ -44,8 +44,10 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def run_poisoned(work, tiny_data, spec: str, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+def run_poisoned(
+    work, tiny_data, spec: str, *overrides: str, faults: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", **(faults or {})}
     env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "PYTHONPATH": str(ROOT)}
     # 2 micro-batches per step (16 = 8 x 2): forward calls 6 and 7 are step 4's.
     args = ["train", *tiny_job_config(work, tiny_data), "launch.nproc_per_node=1", "train.global_batch_size=16"]
@@ -105,3 +107,25 @@ def test_consecutive_nan_losses_stop_the_run_with_the_weights_from_before(tmp_pa
     )
     assert all(torch.equal(before[key], saved[key]) for key in before)
     assert all(torch.isfinite(value).all() for value in saved.values())
+
+
+def test_a_loss_spike_is_not_applied_with_spike_action_skip(tmp_path, tiny_data):
+    """train.spike.action=skip, without ZeRO (our AdamW refuses the update): step 7's batch makes the loss 100x
+    (pretrain/train/faults.py); the step is named, refused like a non-finite one, and training goes on."""
+    result = run_poisoned(
+        tmp_path,
+        tiny_data,
+        "1000",  # no NaN
+        "tracking.run_name=spike",
+        "parallel.zero_stage=0",
+        "train.max_steps=8",
+        "train.spike.action=skip",
+        faults={"PRETRAIN_FAULT_SPIKE_AT_SAMPLE": str(6 * 16)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loss spike at step 7: " in result.stdout
+    assert "x the recent median; the step was not applied (train.spike.action=skip)" in result.stdout
+    losses = logged_metric(tmp_path, "spike")
+    assert losses[7] > 50 * losses[6]  # the spike, as logged
+    assert losses[8] < losses[6]  # the weights did not take it: training went on
+    assert logged_metric(tmp_path, "spike", "skipped_steps") == {s: (0 if s < 7 else 1) for s in range(1, 9)}

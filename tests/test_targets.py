@@ -11,7 +11,15 @@ import psutil
 import pytest
 
 from pretrain.weights.checkpoint_folder import latest_tag
-from tests.helpers import LAYOUT_RUN, free_port, logged_metric, pretrain, tiny_job_config
+from tests.helpers import (
+    LAYOUT_RUN,
+    free_port,
+    kill_rank_after_first_checkpoint,
+    logged_metric,
+    pretrain,
+    steps_logged,
+    tiny_job_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -172,17 +180,27 @@ def slurm_submit(work, slurm_cluster, *args: str, check: bool = True) -> subproc
     )
 
 
-def test_a_slurm_job_trains_two_ranks_as_torchrun_does(work, slurm_cluster, two_rank_losses):
-    submitted = slurm_submit(work, slurm_cluster, "tracking.run_name=slurm", *LAYOUT_RUN, "parallel.zero_stage=1")
+# A rank killed with kill -9 after the first checkpoint, and launch.max_restarts=1: the job restarts its ranks
+# from the checkpoint and finishes by itself, every step logged once.
+RESTART = ("checkpoint.every_steps=2", "launch.max_restarts=1")
+
+
+def test_a_slurm_job_trains_two_ranks_as_torchrun_does_and_restarts_a_killed_rank(work, slurm_cluster, two_rank_losses):
+    submitted = slurm_submit(
+        work, slurm_cluster, "tracking.run_name=slurm", *LAYOUT_RUN, "parallel.zero_stage=1", *RESTART
+    )
     job_id = submitted_id(submitted.stdout)
     assert job_id.isdigit()
     script = next((work["work"] / "runs" / "slurm").glob("*.sbatch")).read_text()
     assert "#SBATCH --signal=TERM@120" in script and "#SBATCH --requeue" in script
+    kill_rank_after_first_checkpoint(work["work"] / "runs" / "slurm")
     status = wait_for_state(work, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), cluster=slurm_cluster)
     log = jobs(work, "logs", job_id, env=slurm_cluster.env).stdout
     assert "state:      COMPLETED (exit code 0:0" in status, status + log
     assert re.search(r"^MLflow run: +[0-9a-f]{32} \(FINISHED\)", status, re.MULTILINE), status
     assert f"slurm job {job_id} (restart 0)" in log and "step     10/10" in log
+    assert log.count("resumed from checkpoint") == 1  # torchrun restarted the ranks, in the same allocation
+    assert steps_logged(work["work"], "slurm") == list(range(1, 11))
     losses = list(logged_metric(work["work"], "slurm").values())
     assert losses == pytest.approx(two_rank_losses, rel=1e-5)
 
@@ -238,15 +256,21 @@ def ray_submit(work, ray_cluster, *args: str, env: dict | None = None, check: bo
 RAY_ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-def test_a_ray_job_trains_with_ray_train_workers_as_torchrun_does(work, ray_cluster, two_rank_losses):
-    """Two Ray Train workers, one on each node of the cluster, each running the DeepSpeed training loop."""
-    submitted = ray_submit(work, ray_cluster, "tracking.run_name=ray", *LAYOUT_RUN, "parallel.zero_stage=1")
+def test_a_ray_job_trains_with_ray_train_workers_as_torchrun_does_and_restarts_a_killed_one(
+    work, ray_cluster, two_rank_losses
+):
+    """Two Ray Train workers, one on each node of the cluster, each running the DeepSpeed training loop; one
+    killed, and both started again by Ray Train (FailureConfig), from the checkpoint."""
+    submitted = ray_submit(work, ray_cluster, "tracking.run_name=ray", *LAYOUT_RUN, "parallel.zero_stage=1", *RESTART)
     job_id = submitted_id(submitted.stdout)
+    kill_rank_after_first_checkpoint(work["work"] / "runs" / "ray")
     status = wait_for_state(work, job_id, RAY_ENDED, cluster=ray_cluster)
     logs = jobs(work, "logs", job_id, env=ray_cluster.env).stdout
     assert "state:      SUCCEEDED" in status, status + logs[-5000:]
     assert re.search(r"^MLflow run: +[0-9a-f]{32} \(FINISHED\)", status, re.MULTILINE), status
     assert logs.count("step     10/10") == 1  # printed once: by rank 0, not copied by Ray Train
+    assert "resumed from checkpoint" in logs  # the restarted workers continued from the checkpoint
+    assert steps_logged(work["work"], "ray") == list(range(1, 11))
     assert list(logged_metric(work["work"], "ray").values()) == pytest.approx(two_rank_losses, rel=1e-5)
     assert re.search(
         rf"^{job_id} +ray +train .* SUCCEEDED", jobs(work, "list", env=ray_cluster.env).stdout, re.MULTILINE

@@ -203,7 +203,7 @@ def train_steps(
         stragglers.add_step(own_seconds)
         if spikes and spikes.ratio is not None:
             rolled_back = handle_spike(config, engine, loader, progress, tracker, console, spikes)
-            nonfinite = NonFiniteSteps(engine, train.max_nonfinite_steps)  # the refused update is not one
+            nonfinite.refused()  # after handle_spike: a rollback restored the engine's count of skipped steps
             if rolled_back:
                 continue  # the steps from the checkpoint on are trained again, and logged then
         elif nonfinite.record(progress.step):

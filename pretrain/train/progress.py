@@ -33,14 +33,16 @@ def restore(config: Config, engine, loader: BatchLoader, progress: Progress) -> 
 
     The optimizer and schedule then take this config's settings (pretrain/train/resume.py).
     """
-    layout_now = Layout.of(config.to_dict())
-    _, state = checkpoint.load(engine, config.run_dir, layout_now, print if dist.get_rank() == 0 else None)
+    layout_now, rank_zero = Layout.of(config.to_dict()), dist.get_rank() == 0
+    tag, state = checkpoint.load(engine, config.run_dir, layout_now, print if rank_zero else None)
+    if rank_zero:  # also what a restarted job (launch.max_restarts) says in its log
+        print(f"resumed from checkpoint {tag} (step {state['step']} of {config.train.max_steps})", flush=True)
     loader.load_state_dict(state["loader"])
     progress.step, progress.tokens_seen = state["step"], state["tokens_seen"]
     progress.train_loss, progress.val_loss = known(state.get("train_loss")), known(state.get("val_loss"))
     progress.resumed_at = progress.step
     apply_settings(engine, config)
-    if dist.get_rank() == 0 and progress.step < config.train.max_steps:
+    if rank_zero and progress.step < config.train.max_steps:
         # It told of an earlier end (train.max_steps has been raised since); it is written again at the new one.
         (config.run_dir / SUMMARY_NAME).unlink(missing_ok=True)
     return state["mlflow_run_id"], state["config"]

@@ -35,6 +35,12 @@ class NonFiniteSteps:
         self.first_of_run = self.first_of_run or step
         return True
 
+    def refused(self) -> None:
+        """Account for a step the loop itself had refused (a loss spike, pretrain/train/spikes.py): counted as
+        skipped, but not as non-finite, so it brings the run no nearer to stopping."""
+        self._seen = self.engine.skipped_steps
+        self.total += 1
+
     @property
     def exhausted(self) -> bool:
         return self.consecutive >= self.limit

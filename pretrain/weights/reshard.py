@@ -7,7 +7,7 @@ each tensor-parallel rank's file its split of the projections. DeepSpeed's
 an engine loading with `checkpoint.load_universal` takes its own share of
 each, whatever its number of ranks, ZeRO stage or tensor-parallel degree. The
 values are copied, not recomputed, so the continued run is the uninterrupted
-one to the rounding of sums taken in another order (tests/test_reshard.py).
+one to the rounding of sums taken in another order (tests/test_layouts.py).
 
 Only ZeRO's optimizers (stages 1-3) write the sharded state the conversion
 reads: without ZeRO the optimizer is our own, saved whole in another format,
@@ -64,22 +64,24 @@ def reshard_problem(saved: Layout, now: Layout) -> str | None:
     """Why a checkpoint of layout `saved` cannot continue on layout `now`; None when it can."""
     if saved == now:
         return None
-    if saved.zero_stage == 0 or now.zero_stage == 0:
+    if saved.zero_stage == 0:
         reason = (
-            "a checkpoint continues on another layout only between ZeRO stages 1, 2 and 3 (without ZeRO the "
-            "optimizer's state is not sharded in a form DeepSpeed converts)"
+            "a checkpoint saved without ZeRO continues on its own layout only: its optimizer's state is not "
+            "sharded in a form DeepSpeed converts. Keep the layout it was saved with"
+        )
+    elif now.zero_stage == 0:
+        reason = (
+            "a checkpoint continues on another layout only with ZeRO (stages 1-3); set parallel.zero_stage to "
+            f"{saved.zero_stage}, as the checkpoint has it"
         )
     elif saved.zero_stage == 3 and now.zero_stage != 3:
         reason = (
-            "a ZeRO-3 checkpoint continues on ZeRO-3 only (DeepSpeed's conversion of it lacks what stages 1-2 load)"
+            "a ZeRO-3 checkpoint continues on ZeRO-3 only (DeepSpeed's conversion of it lacks what stages 1-2 "
+            "load); set parallel.zero_stage=3, with any number of ranks and tensor-parallel degree"
         )
     else:
         return None
-    return (
-        f"the checkpoint was saved on {saved.describe()} and this config asks for {now.describe()}; {reason}. "
-        f"Keep parallel.zero_stage as the checkpoint has it; the number of ranks and "
-        f"parallel.tensor_parallel_size may change"
-    )
+    return f"the checkpoint was saved on {saved.describe()} and this config asks for {now.describe()}; {reason}"
 
 
 def universal_folder(folder: Path) -> Path:

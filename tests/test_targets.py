@@ -24,6 +24,11 @@ from tests.helpers import (
 pytestmark = pytest.mark.slow
 
 
+# A rank killed with kill -9 after the first checkpoint, and launch.max_restarts=1: the job restarts its ranks
+# from the checkpoint and finishes by itself, every step logged once.
+RESTART = ("checkpoint.every_steps=2", "launch.max_restarts=1")
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, tiny_data):
     folder = tmp_path_factory.mktemp("targets")
@@ -58,11 +63,12 @@ def wait_for_state(work, job_id: str, states: tuple[str, ...], timeout_s: float 
         time.sleep(2)
 
 
-def test_two_nodes_meet_through_c10d_and_train_as_one_two_rank_job(work, two_rank_losses):
+def test_two_nodes_meet_through_c10d_and_train_as_one_two_rank_job_restarted_together(work, two_rank_losses):
     """Two launcher processes on this machine, node ranks 0 and 1, one rank each: the 2-rank job's losses.
 
     The rendezvous is named at 127.0.0.2, another loopback address: node 0 serves the rendezvous and the
-    ranks' store there, and on no other address.
+    ranks' store there, and on no other address. Node 1's rank is killed after the first checkpoint: both
+    nodes' torchrun agents meet again and restart their ranks from it.
     """
     endpoint = f"127.0.0.2:{free_port()}"
     layout = [
@@ -72,7 +78,7 @@ def test_two_nodes_meet_through_c10d_and_train_as_one_two_rank_job(work, two_ran
         f"launch.rdzv_endpoint={endpoint}",
     ]
     command = [sys.executable, "-m", "pretrain.cli", "train", *work["config"], "tracking.run_name=two-nodes"]
-    command += [*LAYOUT_RUN, "parallel.zero_stage=1", *layout]
+    command += [*LAYOUT_RUN, "parallel.zero_stage=1", *layout, *RESTART]
     nodes = [
         subprocess.Popen([*command, f"--node-rank={rank}"], cwd=work["work"], stdout=subprocess.PIPE, text=True)
         for rank in (1, 0)  # the second host may come first: node 0 hosts the rendezvous whenever it arrives
@@ -88,9 +94,12 @@ def test_two_nodes_meet_through_c10d_and_train_as_one_two_rank_job(work, two_ran
         }
         time.sleep(0.2)
     assert rendezvous == {"127.0.0.2"}  # the named address, not every interface
+    kill_rank_after_first_checkpoint(work["work"] / "runs" / "two-nodes")
     outputs = [node.communicate(timeout=900)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert "final train loss" in outputs[1]  # node 0 reports the run
+    assert outputs[1].count("resumed from checkpoint") == 1
+    assert steps_logged(work["work"], "two-nodes") == list(range(1, 11))
     losses = list(logged_metric(work["work"], "two-nodes").values())
     assert losses == pytest.approx(two_rank_losses, rel=1e-5)
 
@@ -178,11 +187,6 @@ def slurm_submit(work, slurm_cluster, *args: str, check: bool = True) -> subproc
     return pretrain(
         "submit", *work["config"], "--target", "slurm", *args, cwd=work["work"], env=slurm_cluster.env, check=check
     )
-
-
-# A rank killed with kill -9 after the first checkpoint, and launch.max_restarts=1: the job restarts its ranks
-# from the checkpoint and finishes by itself, every step logged once.
-RESTART = ("checkpoint.every_steps=2", "launch.max_restarts=1")
 
 
 def test_a_slurm_job_trains_two_ranks_as_torchrun_does_and_restarts_a_killed_rank(work, slurm_cluster, two_rank_losses):

@@ -15,7 +15,7 @@ all (a collective that never completed).
 Then the job stops rather than wait: each running rank writes its Python
 stack (faulthandler) to `<run>/hangs/step_N/`, the first running rank on a
 host reads the stack of each stopped rank there with py-spy (installed with
-ray[default]) where it can, the first running rank of the job writes the
+ray[default]) and then kills it, the first running rank of the job writes the
 report, prints it and logs it to MLflow (rank 0's tracker, when rank 0 is
 running), and every running rank exits with HANG_EXIT_CODE, so the restart
 policy (launch.max_restarts) applies. A timeout must be longer than the
@@ -24,10 +24,12 @@ longest phase: a checkpoint save, a validation run, the first compiled step.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -105,6 +107,10 @@ class Heartbeat:
             for rank in stalled:
                 if beats[rank]["host"] == host and not is_alive(beats[rank], self.timeout_s):
                     (folder / f"stack-rank_{rank:05d}.txt").write_text(stack_of_stopped(beats[rank]["pid"]))
+                    # A stopped process ignores the launcher's SIGTERM: torchrun would wait out its
+                    # 30-s grace period before its SIGKILL, and only then restart the job.
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(beats[rank]["pid"], signal.SIGKILL)
         if self.rank == min(running):
             message = describe_hang(beats, stalled, self.timeout_s, folder)
             self.report(message, folder)

@@ -43,6 +43,7 @@ from pretrain.train.step import evaluate, mean_over_ranks, train_step
 from pretrain.train.stragglers import StragglerWatch
 from pretrain.weights.checkpoint_folder import checkpoint_dir, tag_for
 from pretrain.weights.model_folder import folder_state_dict
+from pretrain.weights.reshard import Layout
 
 
 def check_world_size(config: Config) -> None:
@@ -142,7 +143,6 @@ def start_tracking(
     that changed settings says so, in the console and as a tag of the run.
     """
     tracker = backend(config.tracking.backend).start(config, run_id)
-    progress.logged_through = tracker.last_logged_step() if run_id else -1
     files = write_run_files(config, data_dir, deepspeed_config(config), progress.resumed_at)
     for path in [*files, data_dir / MANIFEST_NAME]:
         tracker.log_artifact(path)
@@ -153,6 +153,10 @@ def start_tracking(
         "data.dropped_tokens": loader.dropped_tokens,
     }
     changes = reported_changes(saved, config) if saved is not None else []
+    if saved is not None and not changes and Layout.of(saved) == Layout.of(config.to_dict()):
+        # The same settings on the same layout: the steps the run holds already (logged before a restart)
+        # are trained to the same losses, bit for bit, and not logged twice. Otherwise they are logged again.
+        progress.logged_through = tracker.last_logged_step()
     if changes:
         described = describe_changes(changes)
         print(f"continuing at step {progress.step} with changed settings: {described}", flush=True)

@@ -24,8 +24,7 @@ class Progress:
     train_loss: float = float("nan")
     val_loss: float = float("nan")
     resumed_at: int | None = None  # the step of the checkpoint this run continued from
-    # Steps the tracked run holds already (logged before a restart): the same losses bit for bit, not logged again.
-    logged_through: int = -1
+    logged_through: int = -1  # the last step the tracked run holds already, not logged again (start_tracking)
 
 
 def restore(config: Config, engine, loader: BatchLoader, progress: Progress) -> tuple[str | None, dict]:

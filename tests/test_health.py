@@ -2,9 +2,12 @@
 decisions of pretrain/train/heartbeat.py, stragglers.py and pretrain/weights/reshard.py, without processes
 (the runs that exercise them are in tests/test_interruptions.py and tests/test_layouts.py)."""
 
+import json
+
 import pytest
 
 from pretrain.train.heartbeat import FINISHED, stalled_ranks
+from pretrain.train.resume import finished_before_this_attempt
 from pretrain.train.stragglers import StragglerWatch
 from pretrain.weights.reshard import Layout, reshard_problem
 
@@ -65,3 +68,14 @@ def test_the_layout_changes_a_checkpoint_takes(saved, now, allowed):
     assert (problem is None) == allowed, problem
     if problem:
         assert saved.describe() in problem and now.describe() in problem
+
+
+def test_a_restart_of_a_finished_run_has_nothing_to_do_and_a_first_attempt_is_told_so(tmp_path, monkeypatch):
+    """A rank that fails in the last barrier has torchrun restart ranks of a run that finished: they exit 0.
+    The same command run again by a person is told the run finished (pretrain/train/resume.py)."""
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": 10}))
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    assert not finished_before_this_attempt(tmp_path, max_steps=10)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert finished_before_this_attempt(tmp_path, max_steps=10)
+    assert not finished_before_this_attempt(tmp_path, max_steps=12)  # trained on: not finished

@@ -2,6 +2,7 @@
 c10d rendezvous, a Slurm cluster and a Ray cluster; each followed and stopped with `pretrain jobs`."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,6 +28,8 @@ pytestmark = pytest.mark.slow
 # A rank killed with kill -9 after the first checkpoint, and launch.max_restarts=1: the job restarts its ranks
 # from the checkpoint and finishes by itself, every step logged once.
 RESTART = ("checkpoint.every_steps=2", "launch.max_restarts=1")
+# Rank 0 made slow (pretrain/train/faults.py), so that the kill lands mid-run: the tiny job's steps take 0.1 s.
+SLOW = {"PRETRAIN_FAULT_SLOW_RANK": "0:0.3"}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,13 @@ def test_two_nodes_meet_through_c10d_and_train_as_one_two_rank_job_restarted_tog
     command = [sys.executable, "-m", "pretrain.cli", "train", *work["config"], "tracking.run_name=two-nodes"]
     command += [*LAYOUT_RUN, "parallel.zero_stage=1", *layout, *RESTART]
     nodes = [
-        subprocess.Popen([*command, f"--node-rank={rank}"], cwd=work["work"], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [*command, f"--node-rank={rank}"],
+            cwd=work["work"],
+            env=os.environ | SLOW,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for rank in (1, 0)  # the second host may come first: node 0 hosts the rendezvous whenever it arrives
     ]
     node_zero = psutil.Process(nodes[1].pid)
@@ -183,15 +192,14 @@ def test_cancelling_a_detached_data_build_stops_its_process(work):
     assert "state:      CANCELLED (by SIGTERM" in status, status
 
 
-def slurm_submit(work, slurm_cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return pretrain(
-        "submit", *work["config"], "--target", "slurm", *args, cwd=work["work"], env=slurm_cluster.env, check=check
-    )
+def slurm_submit(work, slurm_cluster, *args: str, check: bool = True, env: dict | None = None):
+    env = slurm_cluster.env | (env or {})  # sbatch passes the submitting environment to the job
+    return pretrain("submit", *work["config"], "--target", "slurm", *args, cwd=work["work"], env=env, check=check)
 
 
 def test_a_slurm_job_trains_two_ranks_as_torchrun_does_and_restarts_a_killed_rank(work, slurm_cluster, two_rank_losses):
     submitted = slurm_submit(
-        work, slurm_cluster, "tracking.run_name=slurm", *LAYOUT_RUN, "parallel.zero_stage=1", *RESTART
+        work, slurm_cluster, "tracking.run_name=slurm", *LAYOUT_RUN, "parallel.zero_stage=1", *RESTART, env=SLOW
     )
     job_id = submitted_id(submitted.stdout)
     assert job_id.isdigit()
@@ -265,7 +273,10 @@ def test_a_ray_job_trains_with_ray_train_workers_as_torchrun_does_and_restarts_a
 ):
     """Two Ray Train workers, one on each node of the cluster, each running the DeepSpeed training loop; one
     killed, and both started again by Ray Train (FailureConfig), from the checkpoint."""
-    submitted = ray_submit(work, ray_cluster, "tracking.run_name=ray", *LAYOUT_RUN, "parallel.zero_stage=1", *RESTART)
+    slow = "launch.ray.env_vars={" + ", ".join(f"{name}: '{value}'" for name, value in SLOW.items()) + "}"
+    submitted = ray_submit(
+        work, ray_cluster, "tracking.run_name=ray", *LAYOUT_RUN, "parallel.zero_stage=1", *RESTART, slow
+    )
     job_id = submitted_id(submitted.stdout)
     kill_rank_after_first_checkpoint(work["work"] / "runs" / "ray")
     status = wait_for_state(work, job_id, RAY_ENDED, cluster=ray_cluster)

@@ -34,7 +34,7 @@ from pretrain.train.metrics import IntervalMeter, memory_metrics, perplexity
 from pretrain.train.preemption import PreemptionWatch
 from pretrain.train.preflight import check_job
 from pretrain.train.progress import Progress, export_if_due, restore, save_checkpoint, validates_at
-from pretrain.train.resume import describe_changes, reported_changes
+from pretrain.train.resume import describe_changes, finished_before_this_attempt, reported_changes
 from pretrain.train.run_files import write_run_files
 from pretrain.train.sampling import generate_text, generate_texts
 from pretrain.train.spikes import SpikeWatch
@@ -58,6 +58,9 @@ def check_world_size(config: Config) -> None:
 
 def train(config: Config, require_checkpoint: bool = False) -> Progress:
     """Train this rank's part of the job; continue from the run folder's latest intact checkpoint if it holds one."""
+    if finished_before_this_attempt(config.run_dir, config.train.max_steps):
+        print(f"{config.run_dir} finished in an earlier attempt of this job; nothing to do", flush=True)
+        return Progress(step=config.train.max_steps)
     manifest, resume = check_job(config, require_checkpoint)
     init_distributed()
     check_world_size(config)

@@ -20,6 +20,7 @@ process starts (`fixed_problems`):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,17 @@ def resolve_resume(run_dir: Path, required: bool, max_steps: int) -> bool:
             f"raise train.max_steps to train it on, or choose another tracking.run_name for a new run"
         )
     return True
+
+
+def finished_before_this_attempt(run_dir: Path, max_steps: int) -> bool:
+    """Whether this is a restart (torchrun's elastic agent counts them) of a job whose run has finished.
+
+    A rank that fails after the end (in the last barrier), or an agent that
+    joins one more rendezvous round as the others leave, restarts ranks
+    of a finished run: they have nothing to do, which is not an error.
+    """
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    return restarted and finished_at(run_dir) >= max_steps
 
 
 def finished_at(run_dir: Path) -> int:

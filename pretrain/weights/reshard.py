@@ -99,7 +99,7 @@ def convert(folder: Path) -> Path:
     for leftover in (target, partial):
         shutil.rmtree(leftover, ignore_errors=True)
     # DeepSpeed's converter reports each of its passes, kept to be shown only should
-    # it fail; and it loads the shards with weights_only=False, made weights_only here.
+    # it fail; and it would unpickle the shards without restriction: made weights_only here.
     report = io.StringIO()
     with contextlib.redirect_stdout(report), contextlib.redirect_stderr(report), weights_only_loads():
         from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal

@@ -27,6 +27,7 @@ from tests.helpers import (
 pytestmark = pytest.mark.slow
 
 TP2 = ("launch.nproc_per_node=2", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2")
+DP2_TP2 = ("launch.nproc_per_node=4", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2")
 
 
 def train_layout(job, name: str, *layout: str) -> list[float]:
@@ -71,7 +72,6 @@ def test_two_data_parallel_ranks_give_the_single_process_losses(single_process_l
             "parallel.offload_optimizer=true",
             "train.loss_chunk_tokens=0",
         ),
-        ("launch.nproc_per_node=2", "parallel.zero_stage=3", "train.loss_chunk_tokens=100"),
         # 2 accumulation steps of 4 per rank, each block's activations recomputed in backward, started by
         # DeepSpeed's launcher instead of torchrun (and the --nproc shorthand)
         (
@@ -83,7 +83,7 @@ def test_two_data_parallel_ranks_give_the_single_process_losses(single_process_l
         ),
         TP2,
         # 2 data-parallel x 2 tensor-parallel ranks
-        ("launch.nproc_per_node=4", "parallel.zero_stage=1", "parallel.tensor_parallel_size=2"),
+        DP2_TP2,
         (
             "launch.nproc_per_node=4",
             "parallel.zero_stage=3",
@@ -93,7 +93,6 @@ def test_two_data_parallel_ranks_give_the_single_process_losses(single_process_l
     ],
     ids=[
         "zero2-offload-whole-logits",
-        "zero3",
         "deepspeed-launcher-zero1-micro4-accum2-recompute",
         "tp2",
         "dp2-tp2-zero1",
@@ -176,24 +175,25 @@ def continue_on(source: Path, run: str, job, *layout: str) -> list[float]:
 
 
 # A run saved at step 5 on one layout continues on another to the losses of the run that kept its layout
-# (the tolerance of the parity tests above: sums taken in another order). DP2 -> DP4 changes the ZeRO stage
-# from 1 to 3 at the same time: one run for two changes, each of which breaks the equality if it fails.
+# (the tolerance of the parity tests above: sums taken in another order). Each run makes two changes at once
+# (DP2 -> DP4 with ZeRO 1 -> 3; DP2 -> DP1 with TP2 -> TP1), either of which breaks the equality if it fails.
 @pytest.mark.parametrize(
     "layout",
     [
-        ("launch.nproc_per_node=1", "parallel.zero_stage=1"),
-        ("launch.nproc_per_node=4", "parallel.zero_stage=3", "train.micro_batch_size=4"),
+        # ZeRO-3 also with the loss in uneven chunks of 100 tokens under its gathered head
+        ("launch.nproc_per_node=4", "parallel.zero_stage=3", "train.micro_batch_size=4", "train.loss_chunk_tokens=100"),
         TP2,
     ],
-    ids=["dp2-to-dp1", "dp2-zero1-to-dp4-zero3", "tp1-to-tp2"],
+    ids=["dp2-zero1-to-dp4-zero3", "tp1-to-tp2"],
 )
 def test_a_run_saved_on_two_data_parallel_ranks_continues_on_another_layout(job, two_rank_run, layout):
     continued = continue_on(Path(two_rank_run["work"]), "layout-2-1", job, *layout)
     assert continued == pytest.approx(two_rank_run["losses"][5:], rel=1e-5)
 
 
-def test_a_tensor_parallel_run_continues_on_one_process(job, layout_losses):
-    """TP2 -> TP1: AutoTP's halves of each projection are joined, Adam's moments with them."""
-    losses = layout_losses(*TP2)
-    continued = continue_on(job["work"], "layout-2-1-2", job, "launch.nproc_per_node=1", "parallel.zero_stage=1")
+def test_a_data_and_tensor_parallel_run_continues_on_one_process(job, layout_losses):
+    """DP2 x TP2 -> one process: AutoTP's halves of each projection are joined and the ZeRO-1 slices of
+    Adam's moments gathered."""
+    losses = layout_losses(*DP2_TP2)
+    continued = continue_on(job["work"], "layout-4-1-2", job, "launch.nproc_per_node=1", "parallel.zero_stage=1")
     assert continued == pytest.approx(losses[5:], rel=1e-5)

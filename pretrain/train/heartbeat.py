@@ -29,7 +29,6 @@ import faulthandler
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +36,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 from pretrain.layout import HANGS_DIR, HEARTBEATS_DIR, write_json_atomically
 
@@ -56,6 +57,7 @@ class Heartbeat:
         self.rank, self.world_size, self.timeout_s, self.report = rank, world_size, timeout_s, report
         self.period_s = min(MAX_PERIOD_S, timeout_s / 4)
         self.step, self.phase, self.moved_at = 0, "data", time.time()
+        self._started_at = psutil.Process().create_time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pretrain-heartbeat", daemon=True)
 
@@ -81,6 +83,7 @@ class Heartbeat:
             "rank": self.rank,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "started_at": self._started_at,  # with the pid: this process, not a later one given its number
             "step": self.step,
             "phase": self.phase,
             "moved_at": self.moved_at,
@@ -105,12 +108,13 @@ class Heartbeat:
         host = socket.gethostname()
         if self.rank == min(rank for rank in running if beats[rank]["host"] == host):
             for rank in stalled:
-                if beats[rank]["host"] == host and not is_alive(beats[rank], self.timeout_s):
-                    (folder / f"stack-rank_{rank:05d}.txt").write_text(stack_of_stopped(beats[rank]["pid"]))
+                process = same_process(beats[rank]) if beats[rank]["host"] == host else None
+                if process and not is_alive(beats[rank], self.timeout_s):
+                    (folder / f"stack-rank_{rank:05d}.txt").write_text(stack_of_stopped(process.pid))
                     # A stopped process ignores the launcher's SIGTERM: torchrun would wait out its
                     # 30-s grace period before its SIGKILL, and only then restart the job.
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(beats[rank]["pid"], signal.SIGKILL)
+                    with contextlib.suppress(psutil.Error):
+                        process.kill()
         if self.rank == min(running):
             message = describe_hang(beats, stalled, self.timeout_s, folder)
             self.report(message, folder)
@@ -132,6 +136,15 @@ def read_beats(folder: Path, world_size: int) -> dict[int, dict]:
         except (OSError, ValueError):
             continue  # not started yet, or being replaced at this moment
     return beats
+
+
+def same_process(beat: dict) -> psutil.Process | None:
+    """The process a heartbeat on this host was written by, if it still exists."""
+    try:
+        process = psutil.Process(beat["pid"])
+        return process if process.create_time() == beat["started_at"] else None
+    except psutil.Error:
+        return None
 
 
 def is_alive(beat: dict, timeout_s: float) -> bool:

@@ -81,14 +81,12 @@ def test_two_data_parallel_ranks_give_the_single_process_losses(single_process_l
             "train.micro_batch_size=4",
             "train.activation_checkpointing=true",
         ),
-        TP2,
-        # 2 data-parallel x 2 tensor-parallel ranks (and with ZeRO-3: continued on it, below)
+        # 2 data-parallel x 2 tensor-parallel ranks (1 x 2 with ZeRO-3: continued on it, below)
         DP2_TP2,
     ],
     ids=[
         "zero2-offload-whole-logits",
         "deepspeed-launcher-zero1-micro4-accum2-recompute",
-        "tp2",
         "dp2-tp2-zero1",
     ],
 )
@@ -174,10 +172,10 @@ def continue_on(source: Path, run: str, job, *layout: str) -> list[float]:
     "layout",
     [
         ("launch.nproc_per_node=4", "parallel.zero_stage=1", "train.micro_batch_size=4"),
-        # ZeRO-3 with tensor parallelism, and the loss in uneven chunks of 100 tokens under its gathered head
-        (*DP2_TP2[:1], "parallel.zero_stage=3", *DP2_TP2[2:], "train.loss_chunk_tokens=100"),
+        # DP2 -> DP1 x TP2 and ZeRO 1 -> 3, the loss in uneven chunks of 100 tokens under ZeRO-3's gathered head
+        (*TP2[:1], "parallel.zero_stage=3", *TP2[2:], "train.loss_chunk_tokens=100"),
     ],
-    ids=["dp2-to-dp4", "tp1-zero1-to-dp2-tp2-zero3"],
+    ids=["dp2-to-dp4", "tp1-zero1-to-tp2-zero3"],
 )
 def test_a_run_saved_on_two_data_parallel_ranks_continues_on_another_layout(job, two_rank_run, layout):
     continued = continue_on(Path(two_rank_run["work"]), "layout-2-1", job, *layout)

@@ -24,6 +24,7 @@ from tests.helpers import (
     logged_metric,
     pretrain,
     read_until,
+    steps_logged,
 )
 
 pytestmark = pytest.mark.slow
@@ -111,11 +112,13 @@ def test_killing_the_train_command_takes_its_ranks_with_it(job):
     assert alive == [], [p.cmdline() for p in alive]
 
 
-def start_layout_run(job, name: str, *extra: str) -> subprocess.Popen:
+def start_layout_run(job, name: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
     """The reference run's settings (2 ranks, ZeRO-1, ten steps), started in the background with its output piped."""
     command = [sys.executable, "-m", "pretrain.cli", "train", *job["config"], f"tracking.run_name={name}"]
     command += [*LAYOUT_RUN, *TWO_RANKS_ZERO1, *extra]
-    return subprocess.Popen(command, cwd=job["work"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command, cwd=job["work"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def rank_process(process: subprocess.Popen, rank: int) -> psutil.Process:
@@ -125,29 +128,6 @@ def rank_process(process: subprocess.Popen, rank: int) -> psutil.Process:
             if child.environ().get("RANK") == str(rank) and "pretrain.cli" in " ".join(child.cmdline()):
                 return child
     raise AssertionError(f"no rank {rank} among the job's processes")
-
-
-def test_a_rank_killed_mid_run_is_restarted_from_the_last_checkpoint_to_the_same_losses(job, two_rank_losses):
-    """launch.max_restarts=1 and a kill -9 of one rank (not of the launcher) at a random step after the first
-    checkpoint: torchrun starts every rank again, they continue from the last complete checkpoint, and the job
-    finishes by itself, in the same MLflow run, with every step's loss the uninterrupted run's, logged once."""
-    kill_at = random.randint(3, 9)  # checkpoints every 2 steps: the first at step 2
-    process = start_layout_run(
-        job, "restarted", "checkpoint.every_steps=2", "checkpoint.keep_last=5", "launch.max_restarts=1"
-    )
-    output = read_until(process, f"step {kill_at:>6}/10")
-    rank_process(process, 1).send_signal(signal.SIGKILL)
-    output += process.stdout.read()
-    assert process.wait() == 0, f"killed at step {kill_at}:\n{output[-3000:]}"
-    assert "step     10/10" in output and "final train loss" in output
-    assert output.count("resumed from checkpoint step_") == 1, output[-3000:]  # once: restarted by torchrun
-    client = MlflowClient(f"sqlite:///{job['work'] / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("tiny")
-    (run,) = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'restarted'")
-    history = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda metric: metric.step)
-    assert [metric.step for metric in history] == list(range(1, 11)), f"killed at step {kill_at}"
-    assert [metric.value for metric in history] == two_rank_losses  # bit for bit: same data order, same arithmetic
-    assert run.info.status == "FINISHED"
 
 
 def test_a_straggler_is_named_a_spike_rolled_back_and_a_hung_rank_found_with_its_stack(job):
@@ -192,33 +172,38 @@ def test_a_straggler_is_named_a_spike_rolled_back_and_a_hung_rank_found_with_its
     assert slowest and all(metric.value == 1 for metric in slowest)
 
 
-def test_sigterm_saves_and_exits_zero_then_resume_continues_exactly(job, two_rank_losses):
-    """SIGTERM to `pretrain train` (what Slurm sends before a time limit): the step finishes, a checkpoint is
-    saved, the command exits 0; the same command continues to the losses of the uninterrupted run."""
-    process = start_layout_run(job, "preempted", "checkpoint.every_steps=1", "checkpoint.keep_last=1")
-    output = read_until(process, "step      2/10")
+def test_a_killed_rank_is_restarted_then_sigterm_saves_and_the_same_command_continues_exactly(job, two_rank_losses):
+    """launch.max_restarts=1 and a kill -9 of one rank (not of the launcher) at a random step after the first
+    checkpoint: torchrun starts every rank again and they continue from the last complete checkpoint. Then
+    SIGTERM to `pretrain train` (what Slurm sends before a time limit): the step finishes, a checkpoint is saved,
+    the command exits 0, and the same command continues to the end. One MLflow run, every step logged once,
+    with the loss of the uninterrupted run, bit for bit."""
+    kill_at = random.randint(3, 6)  # checkpoints every 2 steps: the first at step 2
+    settings = ("checkpoint.every_steps=2", "checkpoint.keep_last=5", "launch.max_restarts=1")
+    slow = {"PRETRAIN_FAULT_SLOW_RANK": "0:0.3"}  # time for the kill, the restart and then the signal
+    process = start_layout_run(job, "interrupted", *settings, env=os.environ | slow)
+    output = read_until(process, f"step {kill_at:>6}/10")
+    rank_process(process, 1).send_signal(signal.SIGKILL)
+    output += read_until(process, "resumed from checkpoint step_")
+    output += read_until(process, "step ")  # training again
     process.send_signal(signal.SIGTERM)
     output += process.stdout.read()
-    assert process.wait() == 0, output[-3000:]
+    assert process.wait() == 0, f"killed at step {kill_at}:\n{output[-3000:]}"
     stopped = re.search(r"SIGTERM: stopped after step (\d+), saved (\S+); run the same command to continue", output)
     assert stopped, output[-3000:]
     step = int(stopped.group(1))
-    assert 2 <= step < 10
-    run_dir = job["work"] / "runs" / "preempted"
+    assert step < 10
+    run_dir = job["work"] / "runs" / "interrupted"
     assert latest_tag(run_dir) == f"step_{step:08d}"
     assert "stopped before the end; run the same command again to continue" in output
-    client, run = MlflowClient(f"sqlite:///{job['work'] / 'mlflow.db'}"), None
+    client = MlflowClient(f"sqlite:///{job['work'] / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
-    (run,) = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'preempted'")
+    (run,) = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'interrupted'")
     assert run.info.status == "KILLED"
-    pretrain(
-        "train",
-        *job["config"],
-        "tracking.run_name=preempted",
-        *LAYOUT_RUN,
-        *TWO_RANKS_ZERO1,
-        cwd=job["work"],
-    )  # the same command again: a run folder with a checkpoint is continued, as a requeued job needs
-    losses = logged_metric(job["work"], "preempted")
-    assert list(losses.values()) == two_rank_losses
+    # The same command again: a run folder with a checkpoint is continued, as a requeued job needs.
+    command = ["train", *job["config"], "tracking.run_name=interrupted", *LAYOUT_RUN, *TWO_RANKS_ZERO1, *settings]
+    finished = pretrain(*command, cwd=job["work"])
+    assert "step     10/10" in finished.stdout
+    assert steps_logged(job["work"], "interrupted") == list(range(1, 11)), f"killed at step {kill_at}"
+    assert list(logged_metric(job["work"], "interrupted").values()) == two_rank_losses
     assert client.get_run(run.info.run_id).info.status == "FINISHED"

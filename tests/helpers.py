@@ -2,7 +2,9 @@
 MLflow, free ports, a real `mlflow server`, and skipping what this machine cannot run."""
 
 import contextlib
+import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -98,9 +100,6 @@ def kill_rank_after_first_checkpoint(run_dir: Path, rank: int = 1, timeout_s: fl
     """kill -9 one rank of a running job, wherever its scheduler started it, once the first checkpoint is
     complete, at a random moment within the next second: its process is the one its heartbeat names
     (pretrain/train/heartbeat.py)."""
-    import json
-    import random
-
     from pretrain.layout import CHECKPOINTS_DIR, HEARTBEATS_DIR, LATEST_NAME
 
     deadline = time.time() + timeout_s

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch.distributed as dist
 
 from pretrain.config import Config
-from pretrain.layout import HANGS_DIR, LATEST_NAME
+from pretrain.layout import HANGS_DIR
 from pretrain.train.console import Console
 from pretrain.train.heartbeat import Heartbeat
 from pretrain.train.progress import Progress, restore
 from pretrain.train.stragglers import StragglerWatch
-from pretrain.weights.checkpoint_folder import checkpoint_dir
+from pretrain.weights.checkpoint_folder import latest_tag
 
 
 def start_heartbeat(config: Config, tracker) -> Heartbeat | None:
@@ -53,7 +53,7 @@ def handle_spike(config: Config, engine, loader, progress: Progress, tracker, co
     last checkpoint and on past the samples read since. Whether it rolled back."""
     spiked, ratio = progress.step, spikes.ratio
     said = f"loss spike at step {spiked}: {ratio:.1f}x the recent median"
-    if config.train.spike.action == "rollback" and checkpoint_dir(config.run_dir).joinpath(LATEST_NAME).is_file():
+    if config.train.spike.action == "rollback" and latest_tag(config.run_dir) is not None:
         spikes.rolled_back(spiked)
         consumed = loader.consumed
         restore(config, engine, loader, progress)

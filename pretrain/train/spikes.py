@@ -18,16 +18,13 @@ from __future__ import annotations
 
 from collections import deque
 
-import torch
-import torch.distributed as dist
-
 from pretrain.config.schema import SpikeConfig
 from pretrain.errors import TrainingError
 from pretrain.train.metrics import SPIKE_WINDOW, spike_ratio
 
 
 class SpikeWatch:
-    """Decides, every step, whether the step's loss is a spike (a collective call: every rank decides alike)."""
+    """Decides, every step, whether the step's loss is a spike."""
 
     def __init__(self, settings: SpikeConfig):
         self.settings = settings
@@ -35,12 +32,9 @@ class SpikeWatch:
         self.ratio: float | None = None  # the last step's, when it spiked
         self.spiked_steps: list[int] = []
 
-    def check(self, step_loss: torch.Tensor) -> bool:
-        """Whether this rank's mean loss of the step, averaged over ranks, spikes; a spike is not remembered as
-        recent, so a run of them is measured against the losses before it."""
-        loss = step_loss.detach().float().cpu().clone()
-        dist.all_reduce(loss)
-        loss = loss.item() / dist.get_world_size()
+    def check(self, loss: float) -> bool:
+        """Whether the step's loss (the mean over ranks: every rank decides alike) spikes; a spike is not
+        remembered as recent, so a run of them is measured against the losses before it."""
         self.ratio = spike_ratio(loss, self.recent, self.settings.factor)
         if self.ratio is None:
             self.recent.append(loss)

@@ -60,7 +60,7 @@ def train_step(
         loss = faults.spike(loss, first_sample)
         own += time.perf_counter() - started
         loss_sum += loss.detach()
-        if spikes and index == len(micro_batches) - 1 and spikes.check(loss_sum / len(micro_batches)):
+        if spikes and index == len(micro_batches) - 1 and spikes.check(mean_over_ranks(loss_sum / len(micro_batches))):
             loss = loss * float("nan")  # the optimizer refuses a non-finite update: this step changes nothing
         beat("backward")
         engine.backward(loss)

@@ -1,5 +1,5 @@
 """Who is blamed for a hang, when a slow rank is named, and which layout changes a checkpoint takes: the
-decisions of pretrain/train/heartbeat.py, stragglers.py and pretrain/weights/reshard.py, without processes
+decisions of pretrain/train/heartbeat.py, stragglers.py and pretrain/weights/layout_change.py, without processes
 (the runs that exercise them are in tests/test_interruptions.py and tests/test_layouts.py)."""
 
 import json
@@ -9,7 +9,7 @@ import pytest
 from pretrain.train.heartbeat import FINISHED, stalled_ranks
 from pretrain.train.resume import finished_before_this_attempt
 from pretrain.train.stragglers import StragglerWatch
-from pretrain.weights.reshard import Layout, reshard_problem
+from pretrain.weights.layout_change import Layout, reshard_problem
 
 NOW = 1000.0
 

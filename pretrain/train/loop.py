@@ -42,8 +42,8 @@ from pretrain.train.stability import NonFiniteSteps
 from pretrain.train.step import evaluate, mean_over_ranks, train_step
 from pretrain.train.stragglers import StragglerWatch
 from pretrain.weights.checkpoint_folder import checkpoint_dir, tag_for
+from pretrain.weights.layout_change import Layout
 from pretrain.weights.model_folder import folder_state_dict
-from pretrain.weights.reshard import Layout
 
 
 def check_world_size(config: Config) -> None:

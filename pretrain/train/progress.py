@@ -14,7 +14,7 @@ from pretrain.export import periodic as periodic_export
 from pretrain.layout import SUMMARY_NAME
 from pretrain.train.optim import apply_settings
 from pretrain.weights import checkpoint
-from pretrain.weights.reshard import Layout
+from pretrain.weights.layout_change import Layout
 
 
 @dataclass

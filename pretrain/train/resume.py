@@ -12,7 +12,7 @@ process starts (`fixed_problems`):
 - how the optimizer keeps its state (`parallel.offload_optimizer`,
   `train.precision`). The layout itself (the world size, the ZeRO stage, the
   tensor-parallel degree) may change between ZeRO stages 1, 2 and 3: the
-  checkpoint is resharded (pretrain/weights/reshard.py);
+  checkpoint is resharded (pretrain/weights/layout_change.py, reshard.py);
 - the data order (`train.seq_len`, `train.global_batch_size`, `train.seed`,
   `train.mixture`, and the dataset itself): sample i of the stream is a
   function of these, and the checkpoint holds how many samples were used.
@@ -33,7 +33,7 @@ from pretrain.errors import CheckpointError, ConfigError
 from pretrain.layout import CONFIG_NAME, read_summary
 from pretrain.tracking.run_info import flatten
 from pretrain.weights.checkpoint_folder import candidates, checkpoint_dir, latest_tag, saved_info, step_of
-from pretrain.weights.reshard import Layout, reshard_problem
+from pretrain.weights.layout_change import Layout, reshard_problem
 
 WORLD_SIZE = "launch.nnodes x launch.nproc_per_node"
 FIXED_SETTINGS = (

@@ -44,7 +44,8 @@ from pretrain.weights.checkpoint_folder import (
     tag_for,
     write_marker,
 )
-from pretrain.weights.reshard import Layout, load_resharded
+from pretrain.weights.layout_change import Layout
+from pretrain.weights.reshard import load_resharded
 
 
 def rng_states() -> dict:

@@ -112,6 +112,9 @@ def _supervisor(record: JobRecord) -> psutil.Process | None:
 
 
 def state(record: JobRecord) -> JobState:
+    # The supervisor is looked for before its exit file is read: it writes the file and then exits, so one
+    # that is gone by the first look has written it by the second, unless it was killed.
+    running = _supervisor(record) is not None
     exit_file = Path(record.details["exit_file"])
     if exit_file.is_file():
         ended = json.loads(exit_file.read_text())
@@ -122,7 +125,7 @@ def state(record: JobRecord) -> JobState:
         if ended["returncode"] != 0:
             return JobState("FAILED", f"exit code {ended['returncode']}")
         return JobState("SUCCEEDED")
-    if _supervisor(record) is not None:
+    if running:
         return JobState("RUNNING", f"process {record.details['pid']}")
     return JobState("LOST", "its process is gone without an exit status: killed with SIGKILL, or the host rebooted")
 

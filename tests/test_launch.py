@@ -2,6 +2,7 @@
 
 import re
 import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -195,6 +196,28 @@ def test_submit_dry_run_prints_the_slurm_script_with_each_node_rank(tmp_path, ti
     assert '--node-rank="$SLURM_NODEID" launch.rdzv_endpoint="$PRETRAIN_RDZV_ENDPOINT"' in script
 
 
+def test_a_dry_run_on_this_machine_prints_its_command_starts_nothing_and_imports_no_torch(tmp_path, tiny_data):
+    """`pretrain submit --dry-run` without --detach: the checks, then the launcher command this host would run,
+    and no job. The launching process imports none of torch, DeepSpeed, MLflow or Ray: only the ranks need
+    them, and each would add seconds to every launch (bench/cli_startup.py)."""
+    settings = [f"data.output_dir={tiny_data}", f"checkpoint.root={tmp_path / 'runs'}", "launch.max_restarts=1"]
+    command = [sys.executable, "-X", "importtime", "-m", "pretrain.cli", "submit", "--config", TINY, "--dry-run"]
+    result = subprocess.run(
+        [*command, *settings], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(
+        r"-m launch\.torchrun --nproc-per-node=2 .*--max-restarts=1 .*-m pretrain\.cli train", result.stdout
+    )
+    assert "nothing started" in result.stdout
+    assert not (tmp_path / "runs").exists()
+    imported = {
+        line.rpartition("|")[2].strip() for line in result.stderr.splitlines() if line.startswith("import time")
+    }
+    assert "pretrain.train.preflight" in imported
+    assert not imported & {"torch", "deepspeed", "mlflow", "ray"}
+
+
 def record(job_id: str, target: str = "slurm") -> JobRecord:
     return JobRecord(target, job_id, "a", "/runs/a", "/runs/a/config.yaml", "sqlite:///m.db", "e")
 
@@ -243,3 +266,22 @@ def test_slurm_commands_missing_from_the_path_are_named(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(LaunchError, match=r"`sbatch` is not on this machine's PATH.*make slurm"):
         sbatch(script)
+
+
+def test_a_detached_job_that_ends_while_its_state_is_asked_has_ended_not_been_lost(tmp_path, monkeypatch):
+    """The supervisor writes the exit status, then exits: asked in between, the job has ended, not been lost."""
+    from launch import detached
+    from launch.detached import state
+
+    exit_file = tmp_path / ".a.exit"
+    job = JobRecord("local", "a", "a", "/runs/a", "/runs/a/c.yaml", "sqlite:///m.db", "e", details={})
+    job.details = {"pid": 1, "create_time": 0.0, "exit_file": str(exit_file)}
+
+    def ends_now(record: JobRecord) -> None:  # no supervisor found: it wrote its exit status and was gone
+        exit_file.write_text('{"returncode": 0, "sigterm": false}')
+
+    monkeypatch.setattr(detached, "_supervisor", ends_now)
+    assert str(state(job)) == "SUCCEEDED"
+    exit_file.unlink()
+    monkeypatch.setattr(detached, "_supervisor", lambda record: None)
+    assert state(job).state == "LOST"  # gone without an exit status: killed

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import shlex
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 from data_pipeline.locks import FolderInUse, holder_if_locked
 from launch import signals
 from launch.jobs import JobRecord, save_record
-from launch.local import NodeLayout, run_local
+from launch.local import NodeLayout, launcher_command, run_local
 from launch.targets import FOREGROUND_ONLY, JobSpec, target
 from pretrain.config import Config, save_config, with_absolute_paths
 from pretrain.config.secrets import REDACTED, redact
@@ -33,6 +34,7 @@ from pretrain.layout import CONFIG_NAME, JOB_LOG_NAME, SUMMARY_NAME, read_summar
 from pretrain.train.preflight import check_job
 
 CLI_MODULE = "pretrain.cli"
+RESOLVED_PLACEHOLDER = "RESOLVED.yaml"  # a dry run's name for the config file a real start writes
 RAY_TRAIN_MODULE = "pretrain.jobs.ray_train"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +71,21 @@ def prepare_training(config: Config, require_checkpoint: bool, config_path: Path
     if resume:
         print(f"continuing {config.run_dir} from its latest checkpoint", flush=True)
     save_config(config, config_path)
-    return ["train", "--config", str(config_path)] + (["--resume"] if resume else [])
+    return rank_arguments(str(config_path), resume)
+
+
+def rank_arguments(config_path: str, resume: bool) -> list[str]:
+    return ["train", "--config", config_path] + (["--resume"] if resume else [])
+
+
+def print_command_here(config: Config, submission: Submission) -> int:
+    """A dry run on this host: the checks `run_here` makes, then the command it would start, and nothing else."""
+    layout = node_layout(config, submission.node_rank)
+    _, resume = check_job(config, submission.require_checkpoint)
+    rank_args = rank_arguments(RESOLVED_PLACEHOLDER, resume)
+    print(shlex.join(launcher_command(layout, CLI_MODULE, rank_args, config.launch.launcher)))
+    print(f"nothing started; {RESOLVED_PLACEHOLDER} is the resolved config (`pretrain config` prints it)")
+    return 0
 
 
 def check_run_folder_free(config: Config) -> None:
@@ -125,6 +141,8 @@ def submit(config: Config, submission: Submission) -> int:
     if name in ("local", "multinode") and not submission.detach:
         if submission.stage == "data":
             raise ConfigError("--stage data on this machine is `pretrain data build`; or add --detach")
+        if submission.dry_run:
+            return print_command_here(config, submission)
         return run_here(config, submission.require_checkpoint, submission.node_rank)
     if name in FOREGROUND_ONLY:
         raise ConfigError("--detach is for launch.target=local; a multinode job runs in the foreground on each host")

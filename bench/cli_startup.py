@@ -4,15 +4,20 @@
     .venv/bin/python bench/cli_startup.py --repeats 9
 
 Each figure is a fresh interpreter importing what the launching command
-imports (config, preflight, the launch targets: `pretrain.jobs.submit`),
-timed from the outside; the median of `--repeats`. The baseline is the same
-imports plus torch, which the launcher paid before the run folder's
-checkpoint listing (`pretrain/weights/checkpoint_folder.py`) was split from
-the torch code that saves and loads. A rank imports torch and DeepSpeed
-anyway; the launcher, which only reads files and starts torchrun, does not
-need to. The last two rows are a rank's imports: rank 0's, and another
-rank's, which refuses the MLflow that DeepSpeed would import
-(`pretrain/cli/commands.py`, `cmd_train`); compare them with each other.
+imports (config, preflight, the launch targets: `pretrain.jobs.submit` and
+`pretrain.train.preflight`), timed from the outside; the median of
+`--repeats`. The baseline is the same imports plus torch, which the launcher
+paid before the run folder's checkpoint listing
+(`pretrain/weights/checkpoint_folder.py`) and the check of a layout change
+(`pretrain/weights/layout_change.py`) were split from the torch code that
+saves, loads and converts. A rank imports torch and DeepSpeed anyway; the
+launcher, which only reads files and starts torchrun, does not need to.
+The next rows are a rank's imports: rank 0's, and another rank's, which
+refuses the MLflow that DeepSpeed would import (`pretrain/cli/commands.py`,
+`cmd_train`); compare them with each other. The last row is rank 0's
+imports exiting as a rank now does, its objects frozen out of Python's last
+garbage collection (`entry_point` in `pretrain/cli/__init__.py`); compare it
+with rank 0's row.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import subprocess
 import sys
 import time
 
+LAUNCHER = "import pretrain.jobs.submit, pretrain.train.preflight"
 CASES = {
-    "the launcher's imports (pretrain.jobs.submit)": "import pretrain.jobs.submit",
-    "baseline: the same, and torch": "import pretrain.jobs.submit, torch",
+    "the launcher's imports (pretrain.jobs.submit, pretrain.train.preflight)": LAUNCHER,
+    "baseline: the same, and torch": LAUNCHER + ", torch",
     "rank 0's (pretrain.train.loop)": "import pretrain.train.loop",
     "another rank's (the same, MLflow refused)": "import sys; sys.modules['mlflow'] = None; import pretrain.train.loop",
+    "rank 0's, exiting frozen (gc.freeze)": "import gc, pretrain.train.loop; gc.freeze()",
 }
 
 

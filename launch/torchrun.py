@@ -16,6 +16,7 @@ line and exits with the rank's exit code instead.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -54,4 +55,6 @@ def main(args: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    gc.freeze()  # torch is loaded: exit without walking its objects once more (pretrain/cli/__init__.py)
+    sys.exit(code)

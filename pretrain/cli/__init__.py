@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import os
 import sys
 
@@ -77,6 +78,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if launching:
             signals.unwatch()
+
+
+def entry_point() -> None:
+    """`pretrain` and `python -m pretrain.cli` (each rank): main(), then exit without the last garbage collection.
+
+    At exit, Python collects garbage once more, walking every object the
+    process still holds. A rank holds millions (torch, DeepSpeed and MLflow
+    loaded): the walk takes over a second of CPU, a sixth of a short job's,
+    for objects that die with the process anyway. Frozen (gc.freeze), they are
+    left out of it. Nothing is lost: what matters was written and closed
+    before main() returned, and exit handlers still run.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
 
 
 def run_command(args: argparse.Namespace) -> int:

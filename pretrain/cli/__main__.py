@@ -1,7 +1,5 @@
 """`python -m pretrain.cli`: how torchrun, Slurm and Ray start each rank."""
 
-import sys
+from pretrain.cli import entry_point
 
-from pretrain.cli import main
-
-sys.exit(main())
+entry_point()

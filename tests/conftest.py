@@ -221,11 +221,13 @@ def once_for_all_workers(tmp_path_factory, worker_id: str, name: str, make):
 CLUSTER_MODULES = {"test_targets", "test_slurm_cluster", "test_ray_cluster"}
 
 
-# The order the two workers take modules in. First the clusters (their own tests need no dataset, so the
-# worker starts Ray and Slurm, then builds the session's dataset for test_targets); then every module that
-# needs no dataset, which the other worker runs meanwhile instead of waiting for it; then the modules that
+# The order the two workers take modules in. First the clusters' tests: every test of the Ray cluster, then
+# of the Slurm cluster, each cluster stopped after its last (idle, Ray's daemons alone keep 7% of a core busy,
+# which the tests after them need), then the other launch targets; then every module that needs no dataset,
+# which the other worker runs meanwhile instead of waiting for the one it builds; then the modules that
 # train, longest first, so that the last one running is a short one.
 LONGEST_FIRST = ["test_layouts", "test_trust", "test_export", "test_interruptions", "test_end_to_end"]
+CLUSTER_FIXTURES = ("ray_cluster", "slurm_cluster")  # in the order their tests run
 
 
 def module(item) -> str:
@@ -238,7 +240,8 @@ def pytest_collection_modifyitems(items):
     def order(item) -> tuple[int, int]:
         name = module(item)
         if name in CLUSTER_MODULES:
-            return 0, name == "test_targets"
+            uses = [fixture in item.fixturenames for fixture in CLUSTER_FIXTURES]
+            return 0, uses.index(True) if True in uses else len(uses)
         if name not in trains:
             return 1, 0
         return 2, LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
@@ -258,14 +261,20 @@ def pytest_xdist_make_scheduler(config, log):
     return ByModule(config, log)
 
 
-# The session's clusters, stopped as soon as the last module that uses them is done rather than at the end of
-# the session: idle, Ray's daemons alone keep 7% of a core busy, which the modules after them need.
-STARTED_CLUSTERS = []
+# The session's clusters by fixture name, each stopped as soon as the last test that uses it is done rather
+# than at the end of the session.
+STARTED_CLUSTERS = {}
+LAST_USER = {}
+
+
+def pytest_collection_finish(session):
+    for item in session.items:  # as selected and ordered
+        LAST_USER.update({fixture: item.nodeid for fixture in CLUSTER_FIXTURES if fixture in item.fixturenames})
 
 
 def pytest_runtest_teardown(item, nextitem):
-    if module(item) in CLUSTER_MODULES and (nextitem is None or module(nextitem) not in CLUSTER_MODULES):
-        for cluster in STARTED_CLUSTERS:
+    for fixture, cluster in STARTED_CLUSTERS.items():
+        if LAST_USER.get(fixture) == item.nodeid:
             cluster.stop()  # idempotent: the fixture's own stop at the end of the session does nothing more
 
 
@@ -278,7 +287,7 @@ def slurm_cluster(tmp_path_factory):
     if reason:
         unavailable(reason)
     with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
-        STARTED_CLUSTERS.append(cluster)
+        STARTED_CLUSTERS["slurm_cluster"] = cluster
         yield cluster
 
 
@@ -292,6 +301,6 @@ def ray_cluster(tmp_path_factory):
         unavailable(reason)
     cluster = RayCluster(tmp_path_factory.mktemp("ray"), worker_nodes=1)
     with cluster:
-        STARTED_CLUSTERS.append(cluster)
+        STARTED_CLUSTERS["ray_cluster"] = cluster
         yield cluster
     cluster.remove_temp_dir()

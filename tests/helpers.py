@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -51,8 +52,23 @@ def tiny_job_config(work: Path, data_dir: Path) -> list[str]:
         str(ROOT / "configs" / "tiny.yaml"),
         f"data.output_dir={data_dir}",
         f"checkpoint.root={work / 'runs'}",
-        f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
+        f"tracking.uri={tracking_store(work)}",
     ]
+
+
+def tracking_store(work: Path) -> str:
+    """The URI of the MLflow store in `work`. A new one is a copy of an empty store with MLflow's tables made,
+    made once in the folder above: it spares each run's rank 0 the schema migrations of a new store (1 CPU-s)."""
+    store = work / "mlflow.db"
+    if not store.exists():
+        empty = work.parent / "empty-mlflow.db"
+        if not empty.exists():
+            making = empty.with_name(f"{empty.name}.{os.getpid()}")
+            MlflowClient(f"sqlite:///{making}").search_experiments()
+            os.replace(making, empty)  # whole, should another worker look for it meanwhile
+        work.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(empty, store)
+    return f"sqlite:///{store}"
 
 
 def logged_metric(work: Path, run_name: str, key: str = "loss") -> dict[int, float]:

@@ -226,7 +226,7 @@ CLUSTER_MODULES = {"test_targets", "test_slurm_cluster", "test_ray_cluster"}
 # which the tests after them need), then the other launch targets; then every module that needs no dataset,
 # which the other worker runs meanwhile instead of waiting for the one it builds; then the modules that
 # train, longest first, so that the last one running is a short one.
-LONGEST_FIRST = ["test_layouts", "test_trust", "test_export", "test_interruptions", "test_end_to_end"]
+LONGEST_FIRST = ["test_layouts", "test_trust", "test_export", "test_interruptions", "test_end_to_end", "test_stability"]
 CLUSTER_FIXTURES = ("ray_cluster", "slurm_cluster")  # in the order their tests run
 
 

@@ -59,12 +59,13 @@ def wait_for_state(work, job_id: str, states: tuple[str, ...], timeout_s: float 
     environment), then return `pretrain jobs status`. The poll asks as `pretrain jobs` does (launch/targets.py),
     in this process: a CLI process every poll would take the job's CPU (Ray's client alone imports in 0.8 s)."""
     record = find_record(work["work"] / "jobs", job_id)
+    env = cluster.env if cluster else None
     deadline = time.time() + timeout_s
     while True:
-        with mock.patch.dict(os.environ, cluster.env if cluster else {}):
+        with mock.patch.dict(os.environ, env or {}):
             state = target(record.target).state(record)
         if state.state in states:
-            return jobs(work, "status", job_id, env=cluster.env if cluster else None).stdout
+            return jobs(work, "status", job_id, env=env).stdout
         daemons = cluster.log_tails() if cluster else ""
         assert time.time() < deadline, f"still {state} after {timeout_s} s:\n{daemons}"
         time.sleep(1)

@@ -23,7 +23,14 @@ from data_pipeline.layout import write_json_atomically
 from launch.config import LaunchConfig
 from launch.errors import LaunchError
 from launch.jobs import JOB_ID_VARIABLE, JobRecord, JobState, read_log
-from launch.local import NodeLayout, exit_with_parent, launcher_command, launcher_preexec, rank_environment
+from launch.local import (
+    NodeLayout,
+    exit_with_parent,
+    launcher_command,
+    launcher_preexec,
+    rank_environment,
+    warn_if_oversubscribed,
+)
 from launch.signals import JobSignals
 from launch.targets import JobSpec
 
@@ -57,6 +64,8 @@ def submit(job: JobSpec, dry_run: bool) -> JobRecord | str:
     """This machine's ranks (or the data build's one process) under a supervisor that outlives `pretrain submit`."""
     if dry_run:
         return shlex.join(job_command(job))
+    if job.train:
+        warn_if_oversubscribed(job.launch.nproc_per_node)
     exit_file = job.log_file.with_name(f".{job.name}.exit")
     env = rank_environment(job.launch.nproc_per_node) | {JOB_ID_VARIABLE: f"local:{job.name}"}
     process = start(job_command(job), env, job.log_file, exit_file, ranks=job.train)

@@ -42,10 +42,21 @@ class JobRecord:
         return f"{self.target}:{self.job_id}"
 
 
+# The schedulers' words for a job that has not ended yet (Slurm's, Ray's and launch/detached.py's): any other
+# state is an end, or one that no later look will change (UNKNOWN, LOST).
+ACTIVE_STATES = frozenset(
+    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "STOPPING"}
+)
+
+
 @dataclass
 class JobState:
     state: str  # the scheduler's word: PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, ...
     detail: str = ""  # an exit code, a reason, a node list
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
 
     def __str__(self) -> str:
         return f"{self.state} ({self.detail})" if self.detail else self.state

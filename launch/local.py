@@ -106,6 +106,41 @@ def rank_environment(nproc_per_node: int, nnodes: int = 1) -> dict[str, str]:
     return env
 
 
+def oversubscription(nproc_per_node: int) -> str | None:
+    """A warning when this host is asked for more ranks than it has GPUs, or, without GPUs, CPU cores.
+
+    Ranks beyond the GPUs would share one (NCCL refuses that); beyond the cores
+    they take turns on them, and the job runs slower than with fewer ranks.
+    """
+    gpus, cores = visible_gpus(), os.cpu_count() or 1
+    if gpus and nproc_per_node > gpus:
+        return (
+            f"launch.nproc_per_node = {nproc_per_node}: more processes than this host's {gpus} GPU(s), which "
+            f"ranks would have to share; use --nproc {gpus}"
+        )
+    if not gpus and nproc_per_node > cores:
+        return (
+            f"launch.nproc_per_node = {nproc_per_node}: more processes than this host's {cores} CPU cores; the "
+            f"ranks take turns on them and the job runs slower than with --nproc {cores}"
+        )
+    return None
+
+
+def visible_gpus() -> int:
+    """NVIDIA GPUs this process may use, counted without importing torch (the launcher stays light)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([device for device in visible.split(",") if device.strip() and device.strip() != "-1"])
+    listed = Path("/proc/driver/nvidia/gpus")
+    return len(list(listed.iterdir())) if listed.is_dir() else 0
+
+
+def warn_if_oversubscribed(nproc_per_node: int) -> None:
+    warning = oversubscription(nproc_per_node)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+
 # Looked up once, here: a child between fork and exec should make no library lookups.
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 PR_SET_PDEATHSIG = 1
@@ -158,6 +193,7 @@ def run_local(layout: NodeLayout, module: str, args: list[str], launcher: str = 
     Each rank dies with its parent too (the rank calls `exit_with_parent`
     itself). Detached jobs run under launch/detached.py instead.
     """
+    warn_if_oversubscribed(layout.nproc_per_node)
     command = launcher_command(layout, module, args, launcher)
     env = rank_environment(layout.nproc_per_node, layout.nnodes)
     # preexec_fn runs between fork and exec; it makes a few system calls, with nothing to lock.

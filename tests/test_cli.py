@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SUBCOMMANDS = [["data", "build"], ["train"], ["export"], ["generate"], ["submit"], ["config"]]
 
 
-def test_console_script_help_lists_every_stage():
+def test_console_script_alone_prints_help_listing_every_stage_and_exits_0():
     script = Path(sys.executable).parent / "pretrain"
-    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run([str(script)], capture_output=True, text=True, check=True)
     for command in ("data", "train", "export", "generate", "submit", "jobs"):
         assert command in result.stdout
     assert "optimizer.lr=3e-4" in result.stdout
@@ -74,6 +74,36 @@ def test_generate_from_a_folder_that_is_neither_export_nor_run_says_what_to_pass
         f"{tmp_path}: neither an exported model folder (no config.json or model_config.json) nor a run "
         "folder (no config.yaml); pass the folder `pretrain export` or `pretrain train` printed"
     ) in capsys.readouterr().err
+
+
+def test_generate_on_a_trained_run_never_exported_uses_its_checkpoint_and_says_how_to_export(
+    two_rank_run, tiny_data, capsys
+):
+    run = ["--config", str(ROOT / "configs" / "tiny.yaml"), f"data.output_dir={tiny_data}"]
+    run += [f"checkpoint.root={Path(two_rank_run['work']) / 'runs'}", "tracking.run_name=layout-2-1"]
+    assert main(["generate", *run, "--prompt", "def", "--max-new-tokens", "3", "--temperature", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("def")
+    assert "generating from the run's latest checkpoint; `pretrain export` with the same --config makes" in err
+    assert main(["generate", *run, "tracking.run_name=never-trained"]) == 1
+    assert "no trained run here (no checkpoints/ nor export/); train it first" in capsys.readouterr().err
+
+
+def test_more_processes_than_cores_or_gpus_is_warned_of(monkeypatch):
+    from launch.local import oversubscription
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert oversubscription(2) is None
+    assert oversubscription(6) == (
+        "launch.nproc_per_node = 6: more processes than this host's 2 CPU cores; the ranks take turns on them and "
+        "the job runs slower than with --nproc 2"
+    )
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert oversubscription(4) is None
+    assert "more processes than this host's 4 GPU(s), which ranks would have to share; use --nproc 4" in (
+        oversubscription(8) or ""
+    )
 
 
 def test_export_of_a_folder_that_is_not_a_run(tmp_path, capsys):

@@ -77,8 +77,8 @@ def error_of(path=None, overrides=()) -> str:
     "override, expected",
     [
         ("optimizer.learning_rate=0.1", ["optimizer.learning_rate: unknown key; allowed here: lr, weight_decay"]),
-        ("train.max_step=9", ["train.max_step: unknown key; allowed here: seed, max_steps"]),
-        ("model.layers=4", ["model.layers: unknown key", "n_layer"]),
+        ("train.max_step=9", ["train.max_step: unknown key; did you mean train.max_steps? allowed here: seed,"]),
+        ("model.layers=4", ["model.layers: unknown key; did you mean model.n_layer?"]),
         ("train.max_steps=lots", ["train.max_steps = 'lots'", "valid integer"]),
         ("parallel.zero_stage=4", ["parallel.zero_stage = '4'", "less than or equal to 3"]),
         ("model.pos_encoding=alibi", ["model.pos_encoding = 'alibi'", "'learned', 'sinusoidal' or 'rope'"]),

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 from unittest import mock
 
 import psutil
@@ -180,10 +181,12 @@ def test_a_detached_data_build_is_a_job_too(work, make_documents):
         "submit", *work["config"], "--detach", "--stage", "data", source, f"data.output_dir={out}", cwd=work["work"]
     )
     job_id = submitted_id(submitted.stdout)
-    status = wait_for_state(work, job_id, ("SUCCEEDED", "FAILED", "LOST"))
-    assert "state:      SUCCEEDED" in status and "MLflow run" not in status, jobs(work, "logs", job_id).stdout
+    followed = jobs(work, "logs", job_id, "--follow")  # prints the output as it grows, returns when the job ends
+    assert f"job {job_id} ended: SUCCEEDED" in followed.stderr, followed.stdout[-3000:]
+    log = Path(find_record(work["work"] / "jobs", job_id).log)
+    assert followed.stdout == log.read_text() and "shards, tokenizer, manifest" in followed.stdout
+    assert "MLflow run" not in jobs(work, "status", job_id).stdout
     assert json.loads((out / "manifest.json").read_text())["sources"]["web"]["documents_in"] == 300
-    assert "shards, tokenizer, manifest and rejects" in jobs(work, "logs", job_id).stdout
 
 
 def test_cancelling_a_detached_data_build_stops_its_process(work):
@@ -232,6 +235,8 @@ def test_a_slurm_job_trains_as_torchrun_does_restarts_a_killed_rank_and_requeues
     assert f"requeueing job {job_id}" in output and f"slurm job {job_id} (restart 1)" in output
     assert output.count("resumed from checkpoint") == 2  # torchrun's restart, then the requeued job
     assert "step     10/10" in output
+    followed = jobs(work, "logs", job_id, "--follow", env=slurm_cluster.env)
+    assert followed.stdout == output and f"job {job_id} ended: COMPLETED" in followed.stderr
     assert steps_logged(work["work"], "slurm") == list(range(1, 11))  # one MLflow run: every step once
     losses = list(logged_metric(work["work"], "slurm").values())
     assert losses == pytest.approx(two_rank_losses, rel=1e-5)
@@ -294,8 +299,9 @@ def test_a_ray_data_build_runs_on_the_cluster(work, ray_cluster, make_documents)
     out = work["work"] / "ray-data-built"
     source = f"data.sources=[{{name: web, paths: [{corpus}]}}]"
     job_id = submitted_id(ray_submit(work, ray_cluster, "--stage", "data", source, f"data.output_dir={out}").stdout)
-    status = wait_for_state(work, job_id, RAY_ENDED, cluster=ray_cluster)
-    assert "state:      SUCCEEDED" in status, status + jobs(work, "logs", job_id, env=ray_cluster.env).stdout[-5000:]
+    followed = jobs(work, "logs", job_id, "--follow", env=ray_cluster.env)
+    assert f"job {job_id} ended: SUCCEEDED" in followed.stderr, followed.stdout[-5000:]
+    assert "shards, tokenizer, manifest" in followed.stdout
     assert json.loads((out / "manifest.json").read_text())["sources"]["web"]["documents_in"] == 300
 
 

@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not (sys.argv[1:] if argv is None else argv):  # `pretrain` alone: what it can do, not a usage error
+        build_parser().print_help()
+        return 0
     args = parse_args(argv)
     launching = args.command in ("train", "submit") and not in_launched_rank()
     if launching:

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pretrain.layout import EXPORT_DIR
+from pretrain.errors import PretrainError
+from pretrain.layout import CHECKPOINTS_DIR, EXPORT_DIR
 
 if TYPE_CHECKING:
     from pretrain.config import Config
@@ -81,6 +82,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from pretrain.jobs.status import jobs_command
 
     jobs_dir = args.jobs_dir or Path(load_config(args.config).launch.jobs_dir)
+    if getattr(args, "follow", False):
+        from pretrain.jobs.status import follow_logs
+
+        follow_logs(jobs_dir, args.job_id, args.tail)
+        return 0
     print(jobs_command(args.jobs_command, jobs_dir, getattr(args, "job_id", None), getattr(args, "tail", None)))
     return 0
 
@@ -117,7 +123,7 @@ def cmd_generate(args: argparse.Namespace, config: Config) -> int:
     from pretrain.export.exporter import load_trained_model
     from pretrain.train.sampling import generate_texts
 
-    model, tokenizer = load_trained_model(args.model or config.run_dir / EXPORT_DIR, args.tag)
+    model, tokenizer = load_trained_model(args.model or generation_source(config), args.tag)
     texts = generate_texts(
         model,
         tokenizer,
@@ -130,6 +136,24 @@ def cmd_generate(args: argparse.Namespace, config: Config) -> int:
     )
     print("\n\n".join(texts))
     return 0
+
+
+def generation_source(config: Config) -> Path:
+    """The run's export, or else its latest checkpoint (saying so): a trained run generates before it is exported."""
+    exported = config.run_dir / EXPORT_DIR
+    if exported.is_dir():
+        return exported
+    if not (config.run_dir / CHECKPOINTS_DIR).is_dir():
+        raise PretrainError(
+            f"{config.run_dir}: no trained run here (no {CHECKPOINTS_DIR}/ nor {EXPORT_DIR}/); train it first "
+            f"(`pretrain train` with the same --config and overrides), or pass --model FOLDER"
+        )
+    print(
+        f"no export in {exported}: generating from the run's latest checkpoint; `pretrain export` with the same "
+        f"--config makes the Hugging Face folder (docs/export.md)",
+        file=sys.stderr,
+    )
+    return config.run_dir
 
 
 def cmd_model(args: argparse.Namespace) -> int:

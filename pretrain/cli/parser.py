@@ -167,6 +167,9 @@ def _add_jobs(commands) -> None:
         parser.add_argument("--config", help="a config whose launch.jobs_dir to read")
         if action == "logs":
             parser.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+            parser.add_argument(
+                "-f", "--follow", action="store_true", help="go on printing the output as it grows, until the job ends"
+            )
 
 
 def _add_export(commands) -> None:

@@ -13,6 +13,7 @@ allowed. The DeepSpeed JSON is generated from the schema
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -264,8 +265,11 @@ def _describe(error: dict) -> str:
     if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         if path in MOVED_KEYS:
             return f"  {path}: this setting is now {MOVED_KEYS[path]}; rename it"
-        allowed = ", ".join(_allowed_keys(error["loc"][:-1]))
-        return f"  {path}: unknown key; allowed here: {allowed}"
+        allowed = _allowed_keys(error["loc"][:-1])
+        close = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1)
+        parent = ".".join(str(part) for part in error["loc"][:-1])
+        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
+        return f"  {path}: unknown key; {hint}allowed here: {', '.join(allowed)}"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "value_error" and isinstance(error["input"], dict):
         # A check across a whole section (the message names the keys): the section is not worth printing.

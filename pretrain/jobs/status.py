@@ -7,10 +7,12 @@ created (the run is tagged `pretrain.job_id`) and how it ended (summary.json).
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 from launch.errors import LaunchError
-from launch.jobs import JobRecord, find_record, load_records
+from launch.jobs import JobRecord, JobState, find_record, load_records, tail_lines
 from launch.targets import target
 from pretrain.layout import read_summary
 from pretrain.tracking import backend
@@ -25,6 +27,30 @@ def jobs_command(action: str, jobs_dir: Path, job_id: str | None, tail: int | No
     if action == "logs":
         return target(record.target).logs(record, tail).rstrip("\n")
     return target(record.target).cancel(record)
+
+
+def follow_logs(jobs_dir: Path, job_id: str, tail: int | None, poll_s: float = 1.0) -> JobState:
+    """Print the job's output as it grows, until its scheduler says it has ended; return that state.
+
+    The same for every target: their `logs` return the whole output so far,
+    and what was printed already is left out. The state is asked before the
+    output is read, so the last read, made after the end, has all of it.
+    """
+    record = find_record(jobs_dir, job_id)
+    chosen, printed = target(record.target), None
+    while True:
+        state = chosen.state(record)
+        text = chosen.logs(record, None)
+        if printed is None or len(text) < printed:  # the first read, or a log started anew (a requeued job)
+            sys.stdout.write(tail_lines(text, tail) if printed is None else text)
+        else:
+            sys.stdout.write(text[printed:])
+        sys.stdout.flush()
+        printed = len(text)
+        if not state.active:
+            print(f"job {record.job_id} ended: {state}", file=sys.stderr, flush=True)
+            return state
+        time.sleep(poll_s)
 
 
 def state_or_reason(record: JobRecord) -> str:

@@ -17,13 +17,13 @@ class GPTConfig:
     n_kv_heads: int | None = None  # grouped-query attention: fewer key/value heads; None means n_head
     pos_encoding: Literal["learned", "sinusoidal", "rope"] = "learned"
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    mlp: Literal["gelu", "swiglu"] = "gelu"
+    mlp: Literal["gelu", "gelu_exact", "swiglu"] = "gelu"  # gelu: the tanh approximation (GPT-2)
     bias: bool = True
     dropout: float = 0.0
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    ffn_hidden_size: int | None = None  # None: 4 x n_embd (gelu), or about 8/3 x n_embd (swiglu)
+    ffn_hidden_size: int | None = None  # None: 4 x n_embd (gelu, gelu_exact), or about 8/3 x n_embd (swiglu)
 
     def __post_init__(self) -> None:
         # Raised as ValueError so that a config schema wrapping this dataclass

@@ -34,12 +34,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
+# GPT-2's GELU is the tanh approximation ("gelu_new" in Hugging Face); nanoGPT's `nn.GELU()` is the exact, erf
+# one ("gelu"). They differ by up to 1e-3 per activation: a model trained with one is another model with the other.
+GELU_APPROXIMATION = {"gelu": "tanh", "gelu_exact": "none"}
+
+
 class MLP(nn.Module):
     """The position-wise feed-forward network: GELU (two matrices) or SwiGLU (three)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
+        self.approximate = GELU_APPROXIMATION.get(config.mlp)  # None for swiglu
         if self.swiglu:
             self.gate_proj = nn.Linear(config.n_embd, config.ffn_hidden, bias=config.bias)
         self.up_proj = nn.Linear(config.n_embd, config.ffn_hidden, bias=config.bias)
@@ -48,5 +54,4 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        # GPT-2's GELU is the tanh approximation ("gelu_new" in Hugging Face).
-        return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
+        return self.down_proj(F.gelu(self.up_proj(x), approximate=self.approximate))

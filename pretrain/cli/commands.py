@@ -99,6 +99,15 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
         folder, version = backend(config.tracking.backend).fetch(args.from_registry, out, config.tracking.uri)
         print(f"fetched {version.name} version {version.version} ({version.source}): {folder.resolve()}")
         return 0
+    if args.from_nanogpt:
+        from pretrain.export.exporter import import_nanogpt
+
+        if args.tokenizer is None or args.out is None:
+            raise PretrainError("--from-nanogpt needs --tokenizer FILE (its tokenizer.json) and --out FOLDER")
+        folder, info = import_nanogpt(args.from_nanogpt, args.tokenizer, args.out, args.format, args.dtype)
+        print(f"imported nanoGPT's checkpoint (iteration {info.get('iter_num', '?')}): {folder.resolve()}")
+        print(f"  train from it with train.init_from={folder}, or: pretrain generate --model {folder}")
+        return 0
     from pretrain.export.exporter import export
 
     path = args.checkpoint or config.run_dir

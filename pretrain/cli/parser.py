@@ -211,6 +211,15 @@ def _add_export(commands) -> None:
         "--alias", action="append", default=[], help="with --register: an alias for the new version (repeatable)"
     )
     registry.add_argument(
+        "--from-nanogpt",
+        metavar="CKPT",
+        type=Path,
+        help="import a nanoGPT ckpt.pt into --out instead (with --tokenizer: nanoGPT saves none); docs/export.md",
+    )
+    export.add_argument(
+        "--tokenizer", type=Path, help="with --from-nanogpt: the tokenizer.json the model was trained with"
+    )
+    registry.add_argument(
         "--from-registry",
         metavar="NAME@ALIAS",
         help="fetch a registered version (NAME@ALIAS, NAME/VERSION or NAME for the latest) into --out",

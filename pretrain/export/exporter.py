@@ -162,6 +162,28 @@ def export(
     return folder, found, info
 
 
+def import_nanogpt(
+    checkpoint_file: Path, tokenizer: Path, out_dir: Path, export_format: str = "hf", dtype: str = "fp32"
+) -> tuple[Path, dict]:
+    """Write the exported folder of a nanoGPT `ckpt.pt` (pretrain/weights/nanogpt.py) with `tokenizer`."""
+    from pretrain.weights.nanogpt import read_nanogpt_checkpoint
+
+    if not tokenizer.is_file():
+        raise ExportError(
+            f"--tokenizer {tokenizer}: no such file; nanoGPT keeps no tokenizer in its checkpoint: pass the "
+            f"tokenizer.json of the one it was trained with (GPT-2's for its OpenWebText and Shakespeare runs)"
+        )
+    vocab = load_tokenizer(tokenizer).get_vocab_size()  # a tokenizer.json that `generate` can use, or its error
+    config, weights, about = read_nanogpt_checkpoint(checkpoint_file)
+    if vocab > config.vocab_size:
+        raise ExportError(
+            f"--tokenizer {tokenizer}: {vocab} tokens, more than the model's vocab_size ({config.vocab_size}); "
+            f"pass the tokenizer it was trained with"
+        )
+    info = {"imported_from": str(checkpoint_file.resolve()), "source": "nanoGPT"} | about
+    return write_model_folder(weights, config, tokenizer, out_dir, info, export_format=export_format, dtype=dtype)
+
+
 def load_trained_model(path: Path, tag: str | None = None) -> tuple[GPT, Tokenizer]:
     """The model (eval mode, CPU) and tokenizer of an exported folder or of a run folder's checkpoint."""
     if (path / HF_CONFIG_NAME).is_file() or (path / TORCH_CONFIG_NAME).is_file():

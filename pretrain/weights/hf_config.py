@@ -1,7 +1,7 @@
 """Which Hugging Face architecture our GPTConfig is, and its `config.json`, both ways. No torch here.
 
 Two of the architectures `GPTConfig` can describe exist in `transformers`:
-GPT-2 (learned positions, LayerNorm, tanh GELU, biases) and Llama (RoPE,
+GPT-2 (learned positions, LayerNorm, GELU tanh or exact, biases) and Llama (RoPE,
 RMSNorm, SwiGLU). The paper's sinusoidal positions export as GPT-2: the fixed
 table becomes GPT-2's position embedding, which then holds the same numbers.
 The weights' side of the mapping is pretrain/weights/hf_format.py.
@@ -25,13 +25,16 @@ TORCH_CONFIG_NAME = "model_config.json"
 
 # The config values each Hugging Face architecture requires (a tuple: any of them), besides its positions.
 ARCHITECTURES = {
-    "gpt2": {"norm": ("layernorm",), "mlp": ("gelu",), "bias": (True,), "n_kv_heads": (None,)},
+    "gpt2": {"norm": ("layernorm",), "mlp": ("gelu", "gelu_exact"), "bias": (True,), "n_kv_heads": (None,)},
     "llama": {"norm": ("rmsnorm",), "mlp": ("swiglu",)},
 }
 # GPT-2 adds a table of positions to the token embeddings (an absolute encoding: learned, or the paper's
 # sinusoids exported as one); Llama rotates queries and keys. Which encodings are which: model/positions.py.
 ABSOLUTE_POSITIONS = {"gpt2": True, "llama": False}
 TITLES = {"gpt2": "GPT-2", "llama": "Llama"}
+# GPT-2's activation_function for each of our GELUs (model/layers.py): the tanh approximation, or the exact one.
+HF_GELU = {"gelu": "gelu_new", "gelu_exact": "gelu"}
+GELU_FROM_HF = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact"}
 
 
 @functools.cache
@@ -87,7 +90,7 @@ def hf_config_dict(config: GPTConfig) -> dict:
             "n_layer": config.n_layer,
             "n_head": config.n_head,
             "n_inner": config.ffn_hidden,
-            "activation_function": "gelu_new",  # the tanh approximation, as in model/layers.py
+            "activation_function": HF_GELU[config.mlp],
             "layer_norm_epsilon": config.norm_eps,
             "resid_pdrop": config.dropout,
             "embd_pdrop": config.dropout,
@@ -123,7 +126,7 @@ def gpt_config_from_hf(hf: dict, source: str) -> GPTConfig:
 def _gpt_config_from_hf(hf: dict, source: str) -> GPTConfig:
     model_type = hf.get("model_type")
     if model_type == "gpt2":
-        _require(hf, source, activation_function=("gelu_new", "gelu_pytorch_tanh"), scale_attn_weights=(True,))
+        _require(hf, source, activation_function=tuple(GELU_FROM_HF), scale_attn_weights=(True,))
         _require(hf, source, scale_attn_by_inverse_layer_idx=(False,), reorder_and_upcast_attn=(False,))
         return GPTConfig(
             vocab_size=hf["vocab_size"],
@@ -135,6 +138,7 @@ def _gpt_config_from_hf(hf: dict, source: str) -> GPTConfig:
             norm_eps=hf.get("layer_norm_epsilon", 1e-5),
             tie_embeddings=hf.get("tie_word_embeddings", True),
             dropout=hf.get("resid_pdrop", 0.0),
+            mlp=GELU_FROM_HF[hf.get("activation_function", "gelu_new")],
         )
     if model_type == "llama":
         rope = hf.get("rope_parameters") or {"rope_type": "default", "rope_theta": hf.get("rope_theta", 10000.0)}

@@ -8,9 +8,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-# Versions have one source, pyproject.toml.
-TORCH     := $(shell grep -oE '"torch==[^"]+"' pyproject.toml | tr -d '"')
-DEEPSPEED := $(shell grep -oE '"deepspeed==[^"]+"' pyproject.toml | tr -d '"')
+# Exact versions have one source, constraints.txt (pyproject.toml states the ranges that work).
+PINS      := -c constraints.txt
+TORCH     := $(shell grep -E '^torch==' constraints.txt)
+DEEPSPEED := $(shell grep -E '^deepspeed==' constraints.txt)
 DEMO_RUN  := demo-$(shell date +%Y%m%d-%H%M%S)
 DEMO      := --config configs/demo.yaml tracking.run_name=$(DEMO_RUN)
 
@@ -20,12 +21,12 @@ DEMO      := --config configs/demo.yaml tracking.run_name=$(DEMO_RUN)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q --no-build-isolation $(DEEPSPEED)
-	$(PIP) install -q --no-build-isolation -e ".[test]"
+	$(PIP) install -q --no-build-isolation $(PINS) $(DEEPSPEED)
+	$(PIP) install -q --no-build-isolation $(PINS) -e ".[test]"
 	# DeepSpeed compiles its shared-memory collective for CPU ranks the first time a rank needs it (49 CPU-s
 	# here, cached in ~/.cache/torch_extensions): done at install, not in the first job or test. No-op on GPUs.
 	$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from pretrain.tracking.metric_names import tracked_name
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -76,7 +78,7 @@ def logged_metric(work: Path, run_name: str, key: str = "loss") -> dict[int, flo
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
     (run,) = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
-    history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.timestamp)
+    history = sorted(client.get_metric_history(run.info.run_id, tracked_name(key)), key=lambda m: m.timestamp)
     return {m.step: m.value for m in history}
 
 
@@ -132,7 +134,7 @@ def steps_logged(work: Path, run_name: str, key: str = "loss") -> list[int]:
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
     (run,) = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
-    return sorted(metric.step for metric in client.get_metric_history(run.info.run_id, key))
+    return sorted(metric.step for metric in client.get_metric_history(run.info.run_id, tracked_name(key)))
 
 
 def free_ports(count: int) -> list[int]:

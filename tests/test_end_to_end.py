@@ -70,16 +70,18 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(job):
     manifest = json.loads((job["data_dir"] / "manifest.json").read_text())
     assert run.data.tags["data.fingerprint"] == manifest["fingerprint"]
     assert 0 < int(run.data.tags["data.dropped_tokens"]) < 64 * manifest["totals"]["train"]["shards"]
-    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
     assert len(losses) == 6  # every 5 steps of 30
     assert losses[-1] < losses[0] - 0.5
-    val = sorted(client.get_metric_history(run.info.run_id, "val_loss"), key=lambda m: m.step)
+    val = sorted(client.get_metric_history(run.info.run_id, "eval/loss"), key=lambda m: m.step)
     assert [m.step for m in val] == [0, 15, 30]
-    perplexity = sorted(client.get_metric_history(run.info.run_id, "val_perplexity"), key=lambda m: m.step)
+    perplexity = sorted(client.get_metric_history(run.info.run_id, "eval/perplexity"), key=lambda m: m.step)
     assert [m.value for m in perplexity] == pytest.approx([math.exp(m.value) for m in val])
     assert val[-1].value < val[0].value - 0.5
-    assert client.get_metric_history(run.info.run_id, "tokens_per_s")[0].value > 0
-    assert client.get_metric_history(run.info.run_id, "mfu") == []  # a CPU has no known peak: no MFU, not a wrong one
+    assert client.get_metric_history(run.info.run_id, "perf/tokens_per_s")[0].value > 0
+    assert (
+        client.get_metric_history(run.info.run_id, "perf/mfu") == []
+    )  # a CPU has no known peak: no MFU, not a wrong one
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "deepspeed_config.json", "manifest.json", "tokenizer.json", "summary.json"} <= artifacts
     samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
@@ -181,10 +183,10 @@ def test_resume_continues_the_same_mlflow_run_with_the_changed_learning_rate(job
     )
     client, after = mlflow_run(job)
     assert after.info.run_id == before.info.run_id
-    steps = [m.step for m in client.get_metric_history(after.info.run_id, "loss")]
+    steps = [m.step for m in client.get_metric_history(after.info.run_id, "train/loss")]
     assert max(steps) == 40 and steps.count(30) == 1
     schedule = lr_multiplier(load_config(job["config"][1], [*job["config"][2:], *changed]))
-    lrs = {m.step: m.value for m in client.get_metric_history(after.info.run_id, "lr")}
+    lrs = {m.step: m.value for m in client.get_metric_history(after.info.run_id, "train/lr")}
     assert [lrs[35], lrs[40]] == pytest.approx([1e-4 * schedule(35), 1e-4 * schedule(40)])
     assert lrs[40] == pytest.approx(1e-5)
     run_dir = job["work"] / "runs" / "tiny"
@@ -218,5 +220,5 @@ def test_training_with_the_tracking_server_down_finishes_and_runs_sync_sends_it(
     experiment = client.get_experiment_by_name("tiny")
     (run,) = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'offline'")
     assert run.info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [2, 4, 6, 8, 10]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [2, 4, 6, 8, 10]
     assert {"config.yaml", "samples", "plots"} <= {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -198,7 +198,7 @@ def test_init_from_a_hugging_face_folder_starts_from_its_weights(runs):
     summary = json.loads((source / "summary.json").read_text())
     client = MlflowClient(runs.uri)
     continued = json.loads((run_dir / "summary.json").read_text())["mlflow_run_id"]
-    (start,) = [m.value for m in client.get_metric_history(continued, "val_loss") if m.step == 0]
+    (start,) = [m.value for m in client.get_metric_history(continued, "eval/loss") if m.step == 0]
     assert start == pytest.approx(summary["val_loss"], abs=TOLERANCE)
 
 

@@ -168,7 +168,7 @@ def test_a_straggler_is_named_a_spike_rolled_back_and_a_hung_rank_found_with_its
     (run,) = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'faults'")
     assert run.info.status == "FAILED" and "rank 1" in run.data.tags["hang"]
     assert "rolled back to step 5" in run.data.tags["spike.step_7"]
-    slowest = client.get_metric_history(run.info.run_id, "slowest_rank")
+    slowest = client.get_metric_history(run.info.run_id, "perf/slowest_rank")
     assert slowest and all(metric.value == 1 for metric in slowest)
 
 

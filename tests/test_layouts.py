@@ -160,7 +160,7 @@ def continue_on(source: Path, run: str, job, *layout: str) -> list[float]:
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny").experiment_id
     (found,) = client.search_runs([experiment], filter_string=f"attributes.run_name = '{run}'")
-    history = [m for m in client.get_metric_history(found.info.run_id, "loss") if m.timestamp >= started]
+    history = [m for m in client.get_metric_history(found.info.run_id, "train/loss") if m.timestamp >= started]
     assert sorted(m.step for m in history) == [6, 7, 8, 9, 10]  # in the same MLflow run, each step once
     return [m.value for m in sorted(history, key=lambda m: m.step)]
 

@@ -1,5 +1,6 @@
 """MLflow tracking against real `mlflow server`s: batched metrics, the offline spool and its sync, basic auth."""
 
+import getpass
 import json
 import subprocess
 import time
@@ -12,8 +13,9 @@ from pretrain.cli import main
 from pretrain.config import load_config, save_config
 from pretrain.errors import ConfigError, TrackingError
 from pretrain.layout import SPOOL_DIR
+from pretrain.tracking.metric_names import tracked_name
 from pretrain.tracking.mlflow_tracker import MlflowTracker, flatten
-from pretrain.tracking.run_info import PROJECT_ROOT, git_state
+from pretrain.tracking.run_info import PROJECT_ROOT, describe_run, git_state
 from pretrain.tracking.spool import Spool
 
 pytestmark = pytest.mark.slow
@@ -39,17 +41,25 @@ def the_run(client: MlflowClient, name: str):
 
 
 def steps_of(client: MlflowClient, run_id: str, key: str) -> list[int]:
-    return sorted(m.step for m in client.get_metric_history(run_id, key))
+    return sorted(m.step for m in client.get_metric_history(run_id, tracked_name(key)))
 
 
-def test_run_params_tags_metrics_and_artifacts_reach_the_server(mlflow_server, tmp_path, monkeypatch):
+def test_run_params_tags_metrics_and_artifacts_reach_the_server(mlflow_server, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     config = tracking_config(mlflow_server, tmp_path)
     tracker = MlflowTracker(config)
+    run_url = f"{mlflow_server}/#/experiments/{MlflowClient(mlflow_server).get_run(tracker.run_id).info.experiment_id}"
+    assert f"MLflow run: {run_url}/runs/{tracker.run_id}\n" in capsys.readouterr().out
     for step in range(1, 251):
         tracker.log_metrics({"loss": 10.0 / step, "lr": 1e-3}, step)
         if step % 50 == 0:
             tracker.flush()  # asynchronous: returns before the server has answered
+        if step == 100:  # a validation redraws the loss curve while the run goes on
+            tracker.log_metrics({"val_loss": 0.7}, step)
+            tracker._wait_in_flight()
+            assert [a.path for a in MlflowClient(mlflow_server).list_artifacts(tracker.run_id, "plots")] == [
+                "plots/loss_curve.png"
+            ]
     tracker.log_metrics({"val_loss": 0.5}, 250)
     tracker.set_tags({"data.fingerprint": "abc"})
     artifact = tmp_path / "note.txt"
@@ -68,12 +78,19 @@ def test_run_params_tags_metrics_and_artifacts_reach_the_server(mlflow_server, t
     assert run.info.run_name == "r1"
     assert run.data.params == flatten(config.to_dict())
     assert run.data.tags["data.fingerprint"] == "abc"
-    assert (run.data.tags["git.commit"], run.data.tags["git.dirty"]) == git_state(PROJECT_ROOT)
+    assert (run.data.tags["mlflow.source.git.commit"], run.data.tags["git.dirty"]) == git_state(PROJECT_ROOT)
+    assert run.data.tags["mlflow.source.name"] == "pretrain train" and run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert run.data.tags["mlflow.user"] == getpass.getuser()
+    assert run.data.tags["mlflow.note.content"] == describe_run(config)
+    assert describe_run(config).startswith("GPT 12 layers x 768 wide (learned, layernorm, gelu), ")
     assert run.data.tags["world_size"] == "1" and run.data.tags["layout"] == "dp1-tp1-zero1"
     assert {"version.torch", "version.deepspeed", "version.mlflow", "version.python", "version.pretrain"} <= set(
         run.data.tags
     )
     assert steps_of(client, tracker.run_id, "loss") == list(range(1, 251))
+    grouped = {"train/loss", "train/lr", "eval/loss", "system/cpu_utilization_percentage"}
+    assert grouped <= set(run.data.metrics) and not {"loss", "lr", "val_loss"} & set(run.data.metrics)
+    assert f"MLflow run (FINISHED): {run_url}/runs/{tracker.run_id}" in capsys.readouterr().out
     assert steps_of(client, tracker.run_id, "system/cpu_utilization_percentage")[:2] == [0, 1]
     assert {a.path for a in client.list_artifacts(tracker.run_id)} == {"note.txt", "samples", "plots"}
     assert [a.path for a in client.list_artifacts(tracker.run_id, "plots")] == ["plots/loss_curve.png"]
@@ -87,11 +104,11 @@ def test_resumed_tracker_continues_the_run(mlflow_server, tmp_path):
     first.log_metrics({"loss": 2.0}, 1)
     first.finish("FAILED")
     again = MlflowTracker(config, run_id=first.run_id)
-    assert again.history["loss"] == [(1, 2.0)]  # the earlier history, for the loss curve
+    assert again.history["train/loss"] == [(1, 2.0)]  # the earlier history, for the loss curve
     again.log_metrics({"loss": 1.0}, 2)
     again.finish()
     client = MlflowClient(mlflow_server)
-    history = client.get_metric_history(first.run_id, "loss")
+    history = client.get_metric_history(first.run_id, "train/loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 2.0), (2, 1.0)]
     assert client.get_run(first.run_id).info.status == "FINISHED"
 
@@ -128,7 +145,7 @@ def test_unreachable_server_spools_and_runs_sync_sends_everything_once(
     run = the_run(client, "offline")
     assert run.info.status == "FINISHED"
     assert run.data.params == flatten(config.to_dict())
-    assert run.data.tags["data.fingerprint"] == "abc" and "git.commit" in run.data.tags
+    assert run.data.tags["data.fingerprint"] == "abc" and "mlflow.source.git.commit" in run.data.tags
     assert steps_of(client, run.info.run_id, "loss") == list(range(1, 101))
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "samples", "plots"}
 
@@ -142,7 +159,7 @@ def test_resumed_run_continues_the_spool_then_sends_it_when_the_server_is_back(
     first.log_metrics({"loss": 3.0}, 1)
     first.finish("FAILED")
     second = MlflowTracker(down, run_id=first.run_id)  # the checkpoint's run id: None
-    assert second.history["loss"] == [(1, 3.0)]  # from the spool
+    assert second.history["train/loss"] == [(1, 3.0)]  # from the spool
     second.log_metrics({"loss": 2.0}, 2)
     second.finish("FAILED")
     assert Spool(down.run_dir / SPOOL_DIR).run()["name"] == "comeback"  # one spooled run, continued
@@ -155,7 +172,7 @@ def test_resumed_run_continues_the_spool_then_sends_it_when_the_server_is_back(
     client = MlflowClient(mlflow_server)
     run = the_run(client, "comeback")
     assert run.info.run_id == third.run_id and run.info.status == "FINISHED"
-    assert sorted((m.step, m.value) for m in client.get_metric_history(third.run_id, "loss")) == [
+    assert sorted((m.step, m.value) for m in client.get_metric_history(third.run_id, "train/loss")) == [
         (1, 3.0),
         (2, 2.0),
         (3, 1.0),
@@ -209,7 +226,7 @@ def test_basic_auth_server_through_mlflow_credential_variables(mlflow_auth_serve
     client = MlflowClient(uri)
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED"
-    assert [m.value for m in client.get_metric_history(tracker.run_id, "loss")] == [1.5]
+    assert [m.value for m in client.get_metric_history(tracker.run_id, "train/loss")] == [1.5]
     recorded = json.dumps([run.data.params, run.data.tags])
     client.download_artifacts(tracker.run_id, "", str(tmp_path / "downloaded"))
     files = [path for path in (tmp_path / "downloaded").rglob("*") if path.is_file()]

@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 
 from pretrain.cli import main
 from pretrain.layout import MARKER_NAME
+from pretrain.tracking.metric_names import tracked_name
 from pretrain.weights.checkpoint_files import describe_file, verify
 from pretrain.weights.checkpoint_folder import checkpoint_dir, latest_tag
 from tests.helpers import pretrain, read_until, tiny_job_config, unavailable
@@ -72,7 +73,7 @@ def mlflow_run(work: Path):
 
 def metric(work: Path, key: str) -> dict[int, float]:
     client, run = mlflow_run(work)
-    history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.timestamp)
+    history = sorted(client.get_metric_history(run.info.run_id, tracked_name(key)), key=lambda m: m.timestamp)
     return {m.step: m.value for m in history}
 
 

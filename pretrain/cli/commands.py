@@ -116,11 +116,12 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
     if args.register:
         from pretrain.config import tracking_uri_chosen
         from pretrain.tracking import backend
+        from pretrain.tracking.metric_names import VAL_LOSS
 
         # A tracking.uri the user gave (a config, an override, MLFLOW_TRACKING_URI) wins; else the run's own.
         uri = config.tracking.uri if tracking_uri_chosen(args.config, args.overrides) else found.config.tracking.uri
         store = backend(found.config.tracking.backend)
-        val_loss = store.metric_at(uri, found.mlflow_run_id, "val_loss", found.step)
+        val_loss = store.metric_at(uri, found.mlflow_run_id, VAL_LOSS, found.step)
         version = store.register(folder, info, args.register, args.alias, uri, val_loss)
         print(f"registered {version.name} version {version.version} ({version.source}) at {uri}")
         for alias in args.alias:

@@ -202,6 +202,9 @@ class TrackingConfig(Section):
     uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI: sqlite:///file.db or http://host:port")
     experiment: str = "pretrain"
     run_name: str = "run"
+    description: str = Field(
+        "", description="the run's one-line note in MLflow (mlflow.note.content); empty: the model, data and steps"
+    )
 
     # A check of the raw section, not of the field: an error about a field repeats
     # its value, and this value would carry the password into the terminal and logs.

@@ -17,6 +17,7 @@ from pretrain.config import Config
 from pretrain.errors import TrackingError
 from pretrain.tracking import mlflow_registry
 from pretrain.tracking.base import RegisteredVersion, SyncReport
+from pretrain.tracking.metric_names import names_to_read
 from pretrain.tracking.mlflow_tracker import REQUEST_ERRORS, MlflowTracker, configure_mlflow_client, sync_run_dir
 from pretrain.tracking.run_info import JOB_TAG
 
@@ -50,7 +51,8 @@ class MlflowBackend:
             return None
         configure_mlflow_client()
         try:
-            history = MlflowClient(uri).get_metric_history(run_id, key)
+            client = MlflowClient(uri)
+            history = [m for name in names_to_read(key) for m in client.get_metric_history(run_id, name)]
         except REQUEST_ERRORS as err:
             raise TrackingError(f"reading run {run_id} at {uri} failed: {err}") from None
         at_step = sorted((m.timestamp, m.value) for m in history if m.step == step)

@@ -43,6 +43,7 @@ from data_pipeline.locks import FolderLock
 from pretrain.config import Config, load_config
 from pretrain.errors import TrackingError
 from pretrain.layout import CONFIG_NAME, SPOOL_DIR
+from pretrain.tracking.metric_names import LEARNING_RATE, TRAIN_LOSS, VAL_LOSS, tracked_name
 from pretrain.tracking.run_info import flatten, run_tags
 from pretrain.tracking.spool import Spool, SyncReport, create_run, now_ms, sync_spool
 from pretrain.tracking.system_metrics import PREFIX, SystemMetricsSampler
@@ -57,7 +58,7 @@ SHORT_HTTP_RETRIES = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
-PLOTTED = ("loss", "val_loss")
+PLOTTED = (TRAIN_LOSS, VAL_LOSS, LEARNING_RATE)  # the loss curve's
 # Any one system metric tells at which step a resumed run's samples go on.
 SYSTEM_PROBE = PREFIX + "cpu_utilization_percentage"
 
@@ -124,6 +125,10 @@ class MlflowTracker:
                 self.spool.add_status("RUNNING")
             history = self.spool.metric_history((*PLOTTED, SYSTEM_PROBE)) if resumed else {}
         self.history = {key: history.get(key, []) for key in PLOTTED}
+        self._curve_drawn: tuple[int, ...] = ()  # the history's lengths at the last drawing
+        self.url = self._run_url()
+        if self.url:
+            print(f"MLflow run: {self.url}", flush=True)
         first_system_step = max((step for step, _ in history.get(SYSTEM_PROBE, [])), default=-1) + 1
         self.system_metrics = SystemMetricsSampler(self.log_metrics, first_system_step, self.uri)
 
@@ -145,6 +150,16 @@ class MlflowTracker:
             key: [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
             for key in (*PLOTTED, SYSTEM_PROBE)
         }
+
+    def _run_url(self) -> str | None:
+        """The run's page in the MLflow UI, when the tracking URI is a server that has the run."""
+        if self.offline or self.run_id is None or not self.uri.startswith(("http://", "https://")):
+            return None
+        try:
+            experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        except REQUEST_ERRORS:
+            return None  # the link is a convenience: training does not wait for it
+        return f"{self.uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}"
 
     def _go_offline(self, err: BaseException) -> None:
         """From now on everything goes to the spool, including what is still in flight.
@@ -170,15 +185,22 @@ class MlflowTracker:
         )
 
     def last_logged_step(self) -> int:
-        return max((step for step, _ in self.history["loss"]), default=-1)
+        return max((step for step, _ in self.history[TRAIN_LOSS]), default=-1)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Buffer the loop's metrics under their MLflow names (pretrain/tracking/metric_names.py).
+
+        A validation redraws the loss curve: it can be looked at while the run goes on.
+        """
         timestamp = now_ms()
+        named = {tracked_name(key): float(value) for key, value in metrics.items()}
         with self._lock:
-            self._metrics.extend(Metric(key, float(value), timestamp, step) for key, value in metrics.items())
-        for key in PLOTTED:
-            if key in metrics:
-                self.history[key].append((step, float(metrics[key])))
+            self._metrics.extend(Metric(name, value, timestamp, step) for name, value in named.items())
+        for name in PLOTTED:
+            if name in named:
+                self.history[name].append((step, named[name]))
+        if VAL_LOSS in named:
+            self._log_loss_curve()
 
     def set_tags(self, tags: dict[str, object]) -> None:
         """Buffered like metrics: sent with the next flush."""
@@ -226,6 +248,8 @@ class MlflowTracker:
         if not self.offline:
             try:
                 self.client.set_terminated(self.run_id, status)
+                if self.url:
+                    print(f"MLflow run ({status}): {self.url}", flush=True)
                 return
             except REQUEST_ERRORS as err:
                 self._go_offline(err)
@@ -269,26 +293,37 @@ class MlflowTracker:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def _log_loss_curve(self) -> None:
-        if any(self.history.values()):
+        """Draw the loss curve again, when there is something new to draw."""
+        drawn = tuple(len(points) for points in self.history.values())
+        if drawn != self._curve_drawn and any(drawn):
             self._log_file("loss_curve.png", loss_curve_png(self.history), "plots")
+            self._curve_drawn = drawn
 
 
 def loss_curve_png(history: dict[str, list[tuple[int, float]]]) -> bytes:
-    """Loss against step, as a PNG; where a resumed run logged a step again, its later value wins."""
+    """The training and validation loss against step, the learning rate on a second axis, as a PNG.
+
+    Where a resumed run logged a step again, its later value wins.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(fig)  # renders without a display, leaving pyplot's global state alone
     ax = fig.add_subplot()
-    for key, points in history.items():
+    lr_axis = ax.twinx()
+    lines = []
+    for name, axis, style in ((TRAIN_LOSS, ax, "-"), (VAL_LOSS, ax, "-"), (LEARNING_RATE, lr_axis, ":")):
+        points = history.get(name)
         if points:
             steps, values = zip(*sorted(dict(points).items()))
-            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=key)
+            marker = "o" if len(steps) < 30 and axis is ax else None
+            lines += axis.plot(steps, values, style, marker=marker, markersize=3, label=name, color=f"C{len(lines)}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    lr_axis.set_ylabel("learning rate")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(lines, [line.get_label() for line in lines])
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
     return png.getvalue()

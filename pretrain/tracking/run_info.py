@@ -6,6 +6,7 @@ apart (or found to be the same) long after their folders are gone.
 
 from __future__ import annotations
 
+import getpass
 import importlib.metadata
 import os
 import platform
@@ -34,9 +35,14 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 
 
 def run_tags(config: Config) -> dict[str, str]:
+    """MLflow's own tags (its UI's Source, User and Description) and ours."""
     commit, dirty = git_state(PROJECT_ROOT)
+    job_id = os.environ.get(JOB_ID_VARIABLE)  # set by `pretrain submit` (and the Slurm script)
     tags = {
-        "git.commit": commit,
+        "mlflow.source.name": "pretrain train",
+        "mlflow.source.type": "JOB" if job_id else "LOCAL",
+        "mlflow.user": user_name(),
+        "mlflow.note.content": config.tracking.description or describe_run(config),
         "git.dirty": dirty,
         "world_size": str(config.world_size),
         "layout": f"dp{config.dp_size}-tp{config.parallel.tensor_parallel_size}-zero{config.parallel.zero_stage}",
@@ -46,10 +52,29 @@ def run_tags(config: Config) -> dict[str, str]:
     }
     for package in ("torch", "deepspeed", "mlflow"):
         tags[f"version.{package}"] = package_version(package)
-    # Set by `pretrain submit` (and the Slurm script): links the run to `pretrain jobs status`.
-    if job_id := os.environ.get(JOB_ID_VARIABLE):
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit
+    if job_id:  # links the run to `pretrain jobs status`
         tags[JOB_TAG] = job_id
     return tags
+
+
+def describe_run(config: Config) -> str:
+    """One line on what the run trains: the model's shape, the data, the steps and the layout."""
+    model, train = config.model, config.train
+    return (
+        f"GPT {model.n_layer} layers x {model.n_embd} wide ({model.pos_encoding}, {model.norm}, {model.mlp}), "
+        f"{train.max_steps} steps of {train.global_batch_size} x {train.seq_len} tokens on "
+        f"{Path(config.data.output_dir).name}, {config.world_size} rank(s)"
+    )
+
+
+def user_name() -> str:
+    """Who started the run, as MLflow's own runs say it; "unknown" in a container without a user entry."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def git_state(root: Path) -> tuple[str, str]:

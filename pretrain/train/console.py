@@ -1,16 +1,18 @@
 """What rank 0 prints: a line every log interval, and a progress bar between them on a terminal.
 
-The bar is redrawn in place with a carriage return, so it only appears when
-stdout is a terminal; a log file or a pipe gets the lines alone.
+The bar is tqdm's, redrawn in place, so it is only drawn when stdout is a
+terminal; a log file, a pipe or CI gets the lines alone. A line printed
+while the bar is up goes above it (tqdm.write), and the bar is drawn again
+below.
 """
 
 from __future__ import annotations
 
 import sys
 
-from pretrain.train.metrics import format_duration
+from tqdm import tqdm
 
-BAR_WIDTH = 30
+from pretrain.train.metrics import format_duration
 
 
 class Console:
@@ -18,19 +20,24 @@ class Console:
         self.stream = stream or sys.stdout
         self.max_steps = max_steps
         self.interactive = self.stream.isatty()
-        self._bar_shown = False
+        self._bar: tqdm | None = None
 
     def line(self, text: str) -> None:
-        self._clear_bar()
-        print(text, file=self.stream, flush=True)
+        if self._bar is None:
+            print(text, file=self.stream, flush=True)
+        else:
+            self._bar.write(text, file=self.stream)
 
     def report(self, step: int, metrics: dict) -> None:
         """The line of a log interval: the step, its training metrics, and validation when there was one."""
         parts = [f"step {step:>6}/{self.max_steps}"]
         if "loss" in metrics:
             parts += [f"loss {metrics['loss']:.4f}", f"lr {metrics['lr']:.2e}", f"{metrics['tokens_per_s']:,.0f} tok/s"]
+            parts.append(f"{metrics['step_time_s'] * 1000:,.0f} ms/step")
             if "mfu" in metrics:
                 parts.append(f"MFU {metrics['mfu']:.1%}")
+            parts.append(f"mem {metrics['memory_peak_gb']:.2f} GiB")
+            parts.append(f"elapsed {format_duration(metrics['elapsed_s'])}")
             parts.append(f"ETA {format_duration(metrics['eta_s'])}")
             if metrics["skipped_steps"]:
                 parts.append(f"skipped {metrics['skipped_steps']}")
@@ -39,18 +46,21 @@ class Console:
         self.line(" | ".join(parts))
         if "loss_spike" in metrics:
             self.line(f"loss spike at step {step}: {metrics['loss_spike']:.1f}x the recent median")
+        self.progress(step)
 
     def progress(self, step: int) -> None:
-        """Redraw the bar at `step` (terminals only)."""
+        """Move the bar to `step` (terminals only)."""
         if not self.interactive:
             return
-        done = BAR_WIDTH * step // self.max_steps
-        bar = "#" * done + "." * (BAR_WIDTH - done)
-        self.stream.write(f"\r[{bar}] {step}/{self.max_steps}")
-        self.stream.flush()
-        self._bar_shown = True
+        if self._bar is None:
+            self._bar = tqdm(
+                total=self.max_steps, initial=step, file=self.stream, unit="step", dynamic_ncols=True, leave=False
+            )
+        self._bar.update(step - self._bar.n)
+        if step >= self.max_steps:
+            self.close()
 
-    def _clear_bar(self) -> None:
-        if self._bar_shown:
-            self.stream.write("\r" + " " * (BAR_WIDTH + 24) + "\r")
-            self._bar_shown = False
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

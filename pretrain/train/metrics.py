@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import resource
 import statistics
+import time
 from collections import deque
 
 import torch
@@ -27,6 +28,7 @@ class IntervalMeter:
         self.tokens_per_step, self.flops_per_token, self.spike_factor = tokens_per_step, flops_per_token, spike_factor
         self.device_name, self.devices = device_name, devices
         self.steps, self.seconds = 0, 0.0
+        self.started = time.perf_counter()  # elapsed time counts evaluation and checkpoints too
         self.recent_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)
 
     def add_step(self, seconds: float) -> None:
@@ -39,6 +41,7 @@ class IntervalMeter:
         tokens_per_s = self.tokens_per_step / step_time
         metrics = {"loss": loss, "lr": lr, "tokens_per_s": tokens_per_s, "step_time_s": step_time}
         metrics["eta_s"] = step_time * (max_steps - step)
+        metrics["elapsed_s"] = time.perf_counter() - self.started
         utilization = mfu(tokens_per_s, self.flops_per_token, self.device_name, self.devices)
         if utilization is not None:  # only for a chip whose peak is known
             metrics["mfu"] = utilization

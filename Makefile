@@ -66,7 +66,10 @@ slurm: ## install a local Slurm (slurm-wlm, munge) for the Slurm tests; quick wh
 	    exit 1; \
 	fi
 
-mlflow-ui: $(STAMP) ## open the MLflow UI on the local store (mlflow.db) at http://127.0.0.1:5000
+mlflow-ui: $(STAMP) ## open the MLflow UI on the local store (mlflow.db); prints the link to the demo's runs
+	@$(PY) -c 'from mlflow import MlflowClient; e = MlflowClient("sqlite:///mlflow.db").get_experiment_by_name("demo"); \
+	print(f"the demo runs: http://127.0.0.1:5000/#/experiments/{e.experiment_id}/runs" if e else \
+	"no demo runs yet (make demo); the UI: http://127.0.0.1:5000")' 2>/dev/null
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 clean: ## remove outputs and the local MLflow store (keeps .venv)

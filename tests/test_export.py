@@ -11,6 +11,8 @@ import json
 import shutil
 import stat
 
+import mlflow.pyfunc
+import pandas
 import pytest
 import torch
 import torch.nn.functional as F
@@ -209,23 +211,30 @@ def export_command(capsys, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_register_fetch_and_find_versions(runs, tmp_path, capsys):
+def test_register_fetch_and_find_versions(runs, tmp_path, capsys, monkeypatch):
     run_dir = runs.run_dir("gpt2", "zero1")
     options = [*runs.config, "--checkpoint", str(run_dir)]
     name = "tiny-gpt2"
     register = ["--out", str(tmp_path / "v1"), "--register", name, "--alias", "candidate", "--alias", "latest"]
     code, out, _ = export_command(capsys, *options, *register)
-    assert code == 0 and f"registered {name} version 1 (runs:/" in out
+    assert code == 0 and f"registered {name} version 1 (" in out
     client = MlflowClient(runs.uri)
     version = client.get_model_version_by_alias(name, "candidate")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert version.version == "1" and version.run_id == summary["mlflow_run_id"]
+    # A logged model of the training run (MLflow's Logged models), at the checkpoint's step, that generates text.
+    ((model_id, step),) = [(o.model_id, o.step) for o in client.get_run(version.run_id).outputs.model_outputs]
+    logged = client.get_logged_model(model_id)
+    assert logged.source_run_id == version.run_id and logged.name == "step_00000003-hf" and step == 3
+    assert version.source == logged.artifact_location
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", runs.uri)
+    generator = mlflow.pyfunc.load_model(f"models:/{name}@candidate")
+    texts = generator.predict(pandas.DataFrame({"prompt": ["def", "The"]}), params={"max_new_tokens": 4})
+    assert len(texts) == 2 and texts[0].startswith("def") and texts[1].startswith("The")
     assert version.tags["step"] == "3" and version.tags["checkpoint"] == "step_00000003"
     assert version.tags["tokens_seen"] == str(3 * 16 * 64)
     assert float(version.tags["val_loss"]) == pytest.approx(summary["val_loss"], abs=1e-6)
     assert version.tags["format"] == "hf" and version.tags["dtype"] == "fp32"
-    logged = {a.path for a in client.list_artifacts(version.run_id, "export/step_00000003/hf-fp32")}
-    assert "export/step_00000003/hf-fp32/model.safetensors" in logged
 
     code, out, _ = export_command(
         capsys, *options, "--from-registry", f"{name}@candidate", "--out", str(tmp_path / "got")
@@ -264,7 +273,7 @@ def test_register_goes_to_the_tracking_uri_of_an_override_not_the_runs_own(runs,
     code, _, err = export_command(capsys, *options)
     assert code == 1 and gone in err  # without an override: the run's own store
     code, out, _ = export_command(capsys, *options, f"tracking.uri={runs.uri}")
-    assert code == 0 and "registered moved-run version 1 (runs:/" in out and f"at {runs.uri}" in out
+    assert code == 0 and "registered moved-run version 1 (" in out and f"at {runs.uri}" in out
     assert MlflowClient(runs.uri).get_model_version("moved-run", "1").status == "READY"
 
 

@@ -81,6 +81,8 @@ def test_run_params_tags_metrics_and_artifacts_reach_the_server(mlflow_server, t
     assert (run.data.tags["mlflow.source.git.commit"], run.data.tags["git.dirty"]) == git_state(PROJECT_ROOT)
     assert run.data.tags["mlflow.source.name"] == "pretrain train" and run.data.tags["mlflow.source.type"] == "LOCAL"
     assert run.data.tags["mlflow.user"] == getpass.getuser()
+    experiment = client.get_experiment(run.info.experiment_id)  # opened by the UI on its runs, not on GenAI pages
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.tags["mlflow.note.content"] == describe_run(config)
     assert describe_run(config).startswith("GPT 12 layers x 768 wide (learned, layernorm, gelu), ")
     assert run.data.tags["world_size"] == "1" and run.data.tags["layout"] == "dp1-tp1-zero1"

@@ -113,10 +113,15 @@ class Spool:
             f.write(json.dumps(event) + "\n")
 
 
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
 def create_run(client: MlflowClient, run: dict) -> str:
     """Create `run` (as run.json describes it) in its experiment, creating the experiment if needed."""
     experiment = client.get_experiment_by_name(run["experiment"])
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(run["experiment"])
+    if experiment:
+        experiment_id = experiment.experiment_id
+    else:  # a training experiment: MLflow 3's UI then opens it on its runs and charts, not on its GenAI pages
+        experiment_id = client.create_experiment(run["experiment"], tags={EXPERIMENT_KIND: TRAINING_KIND})
     created = client.create_run(experiment_id, start_time=run["start_time"], tags=run["tags"], run_name=run["name"])
     return created.info.run_id
 

@@ -20,9 +20,12 @@ as one that was not.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import sys
 import time
+from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -58,8 +61,17 @@ from data_pipeline.work import (
 RAY_CLUSTER_MODE = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR  # "0": Ray's single-machine mode, on loopback
 
 
-def build_dataset(config: DataConfig, resolved_config: dict, ray_address: str | None = None) -> dict:
-    """Build (or finish building) shards and manifest in `config.output_dir`; return the manifest."""
+def build_dataset(
+    config: DataConfig,
+    resolved_config: dict,
+    ray_address: str | None = None,
+    say: Callable[[str], None] = lambda line: None,
+    verbose: bool = False,
+) -> dict:
+    """Build (or finish building) shards and manifest in `config.output_dir`; return the manifest.
+
+    `say` gets one line as each pass starts. Ray's own INFO lines are hidden unless `verbose`.
+    """
     started = time.time()
     if config.tokenizer.path and not Path(config.tokenizer.path).is_file():
         raise DataError(f"data.tokenizer.path: {config.tokenizer.path} does not exist; give a tokenizer.json or null")
@@ -67,16 +79,20 @@ def build_dataset(config: DataConfig, resolved_config: dict, ray_address: str | 
     out_dir = Path(config.output_dir)
     _refuse_foreign_files(out_dir)  # before the lock, which would add its file to a folder that is not ours
     with FolderLock(out_dir, "pretrain data build"):
-        return _build_holding_the_folder(config, resolved_config, units, out_dir, ray_address, started)
+        return _build_holding_the_folder(config, resolved_config, units, out_dir, (ray_address, verbose), started, say)
 
 
-def _build_holding_the_folder(config, resolved_config: dict, units, out_dir: Path, ray_address, started) -> dict:
+def _build_holding_the_folder(config, resolved_config: dict, units, out_dir: Path, ray, started, say) -> dict:
     resumed = _prepare_output_dir(out_dir, units, config)
-    _start_ray(ray_address)
+    _start_ray(*ray)
     try:
+        say(f"pass 1/4: reading, cleaning and hashing {len(units)} unit(s) of {len(config.sources)} source(s)")
         scans = _scan(units, config, out_dir)
+        say("pass 2/4: deduplicating")
         keep = _split_by_unit(dedup_keep_mask(b"".join(s["hashes"] for s in scans), config.cleaning.deduplicate), scans)
+        say(f"pass 3/4: {'loading' if config.tokenizer.path else 'training'} the tokenizer")
         tokenizer_path = _tokenizer(units, scans, keep, config, out_dir)
+        say("pass 4/4: tokenizing and writing shards")
         _write_units(units, keep, config, tokenizer_path, out_dir)
     finally:
         _stop_ray()
@@ -124,7 +140,7 @@ def _refuse_foreign_files(out_dir: Path) -> None:
         )
 
 
-def _start_ray(ray_address: str | None) -> None:
+def _start_ray(ray_address: str | None, verbose: bool = False) -> None:
     address = ray_address or os.environ.get("RAY_ADDRESS")
     # On a cluster the workers import this package from the driver's copy, installed or not.
     runtime_env = {"py_modules": [os.path.dirname(data_pipeline.__file__)]} if address else None
@@ -132,8 +148,19 @@ def _start_ray(ray_address: str | None) -> None:
         _loopback_only(True)
     # Without an address, a Ray of our own: ray.init() would otherwise join whatever cluster
     # /tmp/ray/ray_current_cluster names, and wait forever on one that died without cleaning up.
+    if not verbose:
+        # Ray's own lines (its start, its executor's plans, its authentication notice) are for debugging Ray.
+        logging.getLogger("ray").setLevel(logging.ERROR)
+        # Ray Data sets its loggers up again as a dataset runs, at this level.
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
     try:
-        ray.init(address=address or "local", runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address=address or "local",
+            runtime_env=runtime_env,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.INFO if verbose else logging.ERROR,
+        )
     except BaseException:
         _stop_ray()  # and out of single-machine mode: a later connection to a cluster from this process must work
         raise
@@ -141,6 +168,8 @@ def _start_ray(ray_address: str | None) -> None:
     context.execution_options.preserve_order = True
     # A DataError raised by a worker (a source that cannot be opened) reaches the caller as itself.
     context.raise_original_map_exception = True
+    # Ray Data's bars on a terminal; elsewhere it would log its progress as INFO lines every few seconds.
+    context.enable_progress_bars = verbose or sys.stderr.isatty()
 
 
 def _loopback_only(on: bool) -> None:
@@ -246,10 +275,10 @@ def _write_units(units, keep: list[np.ndarray], config: DataConfig, tokenizer_pa
         batch_size=1,
         # One actor per node: its tokenizer already encodes on every core of the node (and
         # measured faster than one single-threaded actor per core). It reserves all but one
-        # CPU, which stays free for Ray's own work, and SPREAD puts each actor on its own node.
+        # CPU, which stays free for Ray's own work, and Ray Data's default scheduling for actors (SPREAD)
+        # puts each on a node of its own.
         compute=ray.data.ActorPoolStrategy(size=max(1, min(len(todo), len(node_cpus)))),
         num_cpus=max(1, min(node_cpus) - 1),
-        scheduling_strategy="SPREAD",
     )
     for _ in written.iter_rows():
         pass  # each actor writes its unit's marker itself, so progress survives a driver that dies

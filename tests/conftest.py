@@ -167,6 +167,7 @@ def tiny_data(tmp_path_factory, worker_id) -> Path:
         config = str(ROOT / "configs" / "tiny.yaml")
         built = pretrain("data", "build", "--config", config, f"data.output_dir={data_dir}", cwd=work)
         (work / "build.out").write_text(built.stdout)  # what the command printed, for tests of its report
+        (work / "build.err").write_text(built.stderr)
         return str(data_dir)
 
     return Path(once_for_all_workers(tmp_path_factory, worker_id, "tiny-data", build))

@@ -30,6 +30,7 @@ def job(job):
     config, work, data_dir = job["config"], job["work"], job["data_dir"]
     return job | {
         "data": (data_dir.parent / "build.out").read_text(),
+        "data_stderr": (data_dir.parent / "build.err").read_text(),
         "train": pretrain("train", *config, "eval.prompts=[Return the, def]", cwd=work).stdout,
         "export": pretrain("export", *config, cwd=work).stdout,
     }
@@ -46,6 +47,10 @@ def mlflow_run(job):
 def test_data_stage_reports_its_outputs(job):
     assert re.search(r"stdlib: [\d,]+ documents in = [\d,]+ written \+ [\d,]+ duplicates", job["data"])
     assert f"shards, tokenizer, manifest and rejects: {job['data_dir']}" in job["data"]
+    passes = [line for line in job["data"].splitlines() if line.startswith("pass ")]
+    assert [line.split(":")[0] for line in passes] == ["pass 1/4", "pass 2/4", "pass 3/4", "pass 4/4"]
+    # Ray's own INFO lines, and deprecation warnings, stay out of the build's output (--verbose shows Ray's).
+    assert " INFO " not in job["data_stderr"] and "Warning" not in job["data_stderr"], job["data_stderr"]
     manifest = json.loads((job["data_dir"] / "manifest.json").read_text())
     assert manifest["totals"]["train"]["tokens"] > 100_000
     assert manifest["config"]["model"]["n_layer"] == 2  # the resolved config travels with the dataset

@@ -8,6 +8,7 @@ DeepSpeed, and a job's signal handlers must be in place before the slow imports
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -32,7 +33,8 @@ def cmd_data(args: argparse.Namespace, config: Config) -> int:
     if args.data_command == "build":
         from data_pipeline.build import build_dataset
 
-        manifest = build_dataset(config.data, config.to_public_dict(), ray_address=args.ray_address)
+        say = functools.partial(print, flush=True)
+        manifest = build_dataset(config.data, config.to_public_dict(), args.ray_address, say, args.verbose)
         print(build_summary(manifest))
         print(f"shards, tokenizer, manifest and rejects: {data_dir.resolve()}")
     elif args.data_command == "inspect":

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     build.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else in-process Ray)")
+    build.add_argument("--verbose", action="store_true", help="also Ray's own log lines and Ray Data's progress")
     for action, help_text in (
         ("inspect", "totals, per-source counts, length and token-frequency summaries, decoded samples"),
         ("verify", "check every shard against the manifest: presence, size, schema and checksum"),

@@ -199,7 +199,7 @@ class MlflowTracker:
         for name in PLOTTED:
             if name in named:
                 self.history[name].append((step, named[name]))
-        if VAL_LOSS in named:
+        if VAL_LOSS in named and self.history[TRAIN_LOSS]:  # at step 0 there is no curve yet, only a point
             self._log_loss_curve()
 
     def set_tags(self, tags: dict[str, object]) -> None:

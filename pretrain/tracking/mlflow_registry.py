@@ -5,7 +5,7 @@
 
 The folder is logged as an MLflow logged model of its training run (MLflow 3's
 Logged models, at the checkpoint's step), a pyfunc that generates text
-(pretrain/tools/mlflow_text_model.py), and the version is made from it, so
+(pretrain/tracking/mlflow_text_model.py), and the version is made from it, so
 `mlflow.pyfunc.load_model("models:/NAME@ALIAS")` loads it and `predict`
 continues prompts. The version's tags say what it is: the step, tokens seen,
 validation loss at that step, checkpoint, format and dtype.
@@ -37,9 +37,8 @@ from pretrain.weights.model_folder import check_replaceable
 # MLflow reserves `latest` (any case): `NAME@latest` always names the newest version.
 LATEST = "latest"
 REFERENCE = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))?$")
-# The logged model's code, saved with it and run by mlflow.pyfunc.load_model. Named by path, not imported:
-# it belongs with the tools that use a trained model, and tracking imports none of them.
-TEXT_MODEL_CODE = Path(__file__).resolve().parents[1] / "tools" / "mlflow_text_model.py"
+# The logged model's code, saved with it and run by mlflow.pyfunc.load_model (not imported here).
+TEXT_MODEL_CODE = Path(__file__).with_name("mlflow_text_model.py")
 # The pyfunc's artifact: the exported folder, under this key (context.artifacts["model"]).
 FOLDER_KEY = "model"
 SIGNATURE = ModelSignature(

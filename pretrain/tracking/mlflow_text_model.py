@@ -15,7 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import torch
 from mlflow.pyfunc import PythonModel
+
+from data_pipeline.tokenizer import end_of_text_id
+from model import generate
 
 # What predict() does when `params` leave a setting out: `pretrain generate`'s own defaults.
 DEFAULTS = {"max_new_tokens": 64, "temperature": 0.8, "top_k": 50, "top_p": 1.0, "seed": 0}
@@ -28,20 +32,23 @@ class TextGenerator(PythonModel):
         self.model, self.tokenizer = load_model_folder(Path(context.artifacts["model"]))
 
     def predict(self, context, model_input, params: dict | None = None) -> list[str]:
-        from pretrain.train.sampling import generate_texts
-
+        """Each prompt and its continuation, as `pretrain generate` makes them (model.generate, batched)."""
         settings = DEFAULTS | (params or {})
         prompts = model_input["prompt"] if hasattr(model_input, "columns") else model_input
-        return generate_texts(
+        eot = end_of_text_id(self.tokenizer)
+        encoded = [self.tokenizer.encode(str(p), add_special_tokens=False).ids or [eot] for p in prompts]
+        top_p = float(settings["top_p"])
+        continuations = generate(
             self.model,
-            self.tokenizer,
-            [str(prompt) for prompt in prompts],
+            encoded,
             int(settings["max_new_tokens"]),
-            temperature=float(settings["temperature"]),
-            top_k=int(settings["top_k"]) or None,
-            top_p=float(settings["top_p"]) if float(settings["top_p"]) < 1.0 else None,
-            seed=int(settings["seed"]),
+            float(settings["temperature"]),
+            int(settings["top_k"]) or None,
+            top_p if top_p < 1.0 else None,
+            stop_tokens=[eot],
+            generator=torch.Generator().manual_seed(int(settings["seed"])),
         )
+        return [self.tokenizer.decode(ids + new, skip_special_tokens=True) for ids, new in zip(encoded, continuations)]
 
 
 mlflow.models.set_model(TextGenerator())

@@ -68,7 +68,7 @@ slurm: ## install a local Slurm (slurm-wlm, munge) for the Slurm tests; quick wh
 
 mlflow-ui: $(STAMP) ## open the MLflow UI on the local store (mlflow.db); prints the link to the demo's runs
 	@$(PY) -c 'from mlflow import MlflowClient; e = MlflowClient("sqlite:///mlflow.db").get_experiment_by_name("demo"); \
-	print(f"the demo runs: http://127.0.0.1:5000/#/experiments/{e.experiment_id}/runs" if e else \
+	print(f"the demo runs: http://127.0.0.1:5000/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning" if e else \
 	"no demo runs yet (make demo); the UI: http://127.0.0.1:5000")' 2>/dev/null
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 

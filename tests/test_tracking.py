@@ -49,7 +49,7 @@ def test_run_params_tags_metrics_and_artifacts_reach_the_server(mlflow_server, t
     config = tracking_config(mlflow_server, tmp_path)
     tracker = MlflowTracker(config)
     run_url = f"{mlflow_server}/#/experiments/{MlflowClient(mlflow_server).get_run(tracker.run_id).info.experiment_id}"
-    assert f"MLflow run: {run_url}/runs/{tracker.run_id}\n" in capsys.readouterr().out
+    assert f"MLflow run: {run_url}/runs/{tracker.run_id}?workflowType=machine_learning\n" in capsys.readouterr().out
     for step in range(1, 251):
         tracker.log_metrics({"loss": 10.0 / step, "lr": 1e-3}, step)
         if step % 50 == 0:
@@ -92,7 +92,7 @@ def test_run_params_tags_metrics_and_artifacts_reach_the_server(mlflow_server, t
     assert steps_of(client, tracker.run_id, "loss") == list(range(1, 251))
     grouped = {"train/loss", "train/lr", "eval/loss", "system/cpu_utilization_percentage"}
     assert grouped <= set(run.data.metrics) and not {"loss", "lr", "val_loss"} & set(run.data.metrics)
-    assert f"MLflow run (FINISHED): {run_url}/runs/{tracker.run_id}" in capsys.readouterr().out
+    assert f"MLflow run (FINISHED): {run_url}/runs/{tracker.run_id}?workflowType" in capsys.readouterr().out
     assert steps_of(client, tracker.run_id, "system/cpu_utilization_percentage")[:2] == [0, 1]
     assert {a.path for a in client.list_artifacts(tracker.run_id)} == {"note.txt", "samples", "plots"}
     assert [a.path for a in client.list_artifacts(tracker.run_id, "plots")] == ["plots/loss_curve.png"]

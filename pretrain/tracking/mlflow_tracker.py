@@ -58,6 +58,7 @@ SHORT_HTTP_RETRIES = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
+TRAINING_VIEW = "workflowType=machine_learning"
 PLOTTED = (TRAIN_LOSS, VAL_LOSS, LEARNING_RATE)  # the loss curve's
 # Any one system metric tells at which step a resumed run's samples go on.
 SYSTEM_PROBE = PREFIX + "cpu_utilization_percentage"
@@ -159,7 +160,8 @@ class MlflowTracker:
             experiment_id = self.client.get_run(self.run_id).info.experiment_id
         except REQUEST_ERRORS:
             return None  # the link is a convenience: training does not wait for it
-        return f"{self.uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}"
+        # MLflow 3's UI opens on its GenAI pages unless the link asks for its model-training ones.
+        return f"{self.uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}?{TRAINING_VIEW}"
 
     def _go_offline(self, err: BaseException) -> None:
         """From now on everything goes to the spool, including what is still in flight.

@@ -16,7 +16,7 @@ error, raised as TrackingError at the start rather than spooled in silence.
 What a run records: the resolved config as parameters; tags for the git
 commit, world size and layout, host and versions (pretrain/tracking/run_info.py); the
 loop's metrics plus `system/...` metrics (pretrain/tracking/system_metrics.py); the
-loop's artifacts plus `plots/loss_curve.png`, drawn at the end.
+loop's artifacts plus `plots/loss_curve.png`, redrawn at each validation.
 """
 
 from __future__ import annotations

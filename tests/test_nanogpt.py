@@ -118,3 +118,24 @@ def test_what_is_not_a_nanogpt_checkpoint_is_named(tmp_path, tokenizer_file, cap
     missing = ["--tokenizer", str(tmp_path / "none.json"), "--out", str(tmp_path / "x")]
     assert main(["export", "--from-nanogpt", str(tmp_path / "ckpt.pt"), *missing]) == 1
     assert "nanoGPT keeps no tokenizer in its checkpoint: pass the tokenizer.json" in capsys.readouterr().err
+
+
+def test_train_init_from_takes_a_nanogpt_checkpoint_as_it_is(tmp_path):
+    """The model section comes from the file's model_args, the weights from its state dict: what the training
+    loop loads (pretrain/weights/model_folder.py's folder_state_dict) gives nanoGPT's logits."""
+    from pretrain.config import load_config
+    from pretrain.train.preflight import check_init_from_tokenizer
+    from pretrain.weights.model_folder import folder_state_dict
+
+    reference = trained_nanogpt(bias=False)
+    save_like_nanogpt(reference, tmp_path / "ckpt.pt", compiled=True)
+    fits = ["train.seq_len=32", "data.tokenizer.vocab_size=300"]  # the context and vocabulary of this tiny model
+    config = load_config(overrides=[f"train.init_from={tmp_path / 'ckpt.pt'}", "model.dropout=0.1", *fits])
+    assert (config.model.mlp, config.model.max_seq_len, config.model.bias) == ("gelu_exact", 32, False)
+    assert config.model.dropout == 0.1  # the config's own, as for any init_from
+    check_init_from_tokenizer(config)  # nanoGPT saves no tokenizer: nothing to compare, no error
+    model = GPT(config.model).eval()
+    model.load_state_dict(folder_state_dict(tmp_path / "ckpt.pt", config.model))
+    tokens = torch.randint(0, VOCAB, (2, 32), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens)[0], nanogpt_logits(reference, tokens), rtol=0, atol=1e-5)

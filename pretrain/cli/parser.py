@@ -105,7 +105,8 @@ def _add_train(commands) -> None:
         "--init-from",
         metavar="FOLDER",
         help="start from an exported folder's weights (train.init_from): `pretrain export` output of either "
-        "format, or a Hugging Face GPT-2 or Llama folder; its architecture replaces the model section",
+        "format, a Hugging Face GPT-2 or Llama folder, or a nanoGPT ckpt.pt; its architecture replaces the model "
+        "section",
     )
     train.add_argument(
         "--node-rank",

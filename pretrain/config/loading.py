@@ -96,7 +96,12 @@ def with_model_of_init_from(config: Config) -> Config:
     """The config with the model section of train.init_from's folder: its weights fit no other architecture."""
     folder = config.train.init_from
     try:
-        model = folder_model_config(Path(folder))
+        if Path(folder).is_file():  # a nanoGPT ckpt.pt (reading it needs torch: imported only for one)
+            from pretrain.weights.nanogpt import nanogpt_model_config
+
+            model = nanogpt_model_config(Path(folder))
+        else:
+            model = folder_model_config(Path(folder))
     except (PretrainError, ValueError, TypeError) as err:  # GPTConfig's own checks, or an unknown field
         raise ConfigError(f"train.init_from = {folder!r}: {err}") from None
     return config.model_copy(update={"model": dataclasses.replace(model, dropout=config.model.dropout)})

@@ -94,8 +94,8 @@ class TrainConfig(Section):
     init_from: str | None = Field(
         None,
         json_schema_extra={"path": True},
-        description="start from the weights of an exported folder (--format torch) or a Hugging Face GPT-2 or "
-        "Llama folder, whose architecture replaces the model section (model.dropout is kept)",
+        description="start from the weights of an exported folder (--format torch), a Hugging Face GPT-2 or "
+        "Llama folder, or a nanoGPT ckpt.pt, whose architecture replaces the model section (model.dropout is kept)",
     )
 
 

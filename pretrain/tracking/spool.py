@@ -115,6 +115,7 @@ class Spool:
 
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
+
 def create_run(client: MlflowClient, run: dict) -> str:
     """Create `run` (as run.json describes it) in its experiment, creating the experiment if needed."""
     experiment = client.get_experiment_by_name(run["experiment"])

@@ -62,7 +62,12 @@ def check_tokenizer(config: Config, manifest: dict) -> None:
 
 
 def check_init_from_tokenizer(config: Config) -> None:
-    """Weights trained on one tokenizer's ids read another tokenizer's ids as other words."""
+    """Weights trained on one tokenizer's ids read another tokenizer's ids as other words.
+
+    A nanoGPT ckpt.pt holds no tokenizer to compare: the dataset's must be the one it was trained with.
+    """
+    if Path(config.train.init_from).is_file():
+        return
     theirs = Path(config.train.init_from) / TOKENIZER_NAME
     ours = Path(config.data.output_dir) / TOKENIZER_NAME
     if not theirs.is_file():

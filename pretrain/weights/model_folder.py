@@ -160,7 +160,14 @@ def _write_json(path: Path, value: dict) -> None:
 
 
 def folder_state_dict(folder: Path, config: GPTConfig) -> dict[str, torch.Tensor]:
-    """The folder's weights as our GPT's fp32 state dict: loads with a strict load_state_dict."""
+    """The folder's weights as our GPT's fp32 state dict: loads with a strict load_state_dict.
+
+    A file in place of the folder is a nanoGPT `ckpt.pt` (pretrain/weights/nanogpt.py).
+    """
+    if folder.is_file():
+        from pretrain.weights.nanogpt import read_nanogpt_checkpoint
+
+        return read_nanogpt_checkpoint(folder)[1]
     if (folder / INDEX_NAME).is_file():
         index = json.loads((folder / INDEX_NAME).read_text())
         weights = {}

@@ -8,8 +8,9 @@ only reshaping is the fused query, key and value projection, split in three.
 
 The file is a pickle; it is read with `weights_only=True` (tensors and plain
 data, never code), which the dict nanoGPT saves needs nothing more than.
-`pretrain export --from-nanogpt` writes the result as an exported folder, which
-`train.init_from`, `pretrain generate` and `transformers` then load.
+`train.init_from` takes the file as it is; `pretrain export --from-nanogpt`
+writes it as an exported folder (with a tokenizer), which `pretrain generate`
+and `transformers` load too.
 """
 
 from __future__ import annotations
@@ -38,16 +39,31 @@ LAYER_RENAMES = {
 
 def read_nanogpt_checkpoint(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor], dict]:
     """Our GPTConfig and state dict for a nanoGPT `ckpt.pt`, and what else it says (iter_num, best_val_loss)."""
+    saved = _load(path)
+    config = _config(saved["model_args"], path)
+    about = {key: _plain(saved[key]) for key in ("iter_num", "best_val_loss") if key in saved}
+    return config, from_nanogpt_state_dict(saved["model"], config, path), about
+
+
+def nanogpt_model_config(path: Path) -> GPTConfig:
+    """The GPTConfig of a nanoGPT `ckpt.pt` (for `train.init_from`); the weights stay on disk (memory-mapped)."""
+    return _config(_load(path, mmap=True)["model_args"], path)
+
+
+def _load(path: Path, mmap: bool = False) -> dict:
     if not path.is_file():
         raise ExportError(f"{path}: no such file; pass the ckpt.pt nanoGPT's train.py wrote in its out_dir")
-    saved = load_torch_file(path)
+    saved = load_torch_file(path, mmap=mmap)
     if not isinstance(saved, dict) or "model" not in saved or "model_args" not in saved:
         raise ExportError(f"{path}: not a nanoGPT checkpoint (a dict with 'model' and 'model_args')")
-    args = saved["model_args"]
+    return saved
+
+
+def _config(args: dict, path: Path) -> GPTConfig:
     missing = [key for key in MODEL_ARGS if key not in args]
     if missing:
         raise ExportError(f"{path}: model_args lacks {', '.join(missing)}; nanoGPT's train.py saves all of them")
-    config = GPTConfig(
+    return GPTConfig(
         vocab_size=args["vocab_size"],
         max_seq_len=args["block_size"],
         n_layer=args["n_layer"],
@@ -61,8 +77,6 @@ def read_nanogpt_checkpoint(path: Path) -> tuple[GPTConfig, dict[str, torch.Tens
         tie_embeddings=True,
         norm_eps=1e-5,  # nanoGPT's LayerNorm uses F.layer_norm's default
     )
-    about = {key: _plain(saved[key]) for key in ("iter_num", "best_val_loss") if key in saved}
-    return config, from_nanogpt_state_dict(saved["model"], config, path), about
 
 
 def from_nanogpt_state_dict(state: dict, config: GPTConfig, source: Path) -> dict[str, torch.Tensor]:

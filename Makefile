@@ -44,7 +44,7 @@ demo: $(STAMP) ## the main job end to end on the embedded corpus: data, 2-proces
 	@echo "  shards and manifest:  outputs/data/stdlib/"
 	@echo "  run folder:           outputs/runs/$(DEMO_RUN)/  (checkpoints/, config.yaml, summary.json)"
 	@echo "  exported model:       outputs/runs/$(DEMO_RUN)/export/  (a Hugging Face folder: docs/export.md)"
-	@echo "  MLflow run '$(DEMO_RUN)' in experiment 'demo' (mlflow.db): make mlflow-ui, then open http://127.0.0.1:5000"
+	@echo "  MLflow run '$(DEMO_RUN)' in experiment 'demo' (mlflow.db): make mlflow-ui, then open the link it prints"
 
 test: $(STAMP) ## the whole test suite (installs a local Slurm first where it can: make slurm)
 	@$(MAKE) --no-print-directory slurm || echo "make test: no Slurm here; the Slurm tests will say so"

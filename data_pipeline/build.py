@@ -79,12 +79,13 @@ def build_dataset(
     out_dir = Path(config.output_dir)
     _refuse_foreign_files(out_dir)  # before the lock, which would add its file to a folder that is not ours
     with FolderLock(out_dir, "pretrain data build"):
-        return _build_holding_the_folder(config, resolved_config, units, out_dir, (ray_address, verbose), started, say)
+        resumed = _prepare_output_dir(out_dir, units, config)
+        _start_ray(ray_address, verbose)
+        return _build_holding_the_folder(config, resolved_config, units, out_dir, resumed, started, say)
 
 
-def _build_holding_the_folder(config, resolved_config: dict, units, out_dir: Path, ray, started, say) -> dict:
-    resumed = _prepare_output_dir(out_dir, units, config)
-    _start_ray(*ray)
+def _build_holding_the_folder(config, resolved_config: dict, units, out_dir: Path, resumed, started, say) -> dict:
+    """The build once the folder is locked and Ray started; stops Ray when the work in Ray is done."""
     try:
         say(f"pass 1/4: reading, cleaning and hashing {len(units)} unit(s) of {len(config.sources)} source(s)")
         scans = _scan(units, config, out_dir)

@@ -41,8 +41,10 @@ def follow_logs(jobs_dir: Path, job_id: str, tail: int | None, poll_s: float = 1
     while True:
         state = chosen.state(record)
         text = chosen.logs(record, None)
-        if printed is None or len(text) < printed:  # the first read, or a log started anew (a requeued job)
-            sys.stdout.write(tail_lines(text, tail) if printed is None else text)
+        if printed is None:
+            sys.stdout.write(tail_lines(text, tail))
+        elif len(text) < printed:  # a log started anew (a requeued job)
+            sys.stdout.write(text)
         else:
             sys.stdout.write(text[printed:])
         sys.stdout.flush()

@@ -93,6 +93,14 @@ def to_hf_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig) -> 
     return {name: tensor.t().contiguous() if name in transposed else tensor for name, tensor in hf.items()}
 
 
+def unfused_qkv(name: str, tensor: torch.Tensor, n_embd: int) -> dict[str, torch.Tensor]:
+    """`transformer.h.N.attn.c_attn.KIND` (GPT-2's and nanoGPT's query, key and value projections, stacked) as
+    our three projections of layer N."""
+    layer, kind = name.split(".")[2], name.split(".")[-1]
+    parts = zip("qkv", tensor.split(n_embd, dim=0), strict=True)
+    return {f"layers.{layer}.self_attn.{p}_proj.{kind}": part.contiguous() for p, part in parts}
+
+
 def from_hf_state_dict(hf_state_dict: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
     """A GPT2LMHeadModel's or LlamaForCausalLM's state dict as ours: loads with a strict load_state_dict."""
     renames, transposed = _renames(config)
@@ -109,10 +117,8 @@ def from_hf_state_dict(hf_state_dict: dict[str, torch.Tensor], config: GPTConfig
     ours = {name: hf.pop(theirs) for name, theirs in renames.items()}
     if config.tie_embeddings:
         ours["lm_head.weight"] = ours["embed_tokens.weight"]  # the same tensor, as in our own state dict
-    for name in fused:  # transformer.h.N.attn.c_attn.KIND: the query, key and value projections, stacked
-        layer, kind = name.split(".")[2], name.split(".")[-1]
-        for p, part in zip("qkv", hf.pop(name).split(config.n_embd, dim=0), strict=True):
-            ours[f"layers.{layer}.self_attn.{p}_proj.{kind}"] = part.contiguous()
+    for name in fused:
+        ours |= unfused_qkv(name, hf.pop(name), config.n_embd)
     if hf:
         raise ExportError(f"unexpected Hugging Face weights for this config: {', '.join(sorted(hf)[:5])}")
     return ours

@@ -22,6 +22,7 @@ import torch
 from model.config import GPTConfig
 from pretrain.errors import ExportError
 from pretrain.weights.checkpoint_files import load_torch_file
+from pretrain.weights.hf_format import unfused_qkv
 
 # torch.compile wraps the module; a checkpoint of a compiled model has every name under this prefix.
 COMPILED_PREFIX = "_orig_mod."
@@ -94,10 +95,8 @@ def from_nanogpt_state_dict(state: dict, config: GPTConfig, source: Path) -> dic
     if missing:
         raise ExportError(f"{source}: the weights lack {', '.join(missing[:5])} ({len(missing)} missing)")
     ours = {new: theirs.pop(old) for old, new in renames.items()}
-    for name in fused:  # transformer.h.N.attn.c_attn.KIND: the query, key and value projections, stacked
-        layer, kind = name.split(".")[2], name.split(".")[-1]
-        for p, part in zip("qkv", theirs.pop(name).split(config.n_embd, dim=0), strict=True):
-            ours[f"layers.{layer}.self_attn.{p}_proj.{kind}"] = part.contiguous()
+    for name in fused:
+        ours |= unfused_qkv(name, theirs.pop(name), config.n_embd)
     theirs.pop("lm_head.weight", None)  # tied: the token embedding itself
     ours["lm_head.weight"] = ours["embed_tokens.weight"]
     if theirs:

@@ -6,11 +6,15 @@ On a laptop it runs on an in-process Ray; given `ray_address` (or
 the output folder (a shared filesystem).
 
     plan    the units, from the config and the files alone
-    scan    Ray tasks: read, clean, hash; count rejects and filters
-    dedup   the driver keeps the first copy of each hash, corpus-wide
+    scan    Ray tasks: read, clean, filter, hash (and MinHash); count rejects and filters
+    dedup   Ray tasks, one per hash partition: the first copy of each hash, corpus-wide,
+            and candidate near-duplicates; then one task clusters them (dedup.py)
     sample  Ray tasks: the tokenizer's training texts (the smallest hashes)
     write   actor pool: read, clean, tokenize, write each unit's shards
-    finish  rejects file, manifest (last)
+    finish  rejects and near-duplicate samples, manifest (last)
+
+The driver holds no per-document state: keys travel between tasks as files
+in `_build/`.
 
 Everything a pass finishes is recorded under `_build/` in the output folder:
 a build that is killed resumes where it stopped, and writes the same bytes
@@ -25,6 +29,7 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
@@ -36,6 +41,7 @@ from ray._private import ray_constants
 import data_pipeline
 from data_pipeline.cleaning import HASH_BYTES
 from data_pipeline.config import DataConfig
+from data_pipeline.dedup import cluster_near_duplicates, dedup_partition, partitions
 from data_pipeline.errors import DataError
 from data_pipeline.layout import (
     DATASET_FILES,
@@ -46,17 +52,21 @@ from data_pipeline.layout import (
     write_json_atomically,
 )
 from data_pipeline.locks import FolderLock
-from data_pipeline.manifest import assemble_manifest, write_rejects
-from data_pipeline.shards import write_manifest
+from data_pipeline.manifest import assemble_manifest, write_near_duplicates, write_rejects
+from data_pipeline.shards import read_manifest, write_manifest
 from data_pipeline.sources import WorkUnit, plan_fingerprint, plan_units
 from data_pipeline.tokenizer import load_tokenizer, train_tokenizer
 from data_pipeline.work import (
+    EXAMPLE_CHARS,
     TokenizeUnits,
-    dedup_keep_mask,
     sample_unit,
     scan_unit,
+    smallest_kept_keys,
+    texts_at,
     unit_marker,
 )
+
+NEAR_SAMPLE = 100  # removed near-duplicates written to near_duplicates.jsonl, with the documents kept for them
 
 RAY_CLUSTER_MODE = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR  # "0": Ray's single-machine mode, on loopback
 
@@ -67,9 +77,12 @@ def build_dataset(
     ray_address: str | None = None,
     say: Callable[[str], None] = lambda line: None,
     verbose: bool = False,
+    force: bool = False,
 ) -> dict:
     """Build (or finish building) shards and manifest in `config.output_dir`; return the manifest.
 
+    A dataset already built from the same plan (settings, tokenizer, and the
+    inputs' sizes and modification times) is left as it is, unless `force`.
     `say` gets one line as each pass starts. Ray's own INFO lines are hidden unless `verbose`.
     """
     started = time.time()
@@ -79,42 +92,64 @@ def build_dataset(
     out_dir = Path(config.output_dir)
     _refuse_foreign_files(out_dir)  # before the lock, which would add its file to a folder that is not ours
     with FolderLock(out_dir, "pretrain data build"):
-        resumed = _prepare_output_dir(out_dir, units, config)
+        fingerprint = plan_fingerprint(units, config)
+        finished = None if force else _finished_build(out_dir, fingerprint)
+        if finished is not None:
+            say(
+                f"up to date: {out_dir} was built from these inputs and settings (plan {fingerprint}); --force rebuilds"
+            )
+            return finished
+        resumed = _prepare_output_dir(out_dir, units, fingerprint, resume=not force)
         _start_ray(ray_address, verbose)
         return _build_holding_the_folder(config, resolved_config, units, out_dir, resumed, started, say)
 
 
 def _build_holding_the_folder(config, resolved_config: dict, units, out_dir: Path, resumed, started, say) -> dict:
     """The build once the folder is locked and Ray started; stops Ray when the work in Ray is done."""
+    parts = partitions(sum(f.size for u in units for f in u.files), config)
     try:
         say(f"pass 1/4: reading, cleaning and hashing {len(units)} unit(s) of {len(config.sources)} source(s)")
-        scans = _scan(units, config, out_dir)
-        say("pass 2/4: deduplicating")
-        keep = _split_by_unit(dedup_keep_mask(b"".join(s["hashes"] for s in scans), config.cleaning.deduplicate), scans)
+        scans = _scan(units, config, out_dir, parts)
+        _refuse_an_empty_corpus(scans)
+        say(f"pass 2/4: deduplicating{' and removing near-duplicates' if config.cleaning.near_dedup.enabled else ''}")
+        _deduplicate(len(units), parts, config, out_dir)
         say(f"pass 3/4: {'loading' if config.tokenizer.path else 'training'} the tokenizer")
-        tokenizer_path = _tokenizer(units, scans, keep, config, out_dir)
+        tokenizer_path = _tokenizer(units, scans, parts, config, out_dir)
         say("pass 4/4: tokenizing and writing shards")
-        _write_units(units, keep, config, tokenizer_path, out_dir)
+        _write_units(units, scans, parts, config, tokenizer_path, out_dir)
+        markers = [json.loads(unit_marker(out_dir, unit.index).read_text()) for unit in units]
+        if config.cleaning.near_dedup.enabled:
+            write_near_duplicates(out_dir, _near_pairs(units, markers, config))
     finally:
         _stop_ray()
-    markers = [json.loads(unit_marker(out_dir, unit.index).read_text()) for unit in units]
     write_rejects(out_dir, [s["rejects"] for s in scans])
-    stats = {"seconds": round(time.time() - started, 1), "resumed": resumed, "units": len(units)}
-    manifest = assemble_manifest(units, scans, markers, load_tokenizer(tokenizer_path), tokenizer_path, stats)
+    plan = json.loads((out_dir / WORK_DIR / PLAN_NAME).read_text())["fingerprint"]
+    stats = {"seconds": round(time.time() - started, 1), "resumed": resumed, "units": len(units), "plan": plan}
+    manifest = assemble_manifest(
+        units, scans, markers, load_tokenizer(tokenizer_path), tokenizer_path, stats, config.val_fraction
+    )
     manifest["config"] = resolved_config
     write_manifest(out_dir, manifest)
     shutil.rmtree(out_dir / WORK_DIR)
     return manifest
 
 
-def _prepare_output_dir(out_dir: Path, units: list[WorkUnit], config: DataConfig) -> bool:
+def _finished_build(out_dir: Path, fingerprint: str) -> dict | None:
+    """The manifest of a finished build of this plan whose shards are all there (read_manifest checks), else None."""
+    try:
+        manifest = read_manifest(out_dir)
+    except DataError:  # no dataset, a half-written one, or a shard missing
+        return None
+    return {**manifest, "up_to_date": True} if manifest["stats"].get("plan") == fingerprint else None
+
+
+def _prepare_output_dir(out_dir: Path, units: list[WorkUnit], fingerprint: str, resume: bool) -> bool:
     """Resume the unfinished build of the same plan, or start from an empty folder; True when resuming.
 
     A previous dataset is replaced; a folder holding anything else is left alone.
     """
-    fingerprint = plan_fingerprint(units, config)
     plan_path = out_dir / WORK_DIR / PLAN_NAME
-    if plan_path.is_file() and json.loads(plan_path.read_text()).get("fingerprint") == fingerprint:
+    if resume and plan_path.is_file() and json.loads(plan_path.read_text()).get("fingerprint") == fingerprint:
         return True
     _refuse_foreign_files(out_dir)
     for path in out_dir.iterdir():
@@ -204,31 +239,60 @@ def _get(refs):
         raise
 
 
-def _scan(units: list[WorkUnit], config: DataConfig, out_dir: Path) -> list[dict]:
-    """Every unit's scan result, from `_build/` where an earlier attempt saved it, else computed and saved."""
+def _scan(units: list[WorkUnit], config: DataConfig, out_dir: Path, parts: int) -> list[dict]:
+    """Every unit's scan result, from `_build/` where an earlier attempt saved it, else computed and saved.
+
+    The task saves the unit's keys itself (dedup.py); its counts and rejects come back here.
+    """
     work = out_dir / WORK_DIR
     todo = [u for u in units if not (work / f"scan-{u.index:05d}.json").is_file()]
     # Plain Ray tasks: small results, and none of a Ray Data execution's start-up cost.
-    pending = [ray.remote(scan_unit).remote(unit, config) for unit in todo]
+    pending = [ray.remote(scan_unit).remote(unit, config, out_dir, parts) for unit in todo]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         scan = _get(done[0])
-        (work / f"scan-{scan['index']:05d}.hashes").write_bytes(scan.pop("hashes"))
         write_json_atomically(work / f"scan-{scan['index']:05d}.json", scan)  # last: marks the scan done
-    scans = []
-    for unit in units:
-        scan = json.loads((work / f"scan-{unit.index:05d}.json").read_text())
-        scan["hashes"] = (work / f"scan-{unit.index:05d}.hashes").read_bytes()
-        scans.append(scan)
-    return scans
+    return [json.loads((work / f"scan-{unit.index:05d}.json").read_text()) for unit in units]
 
 
-def _split_by_unit(mask: np.ndarray, scans: list[dict]) -> list[np.ndarray]:
-    bounds = np.cumsum([0] + [len(s["hashes"]) // HASH_BYTES for s in scans])
-    return [mask[bounds[i] : bounds[i + 1]] for i in range(len(scans))]
+def _refuse_an_empty_corpus(scans: list[dict]) -> None:
+    """Nothing valid left: name what removed the most, with an example, rather than fail later on an empty split."""
+    if sum(s["counts"]["valid"] for s in scans):
+        return
+    removed: Counter = Counter()
+    examples: dict[str, str] = {}
+    for scan in scans:
+        removed.update({f"filtered by {k}": v for k, v in scan["counts"]["filtered"].items()})
+        removed.update({f"rejected as {k}": v for k, v in scan["counts"]["rejected"].items()})
+        for reason, text in scan.get("filter_examples", {}).items():
+            examples.setdefault(f"filtered by {reason}", repr(text[:120]))
+        for reject in scan["rejects"]:
+            examples.setdefault(f"rejected as {reject['reason']}", f"{reject['file']}, line {reject['line']}")
+    if not removed:
+        raise DataError("data.sources: the sources hold no documents; check their paths, format and text_field")
+    reason, count = removed.most_common(1)[0]
+    raise DataError(
+        f"data.sources: no document is left after cleaning; most were {reason} ({count} of {removed.total()}), "
+        f"for example {examples.get(reason, '(none kept)')}; relax that rule in data.cleaning or check the sources"
+    )
 
 
-def _tokenizer(units: list[WorkUnit], scans: list[dict], keep: list[np.ndarray], config: DataConfig, out_dir: Path):
+def _deduplicate(units: int, parts: int, config: DataConfig, out_dir: Path) -> None:
+    """Exact and near duplicates, partition by partition, then the near-duplicate clusters (dedup.py)."""
+    work = out_dir / WORK_DIR
+    task = ray.remote(dedup_partition)
+    _get(
+        [
+            task.remote(out_dir, units, p, config)
+            for p in range(parts)
+            if not (work / f"partition-{p:05d}.json").is_file()
+        ]
+    )
+    if config.cleaning.near_dedup.enabled and not (work / "near.json").is_file():
+        _get(ray.remote(cluster_near_duplicates).remote(out_dir, parts, config))
+
+
+def _tokenizer(units: list[WorkUnit], scans: list[dict], parts: int, config: DataConfig, out_dir: Path):
     """Load the configured tokenizer, or train one on the kept documents with the smallest hashes."""
     path = out_dir / TOKENIZER_NAME
     if path.is_file():  # saved by an earlier attempt of this build
@@ -239,15 +303,16 @@ def _tokenizer(units: list[WorkUnit], scans: list[dict], keep: list[np.ndarray],
         shutil.copyfile(config.tokenizer.path, temporary)
     else:
         # Hashes are uniform: the smallest N are a deterministic, unbiased sample.
-        keys = [np.frombuffer(s["hashes"], dtype=">u8")[::2] for s in scans]
-        kept = np.concatenate([k[m] for k, m in zip(keys, keep)]) if keys else np.array([], dtype=np.uint64)
-        if len(kept) == 0:
-            raise DataError("data.sources: no document is left after cleaning; check the sources and data.cleaning")
-        limit = np.sort(kept)[min(len(kept), config.tokenizer.sample_documents) - 1]
-        wanted = [(k <= limit) & m for k, m in zip(keys, keep)]
+        limit, first_key = _sample_limit(units, scans, parts, config, out_dir)
         sample = ray.remote(sample_unit)
         texts, hashes = [], []
-        for unit_texts, unit_hashes in _get([sample.remote(u, config, w) for u, w in zip(units, wanted) if w.any()]):
+        for unit_texts, unit_hashes in _get(
+            [
+                sample.remote(u, s["counts"]["valid"], out_dir, parts, config, limit)
+                for u, s in zip(units, scans)
+                if first_key.get(u.index, limit + 1) <= limit
+            ]
+        ):
             texts += unit_texts
             hashes.append(unit_hashes)
         order = np.argsort(np.frombuffer(b"".join(hashes), dtype=f"V{HASH_BYTES}"), kind="stable")
@@ -256,13 +321,31 @@ def _tokenizer(units: list[WorkUnit], scans: list[dict], keep: list[np.ndarray],
     return path
 
 
-def _write_units(units, keep: list[np.ndarray], config: DataConfig, tokenizer_path: Path, out_dir: Path) -> None:
+def _sample_limit(units, scans: list[dict], parts: int, config: DataConfig, out_dir: Path) -> tuple[int, dict]:
+    """The largest key of the tokenizer's sample, and each unit's smallest kept key; the driver holds N keys."""
+    wanted = config.tokenizer.sample_documents
+    smallest = ray.remote(smallest_kept_keys)
+    pending = {
+        smallest.remote(u, s["counts"]["valid"], out_dir, parts, config, wanted): u for u, s in zip(units, scans)
+    }
+    keys, first_key = np.zeros(0, dtype=np.uint64), {}
+    while pending:
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        unit_keys = _get(ref)
+        if len(unit_keys):
+            first_key[pending[ref].index] = int(unit_keys[0])
+            keys = np.sort(np.concatenate([keys, unit_keys]))[:wanted]
+        del pending[ref]
+    return int(keys[-1]), first_key
+
+
+def _write_units(units, scans: list[dict], parts: int, config: DataConfig, tokenizer_path: Path, out_dir: Path):
     """Tokenize and write every unit without a completion marker."""
-    todo = [u for u in units if not unit_marker(out_dir, u.index).is_file()]
+    todo = [(u, s) for u, s in zip(units, scans) if not unit_marker(out_dir, u.index).is_file()]
     if not todo:
         return
     rows = ray.data.from_items(
-        [{"unit": json.dumps(u.to_dict()), "keep": np.packbits(keep[u.index]).tobytes()} for u in todo],
+        [{"unit": json.dumps(u.to_dict()), "valid": s["counts"]["valid"]} for u, s in todo],
         override_num_blocks=len(todo),
     )
     node_cpus = [int(n["Resources"]["CPU"]) for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
@@ -272,6 +355,7 @@ def _write_units(units, keep: list[np.ndarray], config: DataConfig, tokenizer_pa
             "config": config.model_dump(),
             "tokenizer_path": str(tokenizer_path.resolve()),
             "out_dir": str(out_dir.resolve()),
+            "parts": parts,
         },
         batch_size=1,
         # One actor per node: its tokenizer already encodes on every core of the node (and
@@ -283,3 +367,23 @@ def _write_units(units, keep: list[np.ndarray], config: DataConfig, tokenizer_pa
     )
     for _ in written.iter_rows():
         pass  # each actor writes its unit's marker itself, so progress survives a driver that dies
+
+
+def _near_pairs(units: list[WorkUnit], markers: list[dict], config: DataConfig) -> list[dict]:
+    """A sample of removed near-duplicates, each beside the document kept for it (read again by Ray tasks)."""
+    examples = [(unit, e) for unit, m in zip(units, markers) for e in m.get("near_examples", [])][:NEAR_SAMPLE]
+    wanted: dict[int, set[int]] = {}
+    for _, example in examples:
+        wanted.setdefault(example["kept"] >> 32, set()).add(example["kept"] & 0xFFFFFFFF)
+    found = _get([ray.remote(texts_at).remote(units[u], config, sorted(p)) for u, p in wanted.items()])
+    kept = {(u << 32) | p: text for u, texts in zip(wanted, found) for p, text in texts.items()}
+    return [
+        {
+            "source": unit.source,
+            "similarity": example["similarity"],
+            "removed": example["text"],
+            "kept": kept[example["kept"]][:EXAMPLE_CHARS],
+            "kept_source": units[example["kept"] >> 32].source,
+        }
+        for unit, example in examples
+    ]

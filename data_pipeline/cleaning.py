@@ -1,7 +1,8 @@
 """Cleaning one document, and the content hash that deduplicates and splits it.
 
 Every step is a pure function of the text, so the scan pass and the write
-pass of a build (which read each file twice) agree on every document.
+pass of a build (which read each file twice) agree on every document. The
+quality rules (data_pipeline/filters/) run last, on the cleaned text.
 """
 
 from __future__ import annotations
@@ -10,14 +11,31 @@ import hashlib
 import unicodedata
 
 from data_pipeline.config import CleaningConfig
+from data_pipeline.filters import active_rules, apply_rules
 
 # Control characters other than tab and newline carry no text and confuse tokenizers.
 _CONTROL = {c: None for c in range(32) if c not in (9, 10)} | {127: None}
 HASH_BYTES = 16  # 128 bits: no accidental collision at any corpus size
 
 
+class Cleaner:
+    """`clean_text` with the config's quality rules looked up once, for every document of a unit."""
+
+    def __init__(self, config: CleaningConfig):
+        self.config = config
+        self.rules = active_rules(config.filters)
+
+    def __call__(self, text: str) -> tuple[str, str | None]:
+        text, rule = clean_text(text, self.config)
+        if rule is None and self.rules:
+            text, rule = apply_rules(text, self.rules)
+            if rule is None:  # a rule that cuts lines (C4) may leave too little
+                rule = "empty" if not text else "too_short" if len(text) < self.config.min_chars else None
+        return text, rule
+
+
 def clean_text(text: str, config: CleaningConfig) -> tuple[str, str | None]:
-    """The cleaned text, and the rule that filters it out (None when it is kept)."""
+    """The cleaned text, and the rule that filters it out (None when it is kept), before the quality rules."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

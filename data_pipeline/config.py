@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from data_pipeline.filters import FiltersConfig, Preset, with_preset
+
 # The embedded default corpus: docstrings of the running interpreter's standard library.
 EMBEDDED_FORMAT = "python-docstrings"
 
@@ -30,7 +32,9 @@ class SourceConfig(BaseModel):
         "python-docstrings: the docstrings of .py files (the standard library when paths is empty)",
     )
     text_field: str = Field("text", description="JSONL/Parquet field holding the text; dots reach into nested records")
-    text_unit: Literal["file", "line"] = Field("file", description="text files: one document per file or per line")
+    text_unit: Literal["file", "line", "paragraph"] = Field(
+        "file", description="text files: one document per file, per line, or per paragraph (blank-line separated)"
+    )
 
     @model_validator(mode="after")
     def _needs_paths(self) -> SourceConfig:
@@ -43,6 +47,33 @@ def embedded_source() -> SourceConfig:
     return SourceConfig(name="stdlib", format=EMBEDDED_FORMAT)
 
 
+class NearDedupConfig(BaseModel):
+    """MinHash over word n-grams, LSH bands, one document kept per cluster (data_pipeline/near_dedup.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="remove near-duplicates (off: exact duplicates only)")
+    ngram: int = Field(5, ge=1, description="words per shingle")
+    num_hashes: int = Field(128, ge=2, le=1024, description="MinHash signature length")
+    threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity of shingles at which a pair is removed")
+    bands: int | None = Field(
+        None, ge=1, description="LSH bands (with rows); default: chosen from threshold and num_hashes"
+    )
+    rows: int | None = Field(None, ge=1, description="hashes per LSH band (with bands)")
+    seed: int = Field(1, description="seed of the hash permutations")
+
+    @model_validator(mode="after")
+    def _bands_and_rows(self) -> NearDedupConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("data.cleaning.near_dedup: give both bands and rows, or neither")
+        if self.bands is not None and self.bands * self.rows > self.num_hashes:
+            raise ValueError(
+                f"data.cleaning.near_dedup: bands x rows = {self.bands * self.rows} exceeds "
+                f"num_hashes = {self.num_hashes}; lower them or raise num_hashes"
+            )
+        return self
+
+
 class CleaningConfig(BaseModel):
     """Each step can be switched off; every document a step removes is counted by reason."""
 
@@ -52,7 +83,27 @@ class CleaningConfig(BaseModel):
     remove_control_chars: bool = Field(True, description="drop control characters other than tab and newline")
     min_chars: int = Field(32, ge=0, description="shorter documents (after cleaning) are filtered out")
     max_chars: int = Field(1_000_000, ge=1, description="longer documents are filtered out")
+    preset: Preset = Field(
+        "none",
+        description="quality rules of a published pipeline: gopher, c4 or fineweb (docs/data.md); "
+        "settings under filters win over the preset's",
+    )
+    filters: FiltersConfig = Field(default_factory=FiltersConfig, description="each quality rule's thresholds")
     deduplicate: bool = Field(True, description="keep one copy of identical documents across the whole corpus")
+    near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    dedup_partition_mb: float = Field(
+        4096,
+        gt=0,
+        description="input per deduplication task: a task holds about 24 bytes per document of it "
+        "(plus 16 per LSH band with near_dedup)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: object) -> object:
+        if isinstance(data, dict):
+            data = {**data, "filters": with_preset(data.get("preset", "none"), data.get("filters"))}
+        return data
 
 
 class TokenizerConfig(BaseModel):

@@ -5,8 +5,9 @@
       manifest.json          written last: a folder without one is not a finished dataset
       tokenizer.json         the byte-level BPE the shards were encoded with
       rejects.jsonl          documents the cleaning dropped, and why
+      near_duplicates.jsonl  a sample of removed near-duplicates beside the documents kept (near_dedup)
       {split}-{source}-{unit:05d}-{part:02d}.arrow    the shards (data_pipeline/shards.py)
-      _build/                plan.json, scan-*.json and unit-*.json of an unfinished build
+      _build/                plan.json, scan, dedup and unit files of an unfinished build
 
 Every small file of the project (manifests, markers, run records, job
 records) is written by `write_atomically`: `pretrain/layout.py` re-exports it
@@ -25,10 +26,11 @@ LOCK_NAME = ".lock"
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"
 REJECTS_NAME = "rejects.jsonl"
+NEAR_DUPLICATES_NAME = "near_duplicates.jsonl"
 WORK_DIR = "_build"
 PLAN_NAME = "plan.json"
 # What a dataset folder holds, finished or half-written: a rebuild may replace these and nothing else.
-DATASET_FILES = ("*.arrow", "*.json", "*.tmp", REJECTS_NAME, WORK_DIR)
+DATASET_FILES = ("*.arrow", "*.json", "*.tmp", REJECTS_NAME, NEAR_DUPLICATES_NAME, WORK_DIR)
 
 
 def shard_name(split: str, source: str, unit: int, part: int) -> str:

@@ -150,6 +150,25 @@ def _lines(input_file: InputFile) -> Iterator[tuple[int, bytes] | Reject]:
         yield line_number + 1, b"".join(partial)
 
 
+def _paragraphs(input_file: InputFile) -> Iterator[Record]:
+    """Runs of lines between blank lines; one that is not UTF-8 is rejected at its first line's number."""
+    lines: list[bytes] = []
+    first = 0
+    for item in _lines(input_file):
+        if isinstance(item, Reject) or not item[1].strip():
+            if lines:
+                yield _decode(b"\n".join(lines), first)
+                lines = []
+            if isinstance(item, Reject):
+                yield item
+            continue
+        if not lines:
+            first = item[0]
+        lines.append(item[1])
+    if lines:
+        yield _decode(b"\n".join(lines), first)
+
+
 def _decode(line: bytes, line_number: int) -> str | Reject:
     try:
         return line.decode("utf-8")
@@ -194,6 +213,9 @@ def _text_records(input_file: InputFile, text_unit: str) -> Iterator[Record]:
     if text_unit == "line":
         for item in _lines(input_file):
             yield item if isinstance(item, Reject) else _decode(item[1], item[0])
+        return
+    if text_unit == "paragraph":
+        yield from _paragraphs(input_file)
         return
     with _open_stream(input_file.uri) as stream:
         try:

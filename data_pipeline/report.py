@@ -32,6 +32,7 @@ def build_summary(manifest: dict) -> str:
                 sum(s["rejected"].values()),
                 sum(s["filtered"].values()),
                 s["duplicates"],
+                s.get("near_duplicates", 0),
                 s["documents_written"],
                 splits["train"]["tokens"],
                 splits["val"]["tokens"],
@@ -39,10 +40,22 @@ def build_summary(manifest: dict) -> str:
         )
         balance.append(
             f"{name}: {s['documents_in']:,} documents in = {s['documents_written']:,} written "
-            f"+ {s['duplicates']:,} duplicates + {sum(s['filtered'].values()):,} filtered"
+            f"+ {s['duplicates']:,} duplicates + {s.get('near_duplicates', 0):,} near-duplicates "
+            f"+ {sum(s['filtered'].values()):,} filtered"
             + "".join(f" [{reason} {n:,}]" for reason, n in s["filtered"].items())
         )
-    header = ["source", "files", "records", "rejected", "filtered", "duplicates", "documents", "train tok", "val tok"]
+    header = [
+        "source",
+        "files",
+        "records",
+        "rejected",
+        "filtered",
+        "dups",
+        "near dups",
+        "documents",
+        "train tok",
+        "val tok",
+    ]
     rejected = ", ".join(f"{reason} {n:,}" for reason, n in manifest["rejected"].items()) or "none"
     totals = manifest["totals"]
     return "\n".join(
@@ -52,7 +65,9 @@ def build_summary(manifest: dict) -> str:
             *balance,
             f"rejected records: {rejected}" + (" (each in rejects.jsonl)" if manifest["rejected"] else ""),
             f"shards: {totals['train']['shards']} train, {totals['val']['shards']} val ({manifest['dtype']} tokens); "
-            f"{manifest['stats']['seconds']} s" + (" (resumed)" if manifest["stats"]["resumed"] else ""),
+            f"{manifest['stats']['seconds']} s"
+            + (" (resumed)" if manifest["stats"]["resumed"] else "")
+            + (" (up to date: nothing was done)" if manifest.get("up_to_date") else ""),
         ]
     )
 

@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 
 from data_pipeline.config import EMBEDDED_FORMAT, DataConfig, SourceConfig
 from data_pipeline.errors import DataError
+from data_pipeline.tokenizer import file_sha256
 
 COMPRESSIONS = ("", ".gz", ".zst")
 SUFFIXES = {
@@ -187,7 +188,13 @@ def plan_units(config: DataConfig) -> list[WorkUnit]:
 
 
 def plan_fingerprint(units: list[WorkUnit], config: DataConfig) -> str:
-    """Changes when an input file or a setting that shapes the output changes; a build resumes only if equal."""
+    """Changes when an input file, the given tokenizer or a setting that shapes the output changes.
+
+    A build resumes only if equal, and a finished build of an equal plan is up to date.
+    """
     settings = config.model_dump(exclude={"output_dir"})
-    payload = json.dumps({"units": [u.to_dict() for u in units], "settings": settings}, sort_keys=True)
+    tokenizer = file_sha256(Path(config.tokenizer.path)) if config.tokenizer.path else None
+    payload = json.dumps(
+        {"units": [u.to_dict() for u in units], "settings": settings, "tokenizer": tokenizer}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.cleaning import HASH_BYTES, clean_text, content_hash, is_validation
+from data_pipeline.cleaning import Cleaner, content_hash, is_validation
 from data_pipeline.config import DataConfig, SourceConfig
+from data_pipeline.dedup import minhasher, removed_in_unit, save_unit_keys
 from data_pipeline.layout import WORK_DIR, write_json_atomically
 from data_pipeline.readers import Reject, read_records
 from data_pipeline.shards import ShardWriter, token_dtype
@@ -36,6 +37,8 @@ from data_pipeline.tokenizer import end_of_text_id, load_tokenizer
 # Text per encode_batch call: large batches keep every core of the tokenizer's thread pool busy
 # (measured: 2048 documents of ~8 KB encode ~15% faster than 512), and bound the memory.
 ENCODE_CHARS = 8_000_000
+NEAR_EXAMPLES_PER_UNIT = 3
+EXAMPLE_CHARS = 300  # of a filtered or near-duplicate document, kept for the messages and files that show it
 
 
 def unit_marker(out_dir: Path, index: int) -> Path:
@@ -47,44 +50,92 @@ def _source(config: DataConfig, name: str) -> SourceConfig:
 
 
 def unit_documents(unit: WorkUnit, config: DataConfig) -> Iterator[tuple[str, str, object]]:
-    """("doc", text, hash), ("filtered", reason, None) or ("rejected", reason, (file, line, detail))."""
+    """("doc", text, hash), ("filtered", reason, text) or ("rejected", reason, (file, line, detail))."""
     source = _source(config, unit.source)
+    clean = Cleaner(config.cleaning)
     for input_file in unit.files:
         for record in read_records(input_file, source.text_field, source.text_unit):
             if isinstance(record, Reject):
                 yield "rejected", record.reason, (input_file.uri, record.line, record.detail)
                 continue
-            text, rule = clean_text(record, config.cleaning)
+            text, rule = clean(record)
             if rule is not None:
-                yield "filtered", rule, None
+                yield "filtered", rule, text
             else:
                 yield "doc", text, content_hash(text)
 
 
-def scan_unit(unit: WorkUnit, config: DataConfig) -> dict:
-    """Counts, rejects and the content hashes of the unit's valid documents, in order."""
+def scan_unit(unit: WorkUnit, config: DataConfig, out_dir: Path, parts: int) -> dict:
+    """Counts and rejects of the unit; its documents' keys are saved for deduplication (dedup.py)."""
     hashes: list[bytes] = []
-    rejected, filtered, rejects = Counter(), Counter(), []
+    signatures: list[np.ndarray] | None = [] if config.cleaning.near_dedup.enabled else None
+    hasher = minhasher(config) if signatures is not None else None
+    rejected, filtered, rejects, examples = Counter(), Counter(), [], {}
     for kind, value, where in unit_documents(unit, config):
         if kind == "doc":
             hashes.append(where)
+            if hasher is not None:
+                signatures.append(hasher.signature(value))
         elif kind == "filtered":
             filtered[value] += 1
+            examples.setdefault(value, where[:EXAMPLE_CHARS])
         else:
             rejected[value] += 1
             rejects.append({"file": where[0], "line": where[1], "reason": value, "detail": where[2]})
+    if signatures is not None:
+        signatures = np.stack(signatures) if signatures else np.zeros((0, hasher.a.size), dtype=np.uint32)
+    save_unit_keys(out_dir, unit.index, b"".join(hashes), signatures, config, parts)
     counts = {"rejected": dict(rejected), "filtered": dict(filtered), "valid": len(hashes)}
-    return {"index": unit.index, "hashes": b"".join(hashes), "counts": counts, "rejects": rejects}
+    return {"index": unit.index, "counts": counts, "rejects": rejects, "filter_examples": examples}
 
 
-def sample_unit(unit: WorkUnit, config: DataConfig, wanted: np.ndarray) -> tuple[list[str], bytes]:
-    """The texts and hashes of the unit's valid documents marked in `wanted`."""
+def _near_examples(rows: np.ndarray, texts: dict[int, str]) -> list[dict]:
+    """The near-duplicates among `texts` (by position), each with the order of the document it was removed for."""
+    found = []
+    for row in rows:
+        position = int(row["order"]) & 0xFFFFFFFF
+        if position in texts:
+            similar = round(float(row["similarity"]), 3)
+            found.append(
+                {"position": position, "text": texts[position], "kept": int(row["kept"]), "similarity": similar}
+            )
+    return found
+
+
+def kept_mask(unit: WorkUnit, valid: int, out_dir: Path, parts: int, config: DataConfig) -> np.ndarray:
+    exact, near, _ = removed_in_unit(out_dir, unit.index, valid, parts, config)
+    return ~(exact | near)
+
+
+def smallest_kept_keys(unit: WorkUnit, valid: int, out_dir: Path, parts: int, config: DataConfig, n: int):
+    """The `n` smallest hash keys (their first 8 bytes) of the unit's kept documents, sorted."""
+    exact = np.array(np.load(out_dir / WORK_DIR / f"exact-{unit.index:05d}.npy", allow_pickle=False))
+    keys = np.zeros(valid, dtype=np.uint64)
+    keys[exact["position"]] = np.frombuffer(exact["hash"].tobytes(), dtype=">u8")[::2]
+    return np.sort(keys[kept_mask(unit, valid, out_dir, parts, config)])[:n]
+
+
+def texts_at(unit: WorkUnit, config: DataConfig, positions: list[int]) -> dict[int, str]:
+    """The texts of the unit's documents at these positions (among its valid documents)."""
+    wanted, found = set(positions), {}
+    position = 0
+    for kind, text, _ in unit_documents(unit, config):
+        if kind == "doc":
+            if position in wanted:
+                found[position] = text
+            position += 1
+    return found
+
+
+def sample_unit(unit: WorkUnit, valid: int, out_dir: Path, parts: int, config: DataConfig, limit: int):
+    """The texts and hashes of the unit's kept documents whose key is at most `limit`."""
+    keep = kept_mask(unit, valid, out_dir, parts, config)
     texts, hashes = [], []
     position = 0
     for kind, text, digest in unit_documents(unit, config):
         if kind != "doc":
             continue
-        if wanted[position]:
+        if keep[position] and int.from_bytes(digest[:8], "big") <= limit:
             texts.append(text)
             hashes.append(digest)
         position += 1
@@ -94,20 +145,21 @@ def sample_unit(unit: WorkUnit, config: DataConfig, wanted: np.ndarray) -> tuple
 class TokenizeUnits:
     """A Ray Data callable class: tokenize and write whole units, one per call."""
 
-    def __init__(self, config: dict, tokenizer_path: str, out_dir: str):
+    def __init__(self, config: dict, tokenizer_path: str, out_dir: str, parts: int):
         self.config = DataConfig(**config)
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.eot = end_of_text_id(self.tokenizer)
         self.dtype = token_dtype(self.tokenizer.get_vocab_size())
         self.out_dir = Path(out_dir)
+        self.parts = parts
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        markers = [self.write_unit(json.loads(u), bytes(k)) for u, k in zip(batch["unit"], batch["keep"])]
+        markers = [self.write_unit(json.loads(u), int(v)) for u, v in zip(batch["unit"], batch["valid"])]
         return {"marker": [json.dumps(m) for m in markers]}
 
-    def write_unit(self, unit_row: dict, keep_bits: bytes) -> dict:
+    def write_unit(self, unit_row: dict, valid: int) -> dict:
         unit = WorkUnit.from_dict(unit_row)
-        keep = np.unpackbits(np.frombuffer(keep_bits, dtype=np.uint8)).astype(bool)
+        exact, near, near_rows = removed_in_unit(self.out_dir, unit.index, valid, self.parts, self.config)
         target = int(self.config.shard_size_mb * 1e6)
         writers = {
             split: ShardWriter(self.out_dir, split, unit.source, unit.number, self.dtype, target)
@@ -115,13 +167,15 @@ class TokenizeUnits:
         }
         pending: dict[str, list[str]] = {"train": [], "val": []}
         pending_chars = {"train": 0, "val": 0}
-        position = duplicates = 0
+        examples = {}  # position -> text of the first few near-duplicates, for near_duplicates.jsonl
+        position = -1
         for kind, text, digest in unit_documents(unit, self.config):
             if kind != "doc":
                 continue
             position += 1
-            if not keep[position - 1]:
-                duplicates += 1
+            if exact[position] or near[position]:
+                if near[position] and len(examples) < NEAR_EXAMPLES_PER_UNIT:
+                    examples[position] = text[:EXAMPLE_CHARS]
                 continue
             split = "val" if is_validation(digest, self.config.val_fraction) else "train"
             pending[split].append(text)
@@ -135,7 +189,9 @@ class TokenizeUnits:
         marker = {
             "unit": unit.index,
             "source": unit.source,
-            "duplicates": duplicates,
+            "duplicates": int(exact.sum()),
+            "near_duplicates": int(near.sum()),
+            "near_examples": _near_examples(near_rows, examples),
             "shards": [record for writer in writers.values() for record in writer.records],
         }
         write_json_atomically(unit_marker(self.out_dir, unit.index), marker)
@@ -152,14 +208,3 @@ class TokenizeUnits:
         is_text[np.cumsum(lengths) - 1] = False
         tokens[is_text] = np.fromiter(chain.from_iterable(ids), dtype=tokens.dtype, count=int(is_text.sum()))
         writer.add(tokens, lengths)
-
-
-def dedup_keep_mask(hashes: bytes, deduplicate: bool) -> np.ndarray:
-    """True for the first copy of each document, in plan order, across the whole corpus."""
-    digests = np.frombuffer(hashes, dtype=f"V{HASH_BYTES}")
-    keep = np.ones(len(digests), dtype=bool)
-    if deduplicate and len(digests):
-        keep[:] = False
-        _, first = np.unique(digests, return_index=True)
-        keep[first] = True
-    return keep

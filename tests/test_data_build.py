@@ -19,6 +19,7 @@ from data_pipeline.build import build_dataset
 from data_pipeline.config import DataConfig
 from data_pipeline.errors import DataError
 from data_pipeline.shards import read_manifest, verify_dataset
+from data_pipeline.sources import plan_fingerprint, plan_units
 from data_pipeline.tokenizer import END_OF_TEXT, file_sha256
 
 pytestmark = pytest.mark.slow
@@ -31,8 +32,7 @@ def write_corpus(root: Path, documents: list[str]) -> dict[str, list[str]]:
     for folder in (web, code, lines):
         folder.mkdir(parents=True)
     with open(web / "a.jsonl", "wb") as f:
-        for text in documents[:150]:
-            f.write(json.dumps({"text": text}).encode() + b"\n")
+        f.writelines(json.dumps({"text": text}).encode() + b"\n" for text in documents[:150])
         f.write(b'{"text": "malformed\n')  # invalid_json
         f.write(json.dumps({"body": "no text"}).encode() + b"\n")  # missing_field
         f.write(json.dumps({"text": ["not", "a", "string"]}).encode() + b"\n")  # not_a_string
@@ -41,6 +41,8 @@ def write_corpus(root: Path, documents: list[str]) -> dict[str, list[str]]:
         f.write(json.dumps({"text": "short"}).encode() + b"\n")  # filtered: too_short
         f.write(json.dumps({"text": "lone \ud800 surrogate " + documents[150]}).encode() + b"\n")
         f.write(json.dumps({"text": documents[0]}).encode() + b"\n")  # duplicate within the source
+        f.write(json.dumps({"text": documents[2] + " Indeed so."}).encode() + b"\n")  # near-duplicate
+        f.write(json.dumps({"text": "Lorem ipsum dolor sit amet, consectetur adipiscing elit."}).encode() + b"\n")
     with gzip.open(web / "huge.jsonl.gz", "wt") as f:  # one 50 MB document: filtered as too_long
         f.write(json.dumps({"text": "word " * 10_000_000}) + "\n")
     with pa.CompressedOutputStream(str(web / "b.jsonl.zst"), "zstd") as f:
@@ -48,6 +50,7 @@ def write_corpus(root: Path, documents: list[str]) -> dict[str, list[str]]:
     data = gzip.compress("".join(json.dumps({"text": t}) + "\n" for t in documents[250:300]).encode())
     (web / "c.jsonl.gz").write_bytes(data[: len(data) // 2])  # truncated: a prefix survives
     meta = [{"body": t} for t in documents[300:400]] + [{"body": None}, {"body": documents[1]}]  # null, duplicate
+    meta.append({"body": "So: " + documents[3]})  # a near-duplicate of a web document
     pq.write_table(pa.table({"meta": meta}), code / "part-0.parquet")
     (lines / "one-per-line.txt").write_text("\n".join(documents[400:450]) + "\n")
     return {
@@ -68,6 +71,20 @@ def data_config(root: Path, out_dir: Path) -> dict:
         "val_fraction": 0.1,
         "shard_size_mb": 0.02,  # several units per source
         "tokenizer": {"vocab_size": 400},
+        "cleaning": {
+            "near_dedup": {"enabled": True},
+            "dedup_partition_mb": 0.05,  # several partitions
+            # C4's rules, all but its document-level lorem ipsum one switched off, keep every synthetic document.
+            "filters": {
+                "c4": {
+                    "enabled": True,
+                    "min_sentences": 0,
+                    "min_words_per_line": 0,
+                    "terminal_punctuation": False,
+                    "curly_braces": False,
+                }
+            },
+        },
     }
 
 
@@ -131,17 +148,26 @@ def test_counts_balance_and_every_reject_is_named(built):
         "not_a_string": 1,
         "truncated_file": 1,
     }
-    assert web["filtered"] == {"empty": 1, "too_long": 1, "too_short": 1}
-    assert web["duplicates"] == 1 and manifest["sources"]["code"]["duplicates"] == 1
-    assert manifest["sources"]["code"]["rejected"] == {"missing_field": 1}
+    assert web["filtered"] == {"c4.lorem_ipsum": 1, "empty": 1, "too_long": 1, "too_short": 1}
+    code = manifest["sources"]["code"]
+    assert web["duplicates"] == 1 and code["duplicates"] == 1
+    assert web["near_duplicates"] == 1 and code["near_duplicates"] == 1
+    assert code["rejected"] == {"missing_field": 1}
+    assert web["files"] == 4, "a.jsonl is cut into several units but is one file"
     for counts in manifest["sources"].values():
-        filtered = sum(counts["filtered"].values())
-        assert counts["documents_in"] == counts["documents_written"] + counts["duplicates"] + filtered
+        removed = counts["duplicates"] + counts["near_duplicates"] + sum(counts["filtered"].values())
+        assert counts["documents_in"] == counts["documents_written"] + removed
         assert counts["records"] == counts["documents_in"] + sum(counts["rejected"].values())
     rejects = [json.loads(line) for line in (root / "out" / "rejects.jsonl").read_text().splitlines()]
     assert len(rejects) == sum(manifest["rejected"].values()) == 6
     first = rejects[0]
     assert (Path(first["file"]).name, first["line"], first["reason"]) == ("a.jsonl", 151, "invalid_json")
+    pairs = [json.loads(line) for line in (root / "out" / "near_duplicates.jsonl").read_text().splitlines()]
+    assert {(p["source"], p["kept_source"], p["removed"][:12]) for p in pairs} == {
+        ("web", "web", "Document 2. "),
+        ("code", "web", "So: Document"),
+    }
+    assert all(p["similarity"] >= 0.8 and p["kept"][:100] in p["removed"] for p in pairs)
     assert {(Path(r["file"]).name, r["reason"]) for r in rejects} >= {
         ("c.jsonl.gz", "truncated_file"),
         ("part-0.parquet", "missing_field"),
@@ -168,8 +194,8 @@ def test_a_build_killed_at_any_point_resumes_to_the_same_bytes(built, tmp_path):
     root, _, manifest = built
     config = write_config_file(tmp_path / "data.yaml", data_config(root / "corpus", tmp_path / "out"))
     markers = tmp_path / "out" / "_build"
-    # Killed during the scan (after its first unit) and again during the write (after its first unit).
-    for marker_glob in ("scan-*.json", "unit-*.json"):
+    # Killed during the scan, during deduplication and during the write (each after its first marker).
+    for marker_glob in ("scan-*.json", "partition-*.json", "unit-*.json"):
         job = run_cli(["data", "build", "--config", str(config)], start_new_session=True, stdout=subprocess.DEVNULL)
         deadline = time.time() + 240
         while not list(markers.glob(marker_glob)) and job.poll() is None and time.time() < deadline:
@@ -184,6 +210,8 @@ def test_a_build_killed_at_any_point_resumes_to_the_same_bytes(built, tmp_path):
     assert "(resumed)" in output
     assert shard_bytes(tmp_path / "out") == shard_bytes(root / "out")
     assert read_manifest(tmp_path / "out")["fingerprint"] == manifest["fingerprint"]
+    again = run_cli(["data", "build", "--config", str(config)], stdout=subprocess.PIPE, text=True)
+    assert "up to date" in again.communicate(timeout=120)[0] and again.returncode == 0
 
 
 def test_a_two_node_ray_cluster_writes_the_same_shards(built, tmp_path):
@@ -206,6 +234,26 @@ def test_a_two_node_ray_cluster_writes_the_same_shards(built, tmp_path):
         assert sum(node["Alive"] for node in cluster.nodes()) == 2
     cluster.remove_temp_dir()
     assert shard_bytes(tmp_path / "out") == shard_bytes(root / "out")
+
+
+def test_a_finished_build_is_up_to_date_until_an_input_changes(built):
+    root, _, manifest = built
+    config = DataConfig(**data_config(root / "corpus", root / "out"))
+    said = []
+    again = build_dataset(config, {}, say=said.append)
+    assert again["up_to_date"] and again["fingerprint"] == manifest["fingerprint"]
+    assert said == [
+        f"up to date: {root / 'out'} was built from these inputs and settings "
+        f"(plan {manifest['stats']['plan']}); --force rebuilds"
+    ]
+    touched = root / "corpus" / "lines" / "one-per-line.txt"
+    before = touched.stat()
+    os.utime(touched, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    try:
+        assert plan_fingerprint(plan_units(config), config) != manifest["stats"]["plan"]
+    finally:
+        os.utime(touched, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert plan_fingerprint(plan_units(config), config) == manifest["stats"]["plan"]
 
 
 def test_a_given_tokenizer_is_used_and_every_layout_read(built, corpus_dir, tmp_path):

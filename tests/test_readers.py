@@ -92,6 +92,40 @@ def test_text_files_per_file_and_per_line(tmp_path):
     ]
 
 
+def test_text_files_per_paragraph(tmp_path):
+    path = tmp_path / "book.txt"
+    path.write_bytes(b"\n\nFirst paragraph,\nits second line.\n\n  \n\nSecond \xfe one.\n\nThird\nand last")
+    assert records(path, "text", text_unit="paragraph") == [
+        "First paragraph,\nits second line.",
+        Reject(8, "invalid_utf8", "byte 7: invalid start byte"),
+        "Third\nand last",
+    ]
+
+
+def test_an_empty_corpus_names_what_removed_most_and_an_empty_validation_split_says_why():
+    from data_pipeline.build import _refuse_an_empty_corpus
+    from data_pipeline.manifest import refuse_an_empty_validation_split
+
+    scans = [
+        {
+            "counts": {"valid": 0, "filtered": {"gopher_quality.min_words": 7, "too_short": 2}, "rejected": {}},
+            "rejects": [],
+            "filter_examples": {"gopher_quality.min_words": "A short note.", "too_short": "hi"},
+        },
+        {
+            "counts": {"valid": 0, "filtered": {"gopher_quality.min_words": 1}, "rejected": {"invalid_json": 3}},
+            "rejects": [{"file": "a.jsonl", "line": 4, "reason": "invalid_json", "detail": "x"}] * 3,
+            "filter_examples": {"gopher_quality.min_words": "Another."},
+        },
+    ]
+    with pytest.raises(DataError, match=r"most were filtered by gopher_quality.min_words \(8 of 13\), for example "):
+        _refuse_an_empty_corpus(scans)
+    with pytest.raises(DataError, match="'A short note.'; relax that rule in data.cleaning"):
+        _refuse_an_empty_corpus(scans)
+    with pytest.raises(DataError, match=r"1 document\(s\) were written.* about 0.05 of them were expected.*text_unit"):
+        refuse_an_empty_validation_split([{"split": "train", "documents": 1}], 0.05)
+
+
 def test_a_file_that_cannot_be_opened_fails_with_its_name(tmp_path):
     path = tmp_path / "garbage.parquet"
     path.write_bytes(b"this is not parquet at all")

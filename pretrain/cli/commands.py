@@ -34,7 +34,9 @@ def cmd_data(args: argparse.Namespace, config: Config) -> int:
         from data_pipeline.build import build_dataset
 
         say = functools.partial(print, flush=True)
-        manifest = build_dataset(config.data, config.to_public_dict(), args.ray_address, say, args.verbose)
+        manifest = build_dataset(
+            config.data, config.to_public_dict(), args.ray_address, say, args.verbose, force=args.force
+        )
         print(build_summary(manifest))
         print(f"shards, tokenizer, manifest and rejects: {data_dir.resolve()}")
     elif args.data_command == "inspect":

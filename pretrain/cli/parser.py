@@ -37,12 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
             "build",
             help="read, clean, deduplicate, tokenize and shard data.sources (resumes a killed build)",
             description="Build Arrow shards, tokenizer.json, rejects.jsonl and manifest.json in data.output_dir. "
-            "Run it again after a crash to resume: finished work is kept and the result is byte-identical.",
+            "Run it again after a crash to resume: finished work is kept and the result is byte-identical. "
+            "Run it again after a finished build: nothing is done unless a setting, the tokenizer or an input "
+            "file (its size or modification time) changed, or --force is given.",
             epilog="Reference: docs/data.md. " + EPILOG,
         )
     )
     build.add_argument("--ray-address", help="an existing Ray cluster (default: RAY_ADDRESS, else in-process Ray)")
     build.add_argument("--verbose", action="store_true", help="also Ray's own log lines and Ray Data's progress")
+    build.add_argument(
+        "--force", action="store_true", help="rebuild even when the dataset is up to date with its inputs and settings"
+    )
     for action, help_text in (
         ("inspect", "totals, per-source counts, length and token-frequency summaries, decoded samples"),
         ("verify", "check every shard against the manifest: presence, size, schema and checksum"),

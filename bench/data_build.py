@@ -2,6 +2,7 @@
 
     python bench/data_build.py --mb 200            # throughput (goal: >= 0.8 of raw encode_batch)
     python bench/data_build.py --mb 50 --memory    # peak memory at 50 MB and 4x that (goal: within 1.5x)
+    python bench/data_build.py --mb 50 --memory --near-dedup   # the same with near-dedup and the gopher rules
 
 Raw limit: `Tokenizer.encode_batch` over the same documents already in
 memory (parsed before the clock starts), on the same cores, measured before
@@ -48,14 +49,17 @@ def raw_limit(files: list[Path], tokenizer: Tokenizer, batch: int = 1024) -> tup
     return tokens, time.perf_counter() - started
 
 
-def run_build(corpus: Path, tokenizer_path: Path, out_dir: Path, shard_mb: float) -> tuple[dict, float, int]:
-    """Build in a fresh process; return the manifest, the wall time and the peak resident memory of all processes."""
+def run_build(
+    corpus: Path, tokenizer_path: Path, out_dir: Path, shard_mb: float, cleaning: dict | None = None
+) -> tuple[dict, float, PeakMemory]:
+    """Build in a fresh process; return the manifest, the wall time and the peak resident memory."""
     config = out_dir.parent / f"{out_dir.name}.yaml"
     data = {
         "sources": [{"name": "prose", "paths": [str(corpus)]}],
         "output_dir": str(out_dir),
         "shard_size_mb": shard_mb,
         "tokenizer": {"path": str(tokenizer_path)},
+        **({"cleaning": cleaning} if cleaning else {}),
     }
     config.write_text(yaml.safe_dump({"data": data}))
     started = time.perf_counter()
@@ -66,9 +70,9 @@ def run_build(corpus: Path, tokenizer_path: Path, out_dir: Path, shard_mb: float
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    peak = 0
+    peak = PeakMemory(job.pid)
     while job.poll() is None:
-        peak = max(peak, _tree_rss(job.pid))
+        peak.sample()
         time.sleep(0.2)
     elapsed = time.perf_counter() - started
     if job.returncode != 0:
@@ -76,20 +80,37 @@ def run_build(corpus: Path, tokenizer_path: Path, out_dir: Path, shard_mb: float
     return json.loads((out_dir / "manifest.json").read_text()), elapsed, peak
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident memory of the build and everything it started (Ray's GCS, raylet and workers)."""
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for process in processes:
+class PeakMemory:
+    """Peak resident memory of a process tree (the build, Ray's GCS, raylet and workers):
+    of the root (the driver), of any one other process, and of all together."""
+
+    def __init__(self, pid: int):
+        self.pid, self.driver, self.worker, self.total = pid, 0, 0, 0
+
+    def sample(self) -> None:
         try:
-            total += process.memory_info().rss
+            root = psutil.Process(self.pid)
+            processes = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            pass
-    return total
+            return
+        total = 0
+        for process in processes:
+            try:
+                rss = process.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+            total += rss
+            if process.pid == self.pid:
+                self.driver = max(self.driver, rss)
+            else:
+                self.worker = max(self.worker, rss)
+        self.total = max(self.total, total)
+
+    def __str__(self) -> str:
+        return (
+            f"driver {self.driver / 2**30:.2f} GiB, largest other process {self.worker / 2**30:.2f} GiB, "
+            f"all {self.total / 2**30:.2f} GiB"
+        )
 
 
 def throughput(work: Path, mb: float, shard_mb: float) -> None:
@@ -113,21 +134,26 @@ def throughput(work: Path, mb: float, shard_mb: float) -> None:
         f"after {raw_after:.1f} s) = {raw_rate / 1e6:.2f} M tokens/s"
     )
     print(f"pretrain data build: {tokens - documents:,} tokens in {seconds:.1f} s = {build_rate / 1e6:.2f} M tokens/s")
-    print(f"ratio build / raw: {build_rate / raw_rate:.2f}; peak memory of the build {peak / 2**30:.2f} GiB")
+    print(f"ratio build / raw: {build_rate / raw_rate:.2f}; peak memory: {peak}")
 
 
-def memory(work: Path, mb: float, shard_mb: float) -> None:
+def memory(work: Path, mb: float, shard_mb: float, cleaning: dict | None) -> None:
     tokenizer_path = work / "tokenizer.json"
     results = []
     for scale in (1, 4):
         files = write_corpus(work / f"corpus-{scale}", mb * scale)
         if scale == 1:
             train_tokenizer(read_texts(files[0]), 8192).save(str(tokenizer_path))
-        manifest, seconds, peak = run_build(work / f"corpus-{scale}", tokenizer_path, work / f"out-{scale}", shard_mb)
+        out_dir = work / f"out-{scale}"
+        manifest, seconds, peak = run_build(work / f"corpus-{scale}", tokenizer_path, out_dir, shard_mb, cleaning)
         tokens = manifest["totals"]["train"]["tokens"] + manifest["totals"]["val"]["tokens"]
         results.append(peak)
-        print(f"corpus {mb * scale:.0f} MB: {tokens:,} tokens in {seconds:.1f} s, peak memory {peak / 2**30:.2f} GiB")
-    print(f"peak memory ratio 4x corpus / 1x corpus: {results[1] / results[0]:.2f}")
+        print(f"corpus {mb * scale:.0f} MB: {tokens:,} tokens in {seconds:.1f} s; peak memory: {peak}")
+    one, four = results
+    print(
+        f"peak memory 4x / 1x: driver {four.driver / one.driver:.2f}, largest other process "
+        f"{four.worker / one.worker:.2f}, all {four.total / one.total:.2f}"
+    )
 
 
 def main() -> None:
@@ -135,11 +161,18 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=200, help="corpus size (the 1x size with --memory)")
     parser.add_argument("--shard-mb", type=float, default=32, help="data.shard_size_mb of the build")
     parser.add_argument("--memory", action="store_true", help="compare peak memory at 1x and 4x the corpus")
+    parser.add_argument(
+        "--near-dedup", action="store_true", help="with --memory: near-deduplication and the gopher rules on"
+    )
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
-        (memory if args.memory else throughput)(work, args.mb, args.shard_mb)
+        if args.memory:
+            cleaning = {"preset": "gopher", "near_dedup": {"enabled": True}} if args.near_dedup else None
+            memory(work, args.mb, args.shard_mb, cleaning)
+        else:
+            throughput(work, args.mb, args.shard_mb)
 
 
 if __name__ == "__main__":

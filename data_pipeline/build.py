@@ -24,10 +24,8 @@ as one that was not.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -36,9 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from ray._private import ray_constants
 
-import data_pipeline
 from data_pipeline.cleaning import HASH_BYTES
 from data_pipeline.config import DataConfig
 from data_pipeline.dedup import cluster_near_duplicates, dedup_partition, partitions
@@ -53,6 +49,7 @@ from data_pipeline.layout import (
 )
 from data_pipeline.locks import FolderLock
 from data_pipeline.manifest import assemble_manifest, write_near_duplicates, write_rejects
+from data_pipeline.ray_session import get, start_ray, stop_ray
 from data_pipeline.shards import read_manifest, write_manifest
 from data_pipeline.sources import WorkUnit, plan_fingerprint, plan_units
 from data_pipeline.tokenizer import load_tokenizer, train_tokenizer
@@ -67,8 +64,6 @@ from data_pipeline.work import (
 )
 
 NEAR_SAMPLE = 100  # removed near-duplicates written to near_duplicates.jsonl, with the documents kept for them
-
-RAY_CLUSTER_MODE = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR  # "0": Ray's single-machine mode, on loopback
 
 
 def build_dataset(
@@ -100,31 +95,63 @@ def build_dataset(
             )
             return finished
         resumed = _prepare_output_dir(out_dir, units, fingerprint, resume=not force)
-        _start_ray(ray_address, verbose)
-        return _build_holding_the_folder(config, resolved_config, units, out_dir, resumed, started, say)
+        passes = Passes(say)
+        passes.start("ray_start")
+        start_ray(ray_address, verbose)
+        return _build_holding_the_folder(config, resolved_config, units, out_dir, resumed, started, passes)
 
 
-def _build_holding_the_folder(config, resolved_config: dict, units, out_dir: Path, resumed, started, say) -> dict:
+class Passes:
+    """Says each pass as it starts, and times it for the manifest's stats."""
+
+    def __init__(self, say: Callable[[str], None]):
+        self.say, self.seconds = say, {}
+        self.current, self.since = None, 0.0
+
+    def start(self, name: str, line: str | None = None) -> None:
+        self.stop()
+        if line:
+            self.say(line)
+        self.current, self.since = name, time.perf_counter()
+
+    def stop(self) -> None:
+        if self.current:
+            self.seconds[self.current] = round(time.perf_counter() - self.since, 2)
+            self.current = None
+
+
+def _build_holding_the_folder(config, resolved_config: dict, units, out_dir: Path, resumed, started, passes) -> dict:
     """The build once the folder is locked and Ray started; stops Ray when the work in Ray is done."""
     parts = partitions(sum(f.size for u in units for f in u.files), config)
+    near = config.cleaning.near_dedup.enabled
     try:
-        say(f"pass 1/4: reading, cleaning and hashing {len(units)} unit(s) of {len(config.sources)} source(s)")
+        passes.start(
+            "scan", f"pass 1/4: reading, cleaning and hashing {len(units)} unit(s) of {len(config.sources)} source(s)"
+        )
         scans = _scan(units, config, out_dir, parts)
         _refuse_an_empty_corpus(scans)
-        say(f"pass 2/4: deduplicating{' and removing near-duplicates' if config.cleaning.near_dedup.enabled else ''}")
+        passes.start("dedup", f"pass 2/4: deduplicating{' and removing near-duplicates' if near else ''}")
         _deduplicate(len(units), parts, config, out_dir)
-        say(f"pass 3/4: {'loading' if config.tokenizer.path else 'training'} the tokenizer")
+        passes.start("tokenizer", f"pass 3/4: {'loading' if config.tokenizer.path else 'training'} the tokenizer")
         tokenizer_path = _tokenizer(units, scans, parts, config, out_dir)
-        say("pass 4/4: tokenizing and writing shards")
+        passes.start("write", "pass 4/4: tokenizing and writing shards")
         _write_units(units, scans, parts, config, tokenizer_path, out_dir)
         markers = [json.loads(unit_marker(out_dir, unit.index).read_text()) for unit in units]
-        if config.cleaning.near_dedup.enabled:
-            write_near_duplicates(out_dir, _near_pairs(units, markers, config))
+        passes.start("finish")
+        if near:
+            write_near_duplicates(out_dir, _near_pairs(units, markers, config, out_dir))
     finally:
-        _stop_ray()
+        stop_ray()
     write_rejects(out_dir, [s["rejects"] for s in scans])
     plan = json.loads((out_dir / WORK_DIR / PLAN_NAME).read_text())["fingerprint"]
-    stats = {"seconds": round(time.time() - started, 1), "resumed": resumed, "units": len(units), "plan": plan}
+    passes.stop()
+    stats = {
+        "seconds": round(time.time() - started, 1),
+        "resumed": resumed,
+        "units": len(units),
+        "plan": plan,
+        "pass_seconds": passes.seconds,
+    }
     manifest = assemble_manifest(
         units, scans, markers, load_tokenizer(tokenizer_path), tokenizer_path, stats, config.val_fraction
     )
@@ -176,69 +203,6 @@ def _refuse_foreign_files(out_dir: Path) -> None:
         )
 
 
-def _start_ray(ray_address: str | None, verbose: bool = False) -> None:
-    address = ray_address or os.environ.get("RAY_ADDRESS")
-    # On a cluster the workers import this package from the driver's copy, installed or not.
-    runtime_env = {"py_modules": [os.path.dirname(data_pipeline.__file__)]} if address else None
-    if not address:
-        _loopback_only(True)
-    # Without an address, a Ray of our own: ray.init() would otherwise join whatever cluster
-    # /tmp/ray/ray_current_cluster names, and wait forever on one that died without cleaning up.
-    if not verbose:
-        # Ray's own lines (its start, its executor's plans, its authentication notice) are for debugging Ray.
-        logging.getLogger("ray").setLevel(logging.ERROR)
-        # Ray Data sets its loggers up again as a dataset runs, at this level.
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
-    try:
-        ray.init(
-            address=address or "local",
-            runtime_env=runtime_env,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.INFO if verbose else logging.ERROR,
-        )
-    except BaseException:
-        _stop_ray()  # and out of single-machine mode: a later connection to a cluster from this process must work
-        raise
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True
-    # A DataError raised by a worker (a source that cannot be opened) reaches the caller as itself.
-    context.raise_original_map_exception = True
-    # Ray Data's bars on a terminal; elsewhere it would log its progress as INFO lines every few seconds.
-    context.enable_progress_bars = verbose or sys.stderr.isatty()
-
-
-def _loopback_only(on: bool) -> None:
-    """A Ray of our own answers on this machine only: every server it starts binds 127.0.0.1.
-
-    That is Ray's single-machine mode (its default on macOS and Windows):
-    its processes read the variable when they start, and this process read
-    it when it imported Ray, hence the constant too. Turned off again when
-    the build ends, for a later connection to a cluster from this process.
-    """
-    if on:
-        os.environ[RAY_CLUSTER_MODE] = "0"
-    else:
-        os.environ.pop(RAY_CLUSTER_MODE, None)
-    ray_constants.ENABLE_RAY_CLUSTER = not on
-
-
-def _stop_ray() -> None:
-    ray.shutdown()
-    if os.environ.get(RAY_CLUSTER_MODE) == "0":
-        _loopback_only(False)
-
-
-def _get(refs):
-    """`ray.get`, with a worker's DataError (a file that cannot be opened) raised as itself."""
-    try:
-        return ray.get(refs)
-    except ray.exceptions.RayTaskError as err:
-        if isinstance(err.cause, DataError):
-            raise err.cause from None
-        raise
-
-
 def _scan(units: list[WorkUnit], config: DataConfig, out_dir: Path, parts: int) -> list[dict]:
     """Every unit's scan result, from `_build/` where an earlier attempt saved it, else computed and saved.
 
@@ -250,7 +214,7 @@ def _scan(units: list[WorkUnit], config: DataConfig, out_dir: Path, parts: int) 
     pending = [ray.remote(scan_unit).remote(unit, config, out_dir, parts) for unit in todo]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        scan = _get(done[0])
+        scan = get(done[0])
         write_json_atomically(work / f"scan-{scan['index']:05d}.json", scan)  # last: marks the scan done
     return [json.loads((work / f"scan-{unit.index:05d}.json").read_text()) for unit in units]
 
@@ -281,7 +245,7 @@ def _deduplicate(units: int, parts: int, config: DataConfig, out_dir: Path) -> N
     """Exact and near duplicates, partition by partition, then the near-duplicate clusters (dedup.py)."""
     work = out_dir / WORK_DIR
     task = ray.remote(dedup_partition)
-    _get(
+    get(
         [
             task.remote(out_dir, units, p, config)
             for p in range(parts)
@@ -289,7 +253,7 @@ def _deduplicate(units: int, parts: int, config: DataConfig, out_dir: Path) -> N
         ]
     )
     if config.cleaning.near_dedup.enabled and not (work / "near.json").is_file():
-        _get(ray.remote(cluster_near_duplicates).remote(out_dir, parts, config))
+        get(ray.remote(cluster_near_duplicates).remote(out_dir, parts, config))
 
 
 def _tokenizer(units: list[WorkUnit], scans: list[dict], parts: int, config: DataConfig, out_dir: Path):
@@ -306,7 +270,7 @@ def _tokenizer(units: list[WorkUnit], scans: list[dict], parts: int, config: Dat
         limit, first_key = _sample_limit(units, scans, parts, config, out_dir)
         sample = ray.remote(sample_unit)
         texts, hashes = [], []
-        for unit_texts, unit_hashes in _get(
+        for unit_texts, unit_hashes in get(
             [
                 sample.remote(u, s["counts"]["valid"], out_dir, parts, config, limit)
                 for u, s in zip(units, scans)
@@ -331,7 +295,7 @@ def _sample_limit(units, scans: list[dict], parts: int, config: DataConfig, out_
     keys, first_key = np.zeros(0, dtype=np.uint64), {}
     while pending:
         [ref], _ = ray.wait(list(pending), num_returns=1)
-        unit_keys = _get(ref)
+        unit_keys = get(ref)
         if len(unit_keys):
             first_key[pending[ref].index] = int(unit_keys[0])
             keys = np.sort(np.concatenate([keys, unit_keys]))[:wanted]
@@ -369,13 +333,13 @@ def _write_units(units, scans: list[dict], parts: int, config: DataConfig, token
         pass  # each actor writes its unit's marker itself, so progress survives a driver that dies
 
 
-def _near_pairs(units: list[WorkUnit], markers: list[dict], config: DataConfig) -> list[dict]:
+def _near_pairs(units: list[WorkUnit], markers: list[dict], config: DataConfig, out_dir: Path) -> list[dict]:
     """A sample of removed near-duplicates, each beside the document kept for it (read again by Ray tasks)."""
     examples = [(unit, e) for unit, m in zip(units, markers) for e in m.get("near_examples", [])][:NEAR_SAMPLE]
     wanted: dict[int, set[int]] = {}
     for _, example in examples:
         wanted.setdefault(example["kept"] >> 32, set()).add(example["kept"] & 0xFFFFFFFF)
-    found = _get([ray.remote(texts_at).remote(units[u], config, sorted(p)) for u, p in wanted.items()])
+    found = get([ray.remote(texts_at).remote(units[u], config, out_dir, sorted(p)) for u, p in wanted.items()])
     kept = {(u << 32) | p: text for u, texts in zip(wanted, found) for p, text in texts.items()}
     return [
         {

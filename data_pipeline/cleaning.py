@@ -11,7 +11,7 @@ import hashlib
 import unicodedata
 
 from data_pipeline.config import CleaningConfig
-from data_pipeline.filters import active_rules, apply_rules
+from data_pipeline.filters import TEXT_CHANGING, active_rules, apply_rules
 
 # Control characters other than tab and newline carry no text and confuse tokenizers.
 _CONTROL = {c: None for c in range(32) if c not in (9, 10)} | {127: None}
@@ -19,11 +19,15 @@ HASH_BYTES = 16  # 128 bits: no accidental collision at any corpus size
 
 
 class Cleaner:
-    """`clean_text` with the config's quality rules looked up once, for every document of a unit."""
+    """`clean_text` with the config's quality rules looked up once, for every document of a unit.
 
-    def __init__(self, config: CleaningConfig):
+    With `judge=False` only the rules that change the text run (C4 drops
+    lines): for a pass that already knows which documents the rules keep.
+    """
+
+    def __init__(self, config: CleaningConfig, judge: bool = True):
         self.config = config
-        self.rules = active_rules(config.filters)
+        self.rules = [rule for rule in active_rules(config.filters) if judge or rule[0] in TEXT_CHANGING]
 
     def __call__(self, text: str) -> tuple[str, str | None]:
         text, rule = clean_text(text, self.config)

@@ -56,13 +56,13 @@ def _path(out_dir: Path, name: str, index: int) -> Path:
     return out_dir / WORK_DIR / f"{name}-{index:05d}.npy"
 
 
-def _save(path: Path, array: np.ndarray) -> None:
+def save_array(path: Path, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     write_atomically(path, buffer.getvalue())
 
 
-def _load(path: Path) -> np.ndarray:
+def load_array(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)  # only the pages a slice touches are read
 
 
@@ -82,18 +82,18 @@ def save_unit_keys(out_dir: Path, unit: int, hashes: bytes, signatures: np.ndarr
         home = bands["key"] % np.uint64(parts)
         bands = bands[np.argsort(home, kind="stable")]
         offsets.append(np.searchsorted(np.sort(home), np.arange(parts + 1)))
-        _save(_path(out_dir, "bands", unit), bands)
-        _save(_path(out_dir, "signatures", unit), signatures)
-    _save(_path(out_dir, "exact", unit), exact)
-    _save(_path(out_dir, "offsets", unit), np.stack(offsets))
+        save_array(_path(out_dir, "bands", unit), bands)
+        save_array(_path(out_dir, "signatures", unit), signatures)
+    save_array(_path(out_dir, "exact", unit), exact)
+    save_array(_path(out_dir, "offsets", unit), np.stack(offsets))
 
 
 def _slices(out_dir: Path, units: int, part: int, name: str, row: int) -> tuple[np.ndarray, np.ndarray]:
     """Partition `part` of every unit's `name` keys, and the unit each row came from."""
     pieces, owners = [], []
     for unit in range(units):
-        start, end = _load(_path(out_dir, "offsets", unit))[row, part : part + 2]
-        pieces.append(np.array(_load(_path(out_dir, name, unit))[start:end]))
+        start, end = load_array(_path(out_dir, "offsets", unit))[row, part : part + 2]
+        pieces.append(np.array(load_array(_path(out_dir, name, unit))[start:end]))
         owners.append(np.full(end - start, unit, dtype=np.uint64))
     return np.concatenate(pieces), np.concatenate(owners)
 
@@ -114,7 +114,7 @@ def dedup_partition(out_dir: Path, units: int, part: int, config: DataConfig) ->
         hashes = rows["hash"].view(f"S{HASH_BYTES}")  # byte strings sort, void does not
         by_key = np.lexsort((orders, hashes))
         duplicates = np.sort(orders[by_key][~_starts(hashes[by_key])])
-    _save(_path(out_dir, "duplicates", part), duplicates)
+    save_array(_path(out_dir, "duplicates", part), duplicates)
     edges = np.zeros((0, 2), dtype=np.uint64)
     if config.cleaning.near_dedup.enabled:
         rows, owners = _slices(out_dir, units, part, "bands", 1)
@@ -124,7 +124,7 @@ def dedup_partition(out_dir: Path, units: int, part: int, config: DataConfig) ->
         starts = _starts(keys)
         first = orders[starts][np.cumsum(starts) - 1]  # each bucket's first document, for every member
         edges = np.unique(np.stack([orders[~starts], first[~starts]], axis=1), axis=0)
-    _save(_path(out_dir, "edges", part), edges)
+    save_array(_path(out_dir, "edges", part), edges)
     marker = {"partition": part, "duplicates": len(duplicates), "candidate_pairs": len(edges)}
     write_json_atomically(out_dir / WORK_DIR / f"partition-{part:05d}.json", marker)
     return marker
@@ -135,7 +135,7 @@ def _signatures_of(out_dir: Path, orders: np.ndarray) -> np.ndarray:
     found = None
     for unit in np.unique(units):
         mine = units == unit
-        rows = np.array(_load(_path(out_dir, "signatures", int(unit)))[positions[mine].astype(np.int64)])
+        rows = np.array(load_array(_path(out_dir, "signatures", int(unit)))[positions[mine].astype(np.int64)])
         if found is None:
             found = np.zeros((len(orders), rows.shape[1]), dtype=rows.dtype)
         found[mine] = rows
@@ -159,7 +159,7 @@ def _components(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def cluster_near_duplicates(out_dir: Path, parts: int, config: DataConfig) -> dict:
     """Check the candidate pairs, cluster them, and write the removed documents with the one each is kept for."""
-    edges = np.concatenate([np.array(_load(_path(out_dir, "edges", p))) for p in range(parts)])
+    edges = np.concatenate([np.array(load_array(_path(out_dir, "edges", p))) for p in range(parts)])
     edges = np.unique(edges, axis=0) if len(edges) else edges.reshape(0, 2)
     threshold = config.cleaning.near_dedup.threshold
     if len(edges):
@@ -174,7 +174,7 @@ def cluster_near_duplicates(out_dir: Path, parts: int, config: DataConfig) -> di
         removed["similarity"] = similarity(
             _signatures_of(out_dir, removed["order"]), _signatures_of(out_dir, removed["kept"])
         )
-    _save(out_dir / WORK_DIR / "near-removed.npy", removed)
+    save_array(out_dir / WORK_DIR / "near-removed.npy", removed)
     marker = {"pairs_checked": len(edges), "removed": len(removed)}
     write_json_atomically(out_dir / WORK_DIR / "near.json", marker)
     return marker
@@ -186,13 +186,13 @@ def removed_in_unit(out_dir: Path, unit: int, valid: int, parts: int, config: Da
     exact = np.zeros(valid, dtype=bool)
     if config.cleaning.deduplicate:
         for part in range(parts):
-            found = _load(_path(out_dir, "duplicates", part))
+            found = load_array(_path(out_dir, "duplicates", part))
             mine = np.array(found[np.searchsorted(found, low) : np.searchsorted(found, high)])
             exact[(mine - low).astype(np.int64)] = True
     near = np.zeros(valid, dtype=bool)
     rows = np.zeros(0, dtype=NEAR)
     if config.cleaning.near_dedup.enabled:
-        found = _load(out_dir / WORK_DIR / "near-removed.npy")
+        found = load_array(out_dir / WORK_DIR / "near-removed.npy")
         rows = np.array(found[np.searchsorted(found["order"], low) : np.searchsorted(found["order"], high)])
         near[(rows["order"] - low).astype(np.int64)] = True
         near &= ~exact  # an exact copy is counted as a duplicate

@@ -21,25 +21,20 @@ from functools import cache
 
 import numpy as np
 import xxhash
+from rensa import RMinHash
 
 
 class MinHasher:
     """Signatures (uint32) and band keys (uint64) of documents, under one seed: the same in every process."""
 
     def __init__(self, ngram: int, num_hashes: int, bands: int, rows: int, seed: int):
-        self.ngram, self.bands, self.rows = ngram, bands, rows
-        rng = np.random.default_rng(seed)
-        # Multiply-shift hashing (Dietzfelbinger et al., 1997): odd a, any b, keep the top 32 bits.
-        self.a = rng.integers(1, 2**63, size=num_hashes, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-        self.b = rng.integers(0, 2**63, size=num_hashes, dtype=np.uint64)
+        self.ngram, self.num_hashes, self.bands, self.rows, self.seed = ngram, num_hashes, bands, rows, seed
         # Each n-gram hash is a polynomial in its word hashes, so it is computed for all n-grams at once.
-        self.powers = rng.integers(1, 2**63, size=ngram, dtype=np.uint64) | np.uint64(1)
-        self.seed = seed
+        self.powers = np.random.default_rng(seed).integers(1, 2**63, size=ngram, dtype=np.uint64) | np.uint64(1)
 
-    def signature(self, text: str) -> np.ndarray:
+    def shingle_hashes(self, text: str) -> np.ndarray:
+        """One uint64 per word n-gram, each a polynomial in its words' XXH3 hashes."""
         words = text.split()
-        if not words:
-            return np.full(len(self.a), np.iinfo(np.uint32).max, dtype=np.uint32)
         hashes = np.fromiter((xxhash.xxh3_64_intdigest(w.encode(), self.seed) for w in words), np.uint64, len(words))
         n = min(self.ngram, len(hashes))  # a document shorter than one shingle is one shingle
         count = len(hashes) - n + 1
@@ -47,8 +42,16 @@ class MinHasher:
         with np.errstate(over="ignore"):
             for offset in range(n):
                 shingles += hashes[offset : offset + count] * self.powers[offset]
-            permuted = (shingles[:, None] * self.a[None, :] + self.b[None, :]) >> np.uint64(32)
-        return permuted.min(axis=0).astype(np.uint32)
+        return shingles
+
+    def signatures(self, texts: list[str]) -> np.ndarray:
+        """(documents, num_hashes) uint32: rensa's MinHash (Rust) over every document's n-gram hashes in one call."""
+        hashes = [self.shingle_hashes(text) for text in texts]
+        offsets = np.zeros(len(hashes) + 1, dtype=np.uint64)
+        np.cumsum([len(h) for h in hashes], out=offsets[1:])
+        flat = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
+        rows = RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, self.num_hashes, self.seed).to_rows()
+        return np.array(rows, dtype=np.uint32).reshape(len(texts), self.num_hashes)
 
     def band_keys(self, signatures: np.ndarray) -> np.ndarray:
         """(documents, bands) uint64: equal keys mean an equal band, the band's number mixed in."""

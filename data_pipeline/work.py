@@ -18,6 +18,8 @@ core, tokenizing at a few.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from itertools import chain
@@ -27,7 +29,7 @@ import numpy as np
 
 from data_pipeline.cleaning import Cleaner, content_hash, is_validation
 from data_pipeline.config import DataConfig, SourceConfig
-from data_pipeline.dedup import minhasher, removed_in_unit, save_unit_keys
+from data_pipeline.dedup import load_array, minhasher, removed_in_unit, save_array, save_unit_keys
 from data_pipeline.layout import WORK_DIR, write_json_atomically
 from data_pipeline.readers import Reject, read_records
 from data_pipeline.shards import ShardWriter, token_dtype
@@ -37,6 +39,7 @@ from data_pipeline.tokenizer import end_of_text_id, load_tokenizer
 # Text per encode_batch call: large batches keep every core of the tokenizer's thread pool busy
 # (measured: 2048 documents of ~8 KB encode ~15% faster than 512), and bound the memory.
 ENCODE_CHARS = 8_000_000
+SIGNATURE_BATCH = 256  # documents per MinHash call: amortises the call, bounds the memory
 NEAR_EXAMPLES_PER_UNIT = 3
 EXAMPLE_CHARS = 300  # of a filtered or near-duplicate document, kept for the messages and files that show it
 
@@ -49,14 +52,26 @@ def _source(config: DataConfig, name: str) -> SourceConfig:
     return next(source for source in config.sources if source.name == name)
 
 
-def unit_documents(unit: WorkUnit, config: DataConfig) -> Iterator[tuple[str, str, object]]:
-    """("doc", text, hash), ("filtered", reason, text) or ("rejected", reason, (file, line, detail))."""
+def unit_documents(
+    unit: WorkUnit, config: DataConfig, kept_records: np.ndarray | None = None
+) -> Iterator[tuple[str, str | None, object]]:
+    """("doc", text, hash), ("filtered", reason, text) or ("rejected", reason, (file, line, detail)).
+
+    With `kept_records` (the scan's verdict on every record, `load_kept_records`),
+    the quality rules are not judged again: a record the scan filtered comes
+    back as ("filtered", None, None), and a kept one is only cleaned.
+    """
     source = _source(config, unit.source)
-    clean = Cleaner(config.cleaning)
+    clean = Cleaner(config.cleaning, judge=kept_records is None)
+    index = -1
     for input_file in unit.files:
         for record in read_records(input_file, source.text_field, source.text_unit):
+            index += 1
             if isinstance(record, Reject):
                 yield "rejected", record.reason, (input_file.uri, record.line, record.detail)
+                continue
+            if kept_records is not None and not kept_records[index]:
+                yield "filtered", None, None
                 continue
             text, rule = clean(record)
             if rule is not None:
@@ -65,28 +80,64 @@ def unit_documents(unit: WorkUnit, config: DataConfig) -> Iterator[tuple[str, st
                 yield "doc", text, content_hash(text)
 
 
+def _kept_records_path(out_dir: Path, unit: int) -> Path:
+    return out_dir / WORK_DIR / f"records-{unit:05d}.npy"
+
+
+def load_kept_records(out_dir: Path, unit: int) -> np.ndarray:
+    """The scan's verdict on each record of the unit: True for a document that passed cleaning and the rules."""
+    return np.unpackbits(load_array(_kept_records_path(out_dir, unit))).astype(bool)
+
+
 def scan_unit(unit: WorkUnit, config: DataConfig, out_dir: Path, parts: int) -> dict:
     """Counts and rejects of the unit; its documents' keys are saved for deduplication (dedup.py)."""
     hashes: list[bytes] = []
-    signatures: list[np.ndarray] | None = [] if config.cleaning.near_dedup.enabled else None
-    hasher = minhasher(config) if signatures is not None else None
+    near = config.cleaning.near_dedup.enabled
+    hasher, signatures, pending = (minhasher(config) if near else None), [], []
     rejected, filtered, rejects, examples = Counter(), Counter(), [], {}
+    kept_records = []
     for kind, value, where in unit_documents(unit, config):
+        kept_records.append(kind == "doc")
         if kind == "doc":
             hashes.append(where)
-            if hasher is not None:
-                signatures.append(hasher.signature(value))
+            if near:
+                pending.append(value)
+                if len(pending) == SIGNATURE_BATCH:
+                    signatures.append(hasher.signatures(pending))
+                    pending = []
         elif kind == "filtered":
             filtered[value] += 1
             examples.setdefault(value, where[:EXAMPLE_CHARS])
         else:
             rejected[value] += 1
             rejects.append({"file": where[0], "line": where[1], "reason": value, "detail": where[2]})
-    if signatures is not None:
-        signatures = np.stack(signatures) if signatures else np.zeros((0, hasher.a.size), dtype=np.uint32)
-    save_unit_keys(out_dir, unit.index, b"".join(hashes), signatures, config, parts)
+    if near:
+        signatures = np.concatenate([*signatures, hasher.signatures(pending)])
+    save_unit_keys(out_dir, unit.index, b"".join(hashes), signatures if near else None, config, parts)
+    save_array(_kept_records_path(out_dir, unit.index), np.packbits(np.array(kept_records, dtype=bool)))
     counts = {"rejected": dict(rejected), "filtered": dict(filtered), "valid": len(hashes)}
     return {"index": unit.index, "counts": counts, "rejects": rejects, "filter_examples": examples}
+
+
+def prefetched(batches: Iterator[tuple[str, list[str]]]) -> Iterator[tuple[str, list[str]]]:
+    """The batches, read and cleaned in a thread one batch ahead: the tokenizer releases the GIL while it
+    encodes, so reading the next batch overlaps encoding this one (bounded: one batch waits at most)."""
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                ready.put(batch)
+            ready.put(done)
+        except Exception as err:  # noqa: BLE001 - handed to the consumer, which raises it
+            ready.put(err)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := ready.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def _near_examples(rows: np.ndarray, texts: dict[int, str]) -> list[dict]:
@@ -115,11 +166,11 @@ def smallest_kept_keys(unit: WorkUnit, valid: int, out_dir: Path, parts: int, co
     return np.sort(keys[kept_mask(unit, valid, out_dir, parts, config)])[:n]
 
 
-def texts_at(unit: WorkUnit, config: DataConfig, positions: list[int]) -> dict[int, str]:
+def texts_at(unit: WorkUnit, config: DataConfig, out_dir: Path, positions: list[int]) -> dict[int, str]:
     """The texts of the unit's documents at these positions (among its valid documents)."""
     wanted, found = set(positions), {}
     position = 0
-    for kind, text, _ in unit_documents(unit, config):
+    for kind, text, _ in unit_documents(unit, config, load_kept_records(out_dir, unit.index)):
         if kind == "doc":
             if position in wanted:
                 found[position] = text
@@ -132,7 +183,7 @@ def sample_unit(unit: WorkUnit, valid: int, out_dir: Path, parts: int, config: D
     keep = kept_mask(unit, valid, out_dir, parts, config)
     texts, hashes = [], []
     position = 0
-    for kind, text, digest in unit_documents(unit, config):
+    for kind, text, digest in unit_documents(unit, config, load_kept_records(out_dir, unit.index)):
         if kind != "doc":
             continue
         if keep[position] and int.from_bytes(digest[:8], "big") <= limit:
@@ -165,27 +216,11 @@ class TokenizeUnits:
             split: ShardWriter(self.out_dir, split, unit.source, unit.number, self.dtype, target)
             for split in ("train", "val")
         }
-        pending: dict[str, list[str]] = {"train": [], "val": []}
-        pending_chars = {"train": 0, "val": 0}
-        examples = {}  # position -> text of the first few near-duplicates, for near_duplicates.jsonl
-        position = -1
-        for kind, text, digest in unit_documents(unit, self.config):
-            if kind != "doc":
-                continue
-            position += 1
-            if exact[position] or near[position]:
-                if near[position] and len(examples) < NEAR_EXAMPLES_PER_UNIT:
-                    examples[position] = text[:EXAMPLE_CHARS]
-                continue
-            split = "val" if is_validation(digest, self.config.val_fraction) else "train"
-            pending[split].append(text)
-            pending_chars[split] += len(text)
-            if pending_chars[split] >= ENCODE_CHARS:
-                self._encode_into(pending[split], writers[split])
-                pending[split], pending_chars[split] = [], 0
-        for split, texts in pending.items():
+        examples: dict[int, str] = {}  # position -> text of the first few near-duplicates, for near_duplicates.jsonl
+        for split, texts in prefetched(self._batches(unit, exact | near, near, examples)):
             self._encode_into(texts, writers[split])
-            writers[split].close()
+        for writer in writers.values():
+            writer.close()
         marker = {
             "unit": unit.index,
             "source": unit.source,
@@ -196,6 +231,27 @@ class TokenizeUnits:
         }
         write_json_atomically(unit_marker(self.out_dir, unit.index), marker)
         return marker
+
+    def _batches(self, unit: WorkUnit, removed: np.ndarray, near: np.ndarray, examples: dict[int, str]):
+        """(split, texts) of about ENCODE_CHARS each, of the unit's kept documents in order."""
+        pending: dict[str, list[str]] = {"train": [], "val": []}
+        pending_chars = {"train": 0, "val": 0}
+        position = -1
+        for kind, text, digest in unit_documents(unit, self.config, load_kept_records(self.out_dir, unit.index)):
+            if kind != "doc":
+                continue
+            position += 1
+            if removed[position]:
+                if near[position] and len(examples) < NEAR_EXAMPLES_PER_UNIT:
+                    examples[position] = text[:EXAMPLE_CHARS]
+                continue
+            split = "val" if is_validation(digest, self.config.val_fraction) else "train"
+            pending[split].append(text)
+            pending_chars[split] += len(text)
+            if pending_chars[split] >= ENCODE_CHARS:
+                yield split, pending[split]
+                pending[split], pending_chars[split] = [], 0
+        yield from pending.items()
 
     def _encode_into(self, texts: list[str], writer: ShardWriter) -> None:
         if not texts:

@@ -242,9 +242,9 @@ def test_a_finished_build_is_up_to_date_until_an_input_changes(built):
     said = []
     again = build_dataset(config, {}, say=said.append)
     assert again["up_to_date"] and again["fingerprint"] == manifest["fingerprint"]
+    plan = manifest["stats"]["plan"]
     assert said == [
-        f"up to date: {root / 'out'} was built from these inputs and settings "
-        f"(plan {manifest['stats']['plan']}); --force rebuilds"
+        f"up to date: {root / 'out'} was built from these inputs and settings (plan {plan}); --force rebuilds"
     ]
     touched = root / "corpus" / "lines" / "one-per-line.txt"
     before = touched.stat()
@@ -312,13 +312,13 @@ def test_a_ray_that_fails_to_start_leaves_the_process_able_to_join_a_cluster(mon
     """The build's own Ray runs in single-machine mode (loopback only); a failed start must not leave it so."""
     from ray._private import ray_constants
 
-    from data_pipeline import build
+    from data_pipeline import ray_session
 
     def refuse(**kwargs):
         raise RuntimeError("no GCS")
 
-    monkeypatch.setattr(build.ray, "init", refuse)
+    monkeypatch.setattr(ray_session.ray, "init", refuse)
     with pytest.raises(RuntimeError, match="no GCS"):
-        build._start_ray(None)
-    assert build.RAY_CLUSTER_MODE not in os.environ
+        ray_session.start_ray(None)
+    assert ray_session.RAY_CLUSTER_MODE not in os.environ
     assert ray_constants.ENABLE_RAY_CLUSTER

@@ -4,6 +4,7 @@ Thresholds are the papers' defaults (docs/data.md cites them); the texts are
 built here so the quantity each rule measures sits on either side.
 """
 
+import random
 import string
 
 import pytest
@@ -178,3 +179,33 @@ def test_language_identification_with_the_model_inside_the_wheel():
     assert reason("language", french) == "other_language"
     assert reason("language", french, languages=["fr", "en"]) is None
     assert reason("language", english, min_score=1.0) == "other_language"
+
+
+def test_ngram_counts_equal_the_string_definition():
+    """The repetition rule counts n-grams as integer keys; on texts full of repeats it equals joined strings."""
+    from collections import Counter
+
+    from data_pipeline.filters.text_stats import NGrams
+
+    def top(tokens, n):
+        grams = Counter(" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+        gram, count = grams.most_common(1)[0] if grams else ("", 0)
+        return len(gram) * count if count > 1 else 0
+
+    def duplicated(tokens, n):
+        seen, chars, index = set(), 0, 0
+        while index < len(tokens) - n + 1:
+            gram = "".join(tokens[index : index + n])
+            if gram in seen:
+                chars, index = chars + len(gram), index + n
+            else:
+                seen.add(gram)
+                index += 1
+        return chars
+
+    rng = random.Random(0)
+    for _ in range(200):
+        tokens = rng.choices(["a", "bb", "ccc", "dddd", "the", "and"], k=rng.randint(0, 60))
+        grams = NGrams(tokens)
+        for n in range(2, 11):
+            assert grams.top_chars(n) == top(tokens, n) and grams.duplicate_chars(n) == duplicated(tokens, n)

@@ -53,7 +53,7 @@ def deduplicate(tmp_path, units: list[list[str]], parts: int) -> list[np.ndarray
     config = DataConfig(cleaning={"near_dedup": {"enabled": True, "threshold": THRESHOLD, "ngram": NGRAM}})
     hasher = minhasher(config)
     for index, texts in enumerate(units):
-        signatures = np.stack([hasher.signature(t) for t in texts])
+        signatures = hasher.signatures(texts)
         save_unit_keys(out_dir, index, b"".join(map(content_hash, texts)), signatures, config, parts)
     for part in range(parts):
         dedup_partition(out_dir, len(units), part, config)

@@ -3,7 +3,7 @@
 One module per rule, one registry (`RULES`, in the order rules run): a
 module has a pydantic `Settings` (thresholds, and `enabled`) and
 `check(text, settings) -> (text, reason | None)`; a rule may also cut the
-text (C4 drops lines). A document a rule removes is counted under
+text (C4 drops lines), and then says so with `CHANGES_TEXT = True`. A document a rule removes is counted under
 `<rule>.<reason>` in its source's `filtered` counts, and the first rule that
 removes a document is the only one counted.
 
@@ -29,6 +29,9 @@ RULES: dict[str, ModuleType] = {
     "c4": c4,
     "fineweb": fineweb,
 }
+
+# Rules that cut the text as well as judge it (CHANGES_TEXT): a pass that knows the verdicts still runs these.
+TEXT_CHANGING = frozenset(name for name, rule in RULES.items() if getattr(rule, "CHANGES_TEXT", False))
 
 Preset = Literal["none", "gopher", "c4", "fineweb"]
 PRESETS: dict[str, dict[str, dict]] = {

@@ -16,6 +16,7 @@ from pydantic import Field
 from data_pipeline.filters.base import RuleSettings
 from data_pipeline.filters.text_stats import ELLIPSES, TERMINAL_PUNCTUATION
 
+CHANGES_TEXT = True  # the kept lines are the text written
 CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 # A sentence ends at terminal punctuation followed by a space or the end of the line.

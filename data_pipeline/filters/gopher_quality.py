@@ -1,9 +1,13 @@
 """Gopher's quality rules (Rae et al., 2021, "Scaling Language Models", appendix A.1.1).
 
 Thresholds are the paper's; datatrove's GopherQualityFilter uses the same.
+As there, the word count and mean word length leave out words made only of
+punctuation, and the other ratios count every word.
 """
 
 from __future__ import annotations
+
+import string
 
 from pydantic import Field
 
@@ -30,11 +34,12 @@ class Settings(RuleSettings):
 def check(text: str, settings: Settings) -> tuple[str, str | None]:
     tokens = words(text)
     count = len(tokens)
-    if count < settings.min_words:
+    real = [token for token in tokens if token.strip(string.punctuation)]
+    if len(real) < settings.min_words:
         return text, "min_words"
-    if count > settings.max_words:
+    if len(real) > settings.max_words:
         return text, "max_words"
-    mean_length = sum(map(len, tokens)) / count if count else 0.0
+    mean_length = sum(map(len, real)) / len(real) if real else 0.0
     if mean_length < settings.min_mean_word_length:
         return text, "min_mean_word_length"
     if mean_length > settings.max_mean_word_length:

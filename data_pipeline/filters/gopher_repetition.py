@@ -9,14 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from data_pipeline.filters.base import RuleSettings
-from data_pipeline.filters.text_stats import (
-    duplicate_ngram_chars,
-    lines,
-    paragraphs,
-    repeats,
-    top_ngram_chars,
-    words,
-)
+from data_pipeline.filters.text_stats import NGrams, lines, paragraphs, repeats, words
 
 
 class Settings(RuleSettings):
@@ -47,11 +40,11 @@ def check(text: str, settings: Settings) -> tuple[str, str | None]:
             return text, f"max_duplicate_{name}s"
         if chars / size > most_chars:
             return text, f"max_duplicate_{name}_chars"
-    tokens = words(text)
+    grams = NGrams(words(text))
     for n, most in sorted(settings.max_top_ngram_chars.items()):
-        if top_ngram_chars(tokens, n) / size > most:
+        if grams.top_chars(n) / size > most:
             return text, f"max_top_{n}gram_chars"
     for n, most in sorted(settings.max_duplicate_ngram_chars.items()):
-        if duplicate_ngram_chars(tokens, n) / size > most:
+        if grams.duplicate_chars(n) / size > most:
             return text, f"max_duplicate_{n}gram_chars"
     return text, None

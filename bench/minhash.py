@@ -2,6 +2,7 @@
 
     python bench/minhash.py --documents 2000
     python bench/minhash.py --documents 2000 --datatrove /path/to/venv/bin/python   # also datatrove's, in its venv
+    python bench/minhash.py --dedup-documents 1000000      # the dedup and cluster steps' rates instead
 
 Every way makes 128-value signatures of word 5-grams of the same documents
 (bench/corpus.py: 100 to 3,000 words each) on one core, in this process:
@@ -99,11 +100,52 @@ def ways(hasher: MinHasher) -> dict:
     return found
 
 
+def dedup_rates(count: int) -> None:
+    """The partition step (sort exact and band keys) and the cluster step on `count` documents' keys, one core.
+
+    Random content hashes and signatures, with 10% of the documents given the
+    signature of another (their candidate pairs are checked and clustered).
+    """
+    from data_pipeline.config import DataConfig
+    from data_pipeline.dedup import cluster_near_duplicates, dedup_partition, minhasher, save_unit_keys
+    from data_pipeline.layout import WORK_DIR
+
+    config = DataConfig(cleaning={"near_dedup": {"enabled": True}})
+    bands = minhasher(config).bands
+    rng = np.random.default_rng(0)
+    units = 10
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = Path(tmp)
+        (out_dir / WORK_DIR).mkdir()
+        for unit in range(units):
+            size = count // units
+            signatures = rng.integers(0, 2**32, size=(size, HASHES), dtype=np.uint32)
+            copies = rng.random(size) < 0.1
+            signatures[copies] = signatures[rng.integers(0, size, int(copies.sum()))]
+            save_unit_keys(out_dir, unit, rng.bytes(16 * size), signatures, config, parts=1)
+        started = time.perf_counter()
+        marker = dedup_partition(out_dir, units, 0, config)
+        partition = time.perf_counter() - started
+        started = time.perf_counter()
+        cluster = cluster_near_duplicates(out_dir, 1, config)
+        clustering = time.perf_counter() - started
+    print(f"partition step: {count:,} documents ({bands} bands) in {partition:.1f} s = {count / partition:,.0f} docs/s")
+    pairs = marker["candidate_pairs"]
+    print(
+        f"cluster step: {pairs:,} candidate pairs in {clustering:.1f} s = {pairs / clustering:,.0f} pairs/s; "
+        f"{cluster['removed']:,} documents removed"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--documents", type=int, default=2000)
     parser.add_argument("--datatrove", help="a Python interpreter with datatrove installed")
+    parser.add_argument("--dedup-documents", type=int, help="measure the dedup and cluster steps on this many")
     args = parser.parse_args()
+    if args.dedup_documents:
+        dedup_rates(args.dedup_documents)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         size = args.documents * 0.0095  # MB: about 9.5 KB a document
         (path,) = write_corpus(Path(tmp), total_mb=size, file_mb=size)

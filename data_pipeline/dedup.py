@@ -34,6 +34,7 @@ from data_pipeline.minhash import MinHasher, choose_bands, similarity
 
 EXACT = np.dtype([("hash", f"V{HASH_BYTES}"), ("position", "<u4")])
 BANDS = np.dtype([("key", "<u8"), ("position", "<u4")])
+CHECK_CHUNK = 1_000_000  # candidate pairs whose signatures are read at once (1 GB of 128-hash signatures)
 # A document's place in the plan: its unit in the high 32 bits, its position among the unit's documents below.
 NEAR = np.dtype([("order", "<u8"), ("kept", "<u8"), ("similarity", "<f4")])
 
@@ -86,6 +87,14 @@ def save_unit_keys(out_dir: Path, unit: int, hashes: bytes, signatures: np.ndarr
         save_array(_path(out_dir, "signatures", unit), signatures)
     save_array(_path(out_dir, "exact", unit), exact)
     save_array(_path(out_dir, "offsets", unit), np.stack(offsets))
+
+
+def hash_keys(out_dir: Path, unit: int, valid: int) -> np.ndarray:
+    """The first 8 bytes of each of the unit's content hashes, as integers, in document order."""
+    exact = np.array(load_array(_path(out_dir, "exact", unit)))
+    keys = np.zeros(valid, dtype=np.uint64)
+    keys[exact["position"]] = np.frombuffer(exact["hash"].tobytes(), dtype=">u8")[::2]
+    return keys
 
 
 def _slices(out_dir: Path, units: int, part: int, name: str, row: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,6 +151,15 @@ def _signatures_of(out_dir: Path, orders: np.ndarray) -> np.ndarray:
     return found
 
 
+def _similarities(out_dir: Path, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The estimated similarity of each pair of documents, a chunk of pairs at a time (bounded memory)."""
+    found = np.zeros(len(left), dtype=np.float32)
+    for start in range(0, len(left), CHECK_CHUNK):
+        chunk = slice(start, start + CHECK_CHUNK)
+        found[chunk] = similarity(_signatures_of(out_dir, left[chunk]), _signatures_of(out_dir, right[chunk]))
+    return found
+
+
 def _components(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every document of a pair, and the first document of its connected component (label propagation)."""
     nodes, index = np.unique(edges, return_inverse=True)
@@ -161,19 +179,15 @@ def cluster_near_duplicates(out_dir: Path, parts: int, config: DataConfig) -> di
     """Check the candidate pairs, cluster them, and write the removed documents with the one each is kept for."""
     edges = np.concatenate([np.array(load_array(_path(out_dir, "edges", p))) for p in range(parts)])
     edges = np.unique(edges, axis=0) if len(edges) else edges.reshape(0, 2)
-    threshold = config.cleaning.near_dedup.threshold
     if len(edges):
-        left, right = _signatures_of(out_dir, edges[:, 0]), _signatures_of(out_dir, edges[:, 1])
-        edges = edges[similarity(left, right) >= threshold]
+        edges = edges[_similarities(out_dir, edges[:, 0], edges[:, 1]) >= config.cleaning.near_dedup.threshold]
     removed = np.zeros(0, dtype=NEAR)
     if len(edges):
         nodes, kept = _components(edges)
         gone = nodes != kept
         removed = np.zeros(int(gone.sum()), dtype=NEAR)
         removed["order"], removed["kept"] = nodes[gone], kept[gone]
-        removed["similarity"] = similarity(
-            _signatures_of(out_dir, removed["order"]), _signatures_of(out_dir, removed["kept"])
-        )
+        removed["similarity"] = _similarities(out_dir, removed["order"], removed["kept"])
     save_array(out_dir / WORK_DIR / "near-removed.npy", removed)
     marker = {"pairs_checked": len(edges), "removed": len(removed)}
     write_json_atomically(out_dir / WORK_DIR / "near.json", marker)

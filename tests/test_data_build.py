@@ -210,8 +210,6 @@ def test_a_build_killed_at_any_point_resumes_to_the_same_bytes(built, tmp_path):
     assert "(resumed)" in output
     assert shard_bytes(tmp_path / "out") == shard_bytes(root / "out")
     assert read_manifest(tmp_path / "out")["fingerprint"] == manifest["fingerprint"]
-    again = run_cli(["data", "build", "--config", str(config)], stdout=subprocess.PIPE, text=True)
-    assert "up to date" in again.communicate(timeout=120)[0] and again.returncode == 0
 
 
 def test_a_two_node_ray_cluster_writes_the_same_shards(built, tmp_path):

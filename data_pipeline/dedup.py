@@ -1,9 +1,10 @@
 """Corpus-wide deduplication in Ray tasks, partitioned by hash: no process holds the whole corpus's index.
 
     scan (per unit)     writes its documents' keys to _build/, grouped by partition:
-                          exact-U.npy   16-byte content hash and position, per document
-                          bands-U.npy   one 8-byte key per LSH band and document (near_dedup)
-                          signatures-U.npy   the MinHash signature (near_dedup)
+                          exact-U.npy   16-byte content hash and position, per document (20 B)
+                          bands-U.npy   one 8-byte key and position per LSH band and document (12 B each)
+                          signatures-U.npy   the MinHash signature (4 B per hash; near_dedup)
+                          offsets-U.npy where each partition starts in the two key files
     partition (P tasks) reads its slice of every unit's keys, sorted by (key, unit, position):
                           a repeated hash is an exact duplicate of the first (in plan order);
                           documents sharing a band key are candidate near-duplicate pairs
@@ -12,10 +13,10 @@
     write (per unit)    reads which of its documents were removed (`removed_in_unit`)
 
 A partition holds the keys of 1/P of the documents (P from
-`data.cleaning.dedup_partition_mb`): 24 bytes per document for exact
-duplicates and 16 per band for near ones, twice while it sorts. The cluster
-task holds only candidate pairs (16 bytes each, and their documents'
-signatures while it checks them). "First in plan order" makes the result the
+`data.cleaning.dedup_partition_mb`) while it sorts them: about 50 bytes per
+document for exact duplicates (key, unit, order, sort index) and 36 per band
+for near ones. The cluster task holds only candidate pairs (16 bytes each),
+and the signatures of a million pairs at a time while it checks them. "First in plan order" makes the result the
 same for any P, any number of nodes and any resumption.
 """
 

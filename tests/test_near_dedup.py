@@ -63,7 +63,7 @@ def deduplicate(tmp_path, units: list[list[str]], parts: int) -> list[np.ndarray
 
 @pytest.fixture(scope="module")
 def planted():
-    documents = planted_corpus(families=80)
+    documents = planted_corpus(families=40)
     sets = [shingles(t) for t in documents]
     truth = {(i, j): jaccard(sets[i], sets[j]) for i, j in itertools.combinations(range(len(documents)), 2)}
     return documents, truth
@@ -74,7 +74,7 @@ def test_recall_and_precision_on_planted_near_duplicates(planted, tmp_path):
     similar = [pair for pair, value in truth.items() if value >= THRESHOLD]
     assert min(truth[pair] for pair in similar) > 0.84 and max(v for v in truth.values() if v < THRESHOLD) < 0.7
     # Three units, a document of the first repeated exactly in the last: counted as a duplicate, not a near one.
-    units = [documents[:200], documents[200:400], documents[400:] + [documents[0]]]
+    units = [documents[:100], documents[100:200], documents[200:] + [documents[0]]]
     results = deduplicate(tmp_path, units, parts=3)
     position_of = {(u, p): sum(map(len, units[:u])) + p for u in range(3) for p in range(len(units[u]))}
     kept = np.concatenate([~(exact | near) for exact, near, _ in results])
@@ -93,7 +93,7 @@ def test_recall_and_precision_on_planted_near_duplicates(planted, tmp_path):
     precision = sum(truth[pair] >= THRESHOLD for pair in pairs) / len(pairs)
     print(f"recall {recall:.4f} of {len(similar)} pairs, precision {precision:.4f} of {len(pairs)} removed")
     assert recall >= 0.95 and precision >= 0.99
-    assert sum(int(near.sum()) for _, near, _ in results) == 80 * len(ABOVE)  # one kept per family
+    assert sum(int(near.sum()) for _, near, _ in results) == 40 * len(ABOVE)  # one kept per family
     # The same documents are removed however the keys are partitioned.
     again = deduplicate(tmp_path, units, parts=1)
     assert all(np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0]) for a, b in zip(results, again))

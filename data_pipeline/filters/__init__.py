@@ -3,9 +3,10 @@
 One module per rule, one registry (`RULES`, in the order rules run): a
 module has a pydantic `Settings` (thresholds, and `enabled`) and
 `check(text, settings) -> (text, reason | None)`; a rule may also cut the
-text (C4 drops lines), and then says so with `CHANGES_TEXT = True`. A document a rule removes is counted under
-`<rule>.<reason>` in its source's `filtered` counts, and the first rule that
-removes a document is the only one counted.
+text (C4 drops lines), and then says so with `CHANGES_TEXT = True`. A
+document a rule removes is counted under `<rule>.<reason>` in its source's
+`filtered` counts, and the first rule that removes a document is the only
+one counted.
 
 `data.cleaning.preset` switches on the rules and thresholds of a published
 pipeline; any setting given under `data.cleaning.filters` wins over it.
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, create_model
 
 from data_pipeline.filters import c4, fineweb, gopher_quality, gopher_repetition, language
 
-# The order datatrove runs FineWeb's: language, then the cheaper repetition counts, then line-level rules.
+# The order of FineWeb's own pipeline (datatrove): language, Gopher repetition, Gopher quality, C4, FineWeb.
 RULES: dict[str, ModuleType] = {
     "language": language,
     "gopher_repetition": gopher_repetition,

@@ -197,7 +197,7 @@ def cluster_near_duplicates(out_dir: Path, parts: int, config: DataConfig) -> di
 
 def removed_in_unit(out_dir: Path, unit: int, valid: int, parts: int, config: DataConfig):
     """(exact duplicates, near-duplicates) of one unit as boolean masks over its documents, and the near rows."""
-    low, high = order_of(unit, np.zeros(1, dtype=np.uint64))[0], order_of(unit + 1, np.zeros(1, dtype=np.uint64))[0]
+    low, high = (np.uint64(u) << np.uint64(32) for u in (unit, unit + 1))  # the unit's range of orders
     exact = np.zeros(valid, dtype=bool)
     if config.cleaning.deduplicate:
         for part in range(parts):

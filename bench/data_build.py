@@ -3,6 +3,7 @@
     python bench/data_build.py --mb 200            # throughput (goal: >= 0.8 of raw encode_batch)
     python bench/data_build.py --mb 50 --memory    # peak memory at 50 MB and 4x that (goal: within 1.5x)
     python bench/data_build.py --mb 50 --memory --near-dedup   # the same with near-dedup and the gopher rules
+    python bench/data_build.py --mb 1000 --fingerprint   # the up-to-date check by metadata and by content
 
 Raw limit: `Tokenizer.encode_batch` over the same documents already in
 memory (parsed before the clock starts), on the same cores, measured before
@@ -156,6 +157,46 @@ def memory(work: Path, mb: float, shard_mb: float, cleaning: dict | None) -> Non
     )
 
 
+def fingerprint(work: Path, mb: float, shard_mb: float) -> None:
+    """The up-to-date check's time by metadata and by content, against reading the same bytes and nothing more.
+
+    The corpus was just written, so it is read from the page cache: this is the hashing's cost, the disk's
+    (or object store's) own speed comes on top.
+    """
+    from data_pipeline.config import DataConfig
+    from data_pipeline.sources import filesystem, plan_fingerprint, plan_units
+
+    files = write_corpus(work / "corpus", mb)
+    size = sum(p.stat().st_size for p in files)
+
+    def read_only() -> None:
+        for path in files:
+            fs, name = filesystem(str(path))
+            with fs.open_input_stream(name, compression=None) as stream:
+                while stream.read(1 << 24):
+                    pass
+
+    def plan(by: str) -> str:
+        sources = [{"name": "prose", "paths": [str(work / "corpus")]}]
+        config = DataConfig(sources=sources, shard_size_mb=shard_mb, inputs_changed_by=by)
+        return plan_fingerprint(plan_units(config), config)
+
+    seconds = {}
+    checks = {
+        "read the bytes only": read_only,
+        "plan by metadata": lambda: plan("metadata"),
+        "plan by content": lambda: plan("content"),
+    }
+    for name, check in checks.items():
+        started = time.perf_counter()
+        check()
+        seconds[name] = time.perf_counter() - started
+    print(f"machine: {os.cpu_count()} cores; corpus {size / 1e6:.0f} MB in {len(files)} files (page cache)")
+    for name, taken in seconds.items():
+        print(f"{name}: {taken:.2f} s = {size / taken / 1e9:.2f} GB/s")
+    print(f"ratio content / read only: {seconds['plan by content'] / seconds['read the bytes only']:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=float, default=200, help="corpus size (the 1x size with --memory)")
@@ -164,11 +205,16 @@ def main() -> None:
     parser.add_argument(
         "--near-dedup", action="store_true", help="with --memory: near-deduplication and the gopher rules on"
     )
+    parser.add_argument(
+        "--fingerprint", action="store_true", help="time the up-to-date check by metadata and by content"
+    )
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
-        if args.memory:
+        if args.fingerprint:
+            fingerprint(work, args.mb, args.shard_mb)
+        elif args.memory:
             cleaning = None
             if args.near_dedup:  # the bench corpus spaces punctuation out as words: Gopher's letters rule is off
                 cleaning = {

@@ -136,6 +136,11 @@ class DataConfig(BaseModel):
     )
     cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    inputs_changed_by: Literal["metadata", "content"] = Field(
+        "metadata",
+        description="how a rerun tells that an input changed: its size and modification time, or a hash of "
+        "its bytes (reads every input at each run; for copied inputs and stores whose times cannot be trusted)",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> DataConfig:

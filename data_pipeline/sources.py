@@ -21,6 +21,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pyarrow.fs as pafs
+import xxhash
 
 from data_pipeline.config import EMBEDDED_FORMAT, DataConfig, SourceConfig
 from data_pipeline.errors import DataError
@@ -190,11 +191,34 @@ def plan_units(config: DataConfig) -> list[WorkUnit]:
 def plan_fingerprint(units: list[WorkUnit], config: DataConfig) -> str:
     """Changes when an input file, the given tokenizer or a setting that shapes the output changes.
 
-    A build resumes only if equal, and a finished build of an equal plan is up to date.
+    An input file changes with its size and modification time, or with its bytes
+    when `inputs_changed_by` is "content". A build resumes only if equal, and a
+    finished build of an equal plan is up to date.
     """
     settings = config.model_dump(exclude={"output_dir"})
     tokenizer = file_sha256(Path(config.tokenizer.path)) if config.tokenizer.path else None
+    plan = [u.to_dict() for u in units]
+    contents = None
+    if config.inputs_changed_by == "content":
+        for row in plan:
+            for input_file in row["files"]:
+                del input_file["mtime_ns"]
+        contents = {uri: content_hash(uri) for uri in sorted({f.uri for u in units for f in u.files})}
     payload = json.dumps(
-        {"units": [u.to_dict() for u in units], "settings": settings, "tokenizer": tokenizer}, sort_keys=True
+        {"units": plan, "contents": contents, "settings": settings, "tokenizer": tokenizer}, sort_keys=True
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def content_hash(uri: str) -> str:
+    """XXH3-128 of a file's bytes, read in 16 MB blocks through its filesystem.
+
+    This tells a changed input from an unchanged one, it does not authenticate:
+    a fast non-cryptographic hash keeps the check near the speed of reading.
+    """
+    fs, path = filesystem(uri)
+    digest = xxhash.xxh3_128()
+    with fs.open_input_stream(path, compression=None) as stream:
+        while block := stream.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()

@@ -254,6 +254,27 @@ def test_a_finished_build_is_up_to_date_until_an_input_changes(built):
     assert plan_fingerprint(plan_units(config), config) == manifest["stats"]["plan"]
 
 
+def test_inputs_compared_by_content_ignore_times_and_see_same_size_edits(built):
+    root, _, _ = built
+    by_content = DataConfig(**data_config(root / "corpus", root / "out"), inputs_changed_by="content")
+    by_metadata = DataConfig(**data_config(root / "corpus", root / "out"))
+    edited = root / "corpus" / "lines" / "one-per-line.txt"
+    before, text = edited.stat(), edited.read_bytes()
+    content_plan = plan_fingerprint(plan_units(by_content), by_content)
+    metadata_plan = plan_fingerprint(plan_units(by_metadata), by_metadata)
+    try:
+        os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # a copy: new time, same bytes
+        assert plan_fingerprint(plan_units(by_content), by_content) == content_plan
+        # The same size and time, another byte: only the content sees it.
+        edited.write_bytes(text.replace(b"a", b"b", 1))
+        os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert plan_fingerprint(plan_units(by_metadata), by_metadata) == metadata_plan
+        assert plan_fingerprint(plan_units(by_content), by_content) != content_plan
+    finally:
+        edited.write_bytes(text)
+        os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
 def test_a_given_tokenizer_is_used_and_every_layout_read(built, corpus_dir, tmp_path):
     root, _, _ = built
     config = DataConfig(

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
             description="Build Arrow shards, tokenizer.json, rejects.jsonl and manifest.json in data.output_dir. "
             "Run it again after a crash to resume: finished work is kept and the result is byte-identical. "
             "Run it again after a finished build: nothing is done unless a setting, the tokenizer or an input "
-            "file (its size or modification time) changed, or --force is given.",
+            "file (its size or modification time; its bytes with data.inputs_changed_by=content) changed, "
+            "or --force is given.",
             epilog="Reference: docs/data.md. " + EPILOG,
         )
     )

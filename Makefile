@@ -48,7 +48,7 @@ demo: $(STAMP) ## the main job end to end on the embedded corpus: data, 2-proces
 
 test: $(STAMP) ## the whole test suite (installs a local Slurm first where it can: make slurm)
 	@$(MAKE) --no-print-directory slurm || echo "make test: no Slurm here; the Slurm tests will say so"
-	$(PY) -m pytest -n 2 --durations=15
+	$(PY) -m pytest -n 3 --durations=15
 
 slurm: ## install a local Slurm (slurm-wlm, munge) for the Slurm tests; quick when already there
 	@if command -v sbatch >/dev/null 2>&1 && command -v slurmctld >/dev/null 2>&1 \

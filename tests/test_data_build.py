@@ -260,6 +260,7 @@ def test_inputs_compared_by_content_ignore_times_and_see_same_size_edits(built):
     by_metadata = DataConfig(**data_config(root / "corpus", root / "out"))
     edited = root / "corpus" / "lines" / "one-per-line.txt"
     before, text = edited.stat(), edited.read_bytes()
+    assert b"a" in text  # the byte the edit below changes
     content_plan = plan_fingerprint(plan_units(by_content), by_content)
     metadata_plan = plan_fingerprint(plan_units(by_metadata), by_metadata)
     try:

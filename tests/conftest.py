@@ -11,8 +11,8 @@ from filelock import FileLock
 
 from tests.helpers import MlflowServer, free_port, unavailable
 
-# Ray waits 5 s for its GCS server to answer by default; two test workers on two cores (`make test`), each
-# starting Ray or ranks, can make it wait longer. Every Ray the tests start, in process or not, reads this.
+# Ray waits 5 s for its GCS server to answer by default; three test workers on two cores (`make test`),
+# each starting Ray or ranks, can make it wait longer. Every Ray the tests start, in process or not, reads this.
 os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "60")
 
 WORDS = [
@@ -216,16 +216,17 @@ def once_for_all_workers(tmp_path_factory, worker_id: str, name: str, make):
     return json.loads(result.read_text())
 
 
-# Several pytest-xdist workers share the machine (`make test` runs two). A test module runs whole on one
+# Several pytest-xdist workers share the machine (`make test` runs three on two cores: a test often waits on a
+# process it started, and a third worker keeps the cores busy meanwhile). A test module runs whole on one
 # worker, so its module-scoped fixtures (a trained run, a built dataset) are made once, and the modules that
 # use the session's Slurm or Ray cluster run on one worker together, so each cluster is started once.
 CLUSTER_MODULES = {"test_targets", "test_slurm_cluster", "test_ray_cluster"}
 
 
-# The order the two workers take modules in. First the clusters' tests: every test of the Ray cluster, then
+# The order the workers take modules in. First the clusters' tests: every test of the Ray cluster, then
 # of the Slurm cluster, each cluster stopped after its last (idle, Ray's daemons alone keep 7% of a core busy,
 # which the tests after them need), then the other launch targets; then every module that needs no dataset,
-# which the other worker runs meanwhile instead of waiting for the one it builds; then the modules that
+# which the other workers run meanwhile instead of waiting for the one being built; then the modules that
 # train, longest first, so that the last one running is a short one.
 LONGEST_FIRST = ["test_layouts", "test_trust", "test_export", "test_interruptions", "test_end_to_end", "test_stability"]
 CLUSTER_FIXTURES = ("ray_cluster", "slurm_cluster")  # in the order their tests run

@@ -3,7 +3,7 @@
     python bench/data_build.py --mb 200            # throughput (goal: >= 0.8 of raw encode_batch)
     python bench/data_build.py --mb 50 --memory    # peak memory at 50 MB and 4x that (goal: within 1.5x)
     python bench/data_build.py --mb 50 --memory --near-dedup   # the same with near-dedup and the gopher rules
-    python bench/data_build.py --mb 1000 --fingerprint   # the up-to-date check by metadata and by content
+    python bench/data_build.py --mb 500 --fingerprint    # the up-to-date check by metadata and by content
 
 Raw limit: `Tokenizer.encode_batch` over the same documents already in
 memory (parsed before the clock starts), on the same cores, measured before

@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import sys
 import warnings
+from pathlib import Path
 
 import deepspeed
 import torch
@@ -46,8 +48,35 @@ def init_distributed() -> None:
         store = serve(host, port, world_size, STORE_TIMEOUT)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
     if not ds_comm.is_initialized():  # DeepSpeed's layer over the group: made from it when there is one
+        use_the_ninja_beside_python()  # on CPUs DeepSpeed builds its shared-memory collective here
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def use_the_ninja_beside_python() -> None:
+    """Put the `ninja` installed beside this interpreter (pip's, a DeepSpeed dependency) first on PATH.
+
+    On CPU ranks DeepSpeed compiles a shared-memory collective once (torch's
+    JIT extensions, 50 CPU-s) and caches it in ~/.cache/torch_extensions. It
+    runs whichever `ninja` comes first on PATH, and ninja judges the cache by
+    a hash of the build command, which ninja 1.11 (Debian's) and 1.13 (pip's)
+    compute differently: a rank that found the other one first (a venv
+    activated or not, a Ray worker, a Slurm job) rebuilt the collective, and
+    every rank on the machine waited for it. `make install` builds it the
+    same way (`build_cpu_collective`).
+    """
+    here = Path(sys.executable).parent
+    path = os.environ.get("PATH", os.defpath)
+    if (here / "ninja").is_file() and path.split(os.pathsep)[0] != str(here):
+        os.environ["PATH"] = f"{here}{os.pathsep}{path}"
+
+
+def build_cpu_collective() -> None:
+    """Build DeepSpeed's shared-memory collective for CPU ranks as a rank would, so that none has to."""
+    from deepspeed.comm.torch import build_shm_op
+
+    use_the_ninja_beside_python()
+    build_shm_op()
 
 
 def _launcher_serves_the_store() -> bool:

@@ -1,0 +1,43 @@
+"""The engine's process group on CPU ranks: DeepSpeed's shared-memory collective, built once, found by every rank."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+JOIN_ALONE = """
+import torch.distributed as dist
+from deepspeed import comm
+from pretrain.train.engine import init_distributed
+init_distributed()
+print("joined", dist.get_world_size(), comm.is_initialized())
+"""
+
+
+def test_a_rank_builds_the_cpu_collective_with_the_ninja_installed_beside_it(tmp_path):
+    """DeepSpeed compiles its CPU collective with whichever `ninja` comes first on PATH and caches it; ninja
+    judges the cache by a hash of the build command, and Debian's ninja (1.11) and pip's (1.13, which DeepSpeed
+    installs) hash differently, so a rank that found the other one first (an activated venv or not, a Ray
+    worker) rebuilt it: 50 CPU-s. Here another `ninja` comes first on the rank's PATH; the rank must not run it."""
+    other = tmp_path / "bin"
+    other.mkdir()
+    called = tmp_path / "other-ninja-ran"
+    (other / "ninja").write_text(f"#!/bin/sh\necho \"$@\" >> {called}\nexit 1\n")
+    (other / "ninja").chmod(0o755)
+    env = os.environ | {
+        "PATH": f"{other}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
+    joined = subprocess.run(
+        [sys.executable, "-c", JOIN_ALONE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert "joined 1 True" in joined.stdout
+    assert not called.exists(), called.read_text()

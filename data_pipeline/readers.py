@@ -17,6 +17,7 @@ import gzip
 import inspect
 import io
 import json
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -264,8 +265,24 @@ def _docstring_records(uri: str) -> Iterator[Record]:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return  # a few standard-library files are deliberately unparsable test data: no documents
-    for node in ast.walk(tree):
+    for node in _statements(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             docstring = ast.get_docstring(node, clean=False)
             if docstring:
                 yield inspect.cleandoc(docstring)
+
+
+def _statements(tree: ast.Module) -> Iterator[ast.AST]:
+    """The module and every statement in it, in `ast.walk`'s order (breadth first), skipping expressions.
+
+    Only modules, classes and functions have docstrings, and a statement is never inside an expression, so
+    the expressions (most of a tree's nodes) need no visit: the same documents in the same order, 4x faster
+    than `ast.walk` (bench/docstrings.py).
+    """
+    queue = deque([tree])
+    while queue:
+        node = queue.popleft()
+        yield node
+        queue.extend(
+            c for c in ast.iter_child_nodes(node) if isinstance(c, (ast.stmt, ast.excepthandler, ast.match_case))
+        )

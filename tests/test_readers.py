@@ -1,6 +1,8 @@
 """Reading input files record by record: every bad record is a counted reject with its line, never a crash."""
 
+import ast
 import gzip
+import inspect
 import json
 
 import pyarrow as pa
@@ -222,3 +224,77 @@ def test_compressed_files_are_never_split(tmp_path):
     path.write_bytes(gzip.compress(b"".join(json.dumps({"text": "y" * 100}).encode() + b"\n" for _ in range(5000))))
     config = DataConfig(sources=[{"name": "s", "paths": [str(path)]}], shard_size_mb=0.0001)
     assert [u.files[0].end for u in plan_units(config)] == [None]
+
+
+NESTED_DOCSTRINGS = '''
+"""module"""
+import os
+
+
+class Outer:
+    """class"""
+
+    def method(self):
+        """method"""
+        lambda: None
+
+        class Inner:
+            """class in a method"""
+
+    async def coroutine(self):
+        """async method"""
+
+
+if os.sep:
+    def in_if():
+        """in an if"""
+else:
+    def in_else():
+        """in an else"""
+
+try:
+    def in_try():
+        """in a try"""
+except ValueError:
+    def in_except():
+        """in an except"""
+finally:
+    def in_finally():
+        """in a finally"""
+
+for _ in ():
+    def in_for():
+        """in a for"""
+
+with open(os.devnull) as f:
+    def in_with():
+        """in a with"""
+
+match os.sep:
+    case "/":
+        def in_case():
+            """
+            in a case,
+                indented
+            """
+
+
+def no_docstring():
+    x = 1
+    """not a docstring: not the first statement"""
+'''
+
+
+def test_python_docstrings_are_every_module_class_and_function_docstring_in_ast_walk_order(tmp_path):
+    """Read without visiting expressions: the same documents, in the same order, as a walk of the whole tree."""
+    path = tmp_path / "nested.py"
+    path.write_text(NESTED_DOCSTRINGS)
+    every_node = [
+        inspect.cleandoc(ast.get_docstring(node, clean=False))
+        for node in ast.walk(ast.parse(NESTED_DOCSTRINGS))
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and ast.get_docstring(node)
+    ]
+    got = records(path, "python-docstrings")
+    assert got == every_node
+    assert len(got) == 13 and "class in a method" in got and got[-1] == "in a case,\n    indented"

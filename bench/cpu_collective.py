@@ -21,17 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+from process_exit import busy_cpu_seconds  # bench/, the script's folder, is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(sys.executable).parent
 BY_DEEPSPEED = "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 BY_A_RANK = "from pretrain.train.engine import build_cpu_collective; build_cpu_collective()"
-
-
-def busy_cpu_seconds() -> float:
-    """CPU time the machine has spent on anything but idling, in seconds."""
-    with open("/proc/stat") as stat:
-        fields = [int(x) for x in stat.readline().split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(code: str, path: str) -> tuple[float, float]:
@@ -50,8 +45,8 @@ def main() -> None:
     other = shutil.which("ninja", path=os.pathsep.join(others))
     if other is None or not (HERE / "ninja").is_file():
         sys.exit(f"needs a ninja beside {sys.executable} and another on PATH; found {other or 'no other'}")
-    paths = {"the other ninja first": os.pathsep.join(others), "the ninja beside Python first": f"{HERE}{os.pathsep}"}
-    paths["the ninja beside Python first"] += paths["the other ninja first"]
+    other_first = os.pathsep.join(others)
+    paths = {"the other ninja first": other_first, "the ninja beside Python first": f"{HERE}{os.pathsep}{other_first}"}
     print(f"other ninja: {other}; beside Python: {HERE / 'ninja'}")
     for round_ in range(args.rounds):
         for label, code in (("as it was (build_shm_op)", BY_DEEPSPEED), ("as it is (a rank)", BY_A_RANK)):

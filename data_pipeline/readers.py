@@ -276,8 +276,8 @@ def _statements(tree: ast.Module) -> Iterator[ast.AST]:
     """The module and every statement in it, in `ast.walk`'s order (breadth first), skipping expressions.
 
     Only modules, classes and functions have docstrings, and a statement is never inside an expression, so
-    the expressions (most of a tree's nodes) need no visit: the same documents in the same order, 4x faster
-    than `ast.walk` (bench/docstrings.py).
+    the expressions (most of a tree's nodes) need no visit: the same documents in the same order, and the
+    whole read 1.25x faster than with `ast.walk` (bench/docstrings.py).
     """
     queue = deque([tree])
     while queue:

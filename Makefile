@@ -28,8 +28,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --no-build-isolation $(PINS) $(DEEPSPEED)
 	$(PIP) install -q --no-build-isolation $(PINS) -e ".[test]"
 	# DeepSpeed compiles its shared-memory collective for CPU ranks the first time a rank needs it (49 CPU-s
-	# here, cached in ~/.cache/torch_extensions): done at install, as a rank does it, not in the first job or
-	# test. No-op on GPUs.
+	# here, cached in a folder of this venv's own under ~/.cache/torch_extensions): done at install, as a rank
+	# does it, not in the first job or test. No-op on GPUs.
 	$(PY) -c "from pretrain.train.engine import build_cpu_collective; build_cpu_collective()"
 	touch $@
 

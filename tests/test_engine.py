@@ -40,3 +40,29 @@ def test_a_rank_builds_the_cpu_collective_with_the_ninja_installed_beside_it(tmp
     assert joined.returncode == 0, joined.stderr[-3000:]
     assert "joined 1 True" in joined.stdout
     assert not called.exists(), called.read_text()
+
+
+def test_each_python_environment_builds_deepspeeds_ops_in_a_folder_of_its_own(monkeypatch, tmp_path):
+    """torch caches the ops it builds in one folder per user (~/.cache/torch_extensions/py311_cpu), and ninja
+    rebuilds an op built from another Python environment (its torch's paths are in the build command): two
+    venvs of one user, two clones of the project say, rebuilt DeepSpeed's CPU collective in turn, 50 CPU-s and
+    every rank waiting each time. Each environment now has a folder of its own; a TORCH_EXTENSIONS_DIR the user
+    set is kept."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    from pretrain.train.engine import use_a_build_folder_of_this_environment
+
+    def build_folder(prefix: str) -> str:
+        monkeypatch.setattr(sys, "prefix", prefix)
+        monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+        use_a_build_folder_of_this_environment()
+        return _get_build_directory("deepspeed_shm_comm", verbose=False)
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where torch's own default folder would be
+    first, second, first_again = build_folder("/envs/a"), build_folder("/envs/b"), build_folder("/envs/a")
+    assert first == first_again != second
+    assert Path(first).is_relative_to(tmp_path / "cache" / "torch_extensions") and Path(first).is_dir()
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))
+    use_a_build_folder_of_this_environment()
+    assert _get_build_directory("deepspeed_shm_comm", verbose=False) == str(tmp_path / "mine" / "deepspeed_shm_comm")

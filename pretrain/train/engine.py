@@ -7,6 +7,7 @@ tests build exactly the engine `pretrain train` builds.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import os
 import sys
@@ -49,6 +50,7 @@ def init_distributed() -> None:
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
     if not ds_comm.is_initialized():  # DeepSpeed's layer over the group: made from it when there is one
         use_the_ninja_beside_python()  # on CPUs DeepSpeed builds its shared-memory collective here
+        use_a_build_folder_of_this_environment()
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
@@ -71,11 +73,27 @@ def use_the_ninja_beside_python() -> None:
         os.environ["PATH"] = f"{here}{os.pathsep}{path}"
 
 
+def use_a_build_folder_of_this_environment() -> None:
+    """Have torch build and cache DeepSpeed's ops in a folder of this Python environment's own.
+
+    torch's default is one folder per user (~/.cache/torch_extensions/py311_cpu),
+    and ninja rebuilds an op built from another environment, whose torch's
+    paths are in the build command: two venvs of one user (two clones of the
+    project) rebuilt the CPU collective in turn, 50 CPU-s each time. A
+    TORCH_EXTENSIONS_DIR set by the user is kept.
+    """
+    from torch.utils.cpp_extension import get_default_build_root
+
+    environment = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(get_default_build_root(), f"env-{environment}"))
+
+
 def build_cpu_collective() -> None:
     """Build DeepSpeed's shared-memory collective for CPU ranks as a rank would, so that none has to."""
     from deepspeed.comm.torch import build_shm_op
 
     use_the_ninja_beside_python()
+    use_a_build_folder_of_this_environment()
     build_shm_op()
 
 

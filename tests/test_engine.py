@@ -59,6 +59,9 @@ def test_each_python_environment_builds_deepspeeds_ops_in_a_folder_of_its_own(mo
         return _get_build_directory("deepspeed_shm_comm", verbose=False)
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where torch's own default folder would be
+    # Recorded as it is now and put back after the test: the function sets it in this process's environment,
+    # which every later test's processes inherit (and then build DeepSpeed's ops in a folder of this test).
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", os.environ.get("TORCH_EXTENSIONS_DIR", ""))
     first, second, first_again = build_folder("/envs/a"), build_folder("/envs/b"), build_folder("/envs/a")
     assert first == first_again != second
     assert Path(first).is_relative_to(tmp_path / "cache" / "torch_extensions") and Path(first).is_dir()

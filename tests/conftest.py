@@ -168,7 +168,8 @@ TOP_LEVEL_STDLIB = (
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory, worker_id) -> Path:
-    """The embedded corpus built into shards with the tiny config, once per run of the suite (for all workers)."""
+    """The embedded corpus's top-level modules built into shards with the tiny config, once per run of the suite
+    (for all workers)."""
     from tests.helpers import ROOT, pretrain
 
     def build(work: Path) -> str:

@@ -95,7 +95,7 @@ class Heartbeat:
         while not self._stop.wait(self.period_s):
             self._publish()
             beats = read_beats(self.folder, self.world_size)
-            stalled = stalled_ranks(beats, time.time(), self.timeout_s)
+            stalled = stalled_ranks(beats, time.time(), self.timeout_s, self.world_size)
             if stalled:
                 self._stop_hung_job(beats, stalled)
 
@@ -155,8 +155,17 @@ def position(beat: dict) -> tuple[int, int]:
     return beat["step"], PHASES.index(beat["phase"]) if beat["phase"] in PHASES else len(PHASES)
 
 
-def stalled_ranks(beats: dict[int, dict], now: float, timeout_s: float) -> list[int]:
-    """The ranks to blame when no rank has moved for `timeout_s`; empty while the job moves."""
+def stalled_ranks(beats: dict[int, dict], now: float, timeout_s: float, world_size: int) -> list[int]:
+    """The ranks to blame when no rank has moved for `timeout_s`; empty while the job moves.
+
+    Nothing is judged until every rank has published: one that has not is
+    still starting (rank 0 opens the tracking run before its loop, which a
+    slow server makes long), and the others wait for it in their first
+    collective without moving. A rank that dies before that is its
+    launcher's to see; one that stops there, the collectives' timeout's.
+    """
+    if len(beats) < world_size:
+        return []
     active = {rank: beat for rank, beat in beats.items() if beat["phase"] != FINISHED}
     if not active or now - max(beat["moved_at"] for beat in active.values()) < timeout_s:
         return []

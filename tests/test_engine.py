@@ -69,3 +69,34 @@ def test_each_python_environment_builds_deepspeeds_ops_in_a_folder_of_its_own(mo
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))
     use_a_build_folder_of_this_environment()
     assert _get_build_directory("deepspeed_shm_comm", verbose=False) == str(tmp_path / "mine" / "deepspeed_shm_comm")
+
+
+ZERO1_ENGINE_ALONE = """
+import sys
+from model import GPT
+from pretrain.config import load_config
+from pretrain.train.engine import build_engine, init_distributed
+
+config = load_config("configs/tiny.yaml", ["launch.nproc_per_node=1", "train.global_batch_size=8"])
+init_distributed()
+engine = build_engine(config, GPT(config.model))
+compiler_imported = "torch._inductor.compile_fx" in sys.modules
+from deepspeed.runtime.zero.muon import original_muon  # imported by the engine (here, already)
+print(type(engine.optimizer).__name__, compiler_imported,
+      original_muon.muon_update.__wrapped__.__name__, original_muon.muon_update.__module__)
+"""
+
+
+def test_a_rank_builds_its_zero_engine_without_importing_torchinductors_compiler():
+    """DeepSpeed's ZeRO optimizer imports its Muon optimizer's module to ask whether ours is one, and that module
+    wraps its kernels in torch.compile as it is imported, which imports TorchInductor's compiler: 1.1 CPU-s of
+    each rank's start-up. A rank that does not compile must not import it; Muon's kernels still compile, on
+    first call."""
+    alone = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    env = os.environ | alone | {"MASTER_PORT": str(free_port())}
+    command = [sys.executable, "-c", ZERO1_ENGINE_ALONE]
+    built = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert built.returncode == 0, built.stderr[-3000:]
+    # Muon's kernels are the functions it defines, wrapped to compile on their first call.
+    kernel = ["muon_update", "deepspeed.runtime.zero.muon.original_muon"]
+    assert built.stdout.splitlines()[-1].split() == ["DeepSpeedZeroOptimizer", "False", *kernel]

@@ -7,7 +7,9 @@ tests build exactly the engine `pretrain train` builds.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
+import importlib
 import logging
 import os
 import sys
@@ -18,6 +20,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed import comm as ds_comm
+from deepspeed.runtime import compiler as ds_compiler
 from deepspeed.utils import groups
 
 from launch.stores import bound_store, client_store
@@ -111,6 +114,7 @@ def build_engine(config: Config, model: GPT):
         # engine so that DeepSpeed counts the batch over data-parallel ranks only.
         groups._init_tp_mesh_device(tensor_model_parallel_size=config.parallel.tensor_parallel_size)
         mpu = groups
+    import_deepspeeds_muon_compiling_on_first_call()
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         mpu=mpu,
@@ -121,6 +125,43 @@ def build_engine(config: Config, model: GPT):
     # Every checkpoint file written through it is recorded with its checksum; every one read is loaded weights_only.
     engine.checkpoint_engine = VerifiedCheckpointEngine()
     return engine
+
+
+MUON_MODULE = "deepspeed.runtime.zero.muon.muon_optimizer"
+
+
+def import_deepspeeds_muon_compiling_on_first_call() -> None:
+    """Import DeepSpeed's Muon optimizer with its kernels compiled on their first call, not on import.
+
+    Every DeepSpeed optimizer (ZeRO, bf16) imports Muon's module to ask whether
+    ours is a Muon, and that module wraps its kernels in `torch.compile` as it
+    is imported, which imports TorchInductor's compiler: 1.1 CPU-s of each
+    rank's start-up (bench/cli_startup.py), for an optimizer the project does
+    not use. Wrapped this way, a Muon of DeepSpeed's would compile the same
+    kernels, on first use as `torch.compile` does; our ranks import that
+    compiler only when train.compile is on.
+    """
+    if MUON_MODULE in sys.modules:
+        return
+    eager_compile = ds_compiler.compile
+    ds_compiler.compile = lambda: _compile_on_first_call
+    try:
+        importlib.import_module(MUON_MODULE)
+    finally:
+        ds_compiler.compile = eager_compile
+
+
+def _compile_on_first_call(function):
+    compiled = None
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        nonlocal compiled
+        if compiled is None:
+            compiled = torch.compile(function)
+        return compiled(*args, **kwargs)
+
+    return call
 
 
 def make_optimizer(config: Config, model: GPT) -> torch.optim.Optimizer:

@@ -104,8 +104,12 @@ def hf_validation_loss(hf, run_dir, data_dir) -> float:
     return torch.stack(losses).mean().item()
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("family", FAMILIES)
+# Both families with tensor parallelism (each splits its own projections), and each with one of ZeRO's two
+# checkpoint layouts (ZeRO 1 keeps whole weights in the model states, ZeRO 3 a partition per rank).
+EXPORTED = [("gpt2", "zero1"), ("gpt2", "tp2"), ("llama", "zero3"), ("llama", "tp2")]
+
+
+@pytest.mark.parametrize(("family", "layout"), EXPORTED, ids=["-".join(run) for run in EXPORTED])
 def test_hugging_face_export_gives_our_logits_loss_and_tokens(runs, family, layout):
     run_dir = runs.run_dir(family, layout)
     folder = run_dir / "export"
@@ -135,7 +139,7 @@ def test_hugging_face_export_gives_our_logits_loss_and_tokens(runs, family, layo
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_text_generation_pipeline_loads_the_folder(runs, family):
-    folder = runs.run_dir(family, "zero1") / "export"
+    folder = runs.run_dir(family, "tp2") / "export"
     generator = transformers.pipeline("text-generation", model=str(folder))
     text = generator("def main", max_new_tokens=8, do_sample=False)[0]["generated_text"]
     assert text.startswith("def main") and len(text) > len("def main")
@@ -187,7 +191,7 @@ def spelled_out(config: GPTConfig) -> GPTConfig:
 
 def test_init_from_a_hugging_face_folder_starts_from_its_weights(runs):
     """Round trip: the new run's untrained validation loss is the exported run's final one."""
-    source = runs.run_dir("llama", "zero1")
+    source = runs.run_dir("llama", "zero3")  # two data-parallel ranks, as the new run: the same validation batches
     folder = source / "export"
     # The gpt2 tiny model on the command line: the folder's Llama architecture replaces it.
     options = [*runs.config, *LAYOUTS["zero1"], *SHORT_RUN, "train.max_steps=1", "tracking.run_name=continued"]

@@ -85,6 +85,10 @@ def logged_metric(work: Path, run_name: str, key: str = "loss") -> dict[int, flo
 # The layout tests' run: ten steps, a loss logged at every one.
 LAYOUT_RUN = ["train.max_steps=10", "lr_schedule.warmup_steps=2", "train.log_interval=1", "eval.interval=10"]
 TWO_RANKS_ZERO1 = ("launch.nproc_per_node=2", "parallel.zero_stage=1")
+# Rank 0 made slow (pretrain/train/faults.py), for a run that a test stops, kills or waits beside: a sleep, in
+# which the other ranks wait in their collective, leaves the CPU to the tests running beside (the tiny job's
+# steps take 0.1 s at full speed, on every core).
+SLOW = {"PRETRAIN_FAULT_SLOW_RANK": "0:0.3"}
 
 
 def train_losses(work: Path, config: list[str], name: str, *layout: str, env: dict | None = None) -> list[float]:

@@ -18,6 +18,7 @@ from launch.targets import target
 from pretrain.weights.checkpoint_folder import latest_tag
 from tests.helpers import (
     LAYOUT_RUN,
+    SLOW,
     free_port,
     kill_rank_after_first_checkpoint,
     logged_metric,
@@ -32,9 +33,7 @@ pytestmark = pytest.mark.slow
 # A rank killed with kill -9 after the first checkpoint, and launch.max_restarts=1: the job restarts its ranks
 # from the checkpoint and finishes by itself, every step logged once.
 RESTART = ("checkpoint.every_steps=2", "launch.max_restarts=1")
-# Rank 0 made slow (pretrain/train/faults.py), so that a kill or a signal lands mid-run (the tiny job's steps
-# take 0.1 s) without steps to spare: a sleep leaves the CPU to the tests running beside.
-SLOW = {"PRETRAIN_FAULT_SLOW_RANK": "0:0.3"}
+# A kill or a signal lands mid-run with rank 0 made slow, without steps to spare.
 RAY_SLOW = "launch.ray.env_vars={" + ", ".join(f"{name}: '{value}'" for name, value in SLOW.items()) + "}"
 
 
@@ -153,7 +152,7 @@ def test_a_detached_local_job_is_followed_to_its_end_and_linked_to_its_mlflow_ru
 
 def test_cancelling_a_detached_job_saves_a_checkpoint_and_the_same_submit_continues_it(work):
     config = [*work["config"], "tracking.run_name=cancelled", *LAYOUT_RUN, "train.max_steps=400"]
-    job_id = submitted_id(pretrain("submit", *config, "--detach", cwd=work["work"]).stdout)
+    job_id = submitted_id(pretrain("submit", *config, "--detach", cwd=work["work"], env=os.environ | SLOW).stdout)
     log = work["work"] / "runs" / "cancelled" / "job.log"
     deadline = time.time() + 600
     while "step      2/400" not in (log.read_text() if log.exists() else ""):

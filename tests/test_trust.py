@@ -22,7 +22,7 @@ from pretrain.layout import MARKER_NAME
 from pretrain.tracking.metric_names import tracked_name
 from pretrain.weights.checkpoint_files import describe_file, verify
 from pretrain.weights.checkpoint_folder import checkpoint_dir, latest_tag
-from tests.helpers import pretrain, read_until, tiny_job_config, unavailable
+from tests.helpers import SLOW, pretrain, read_until, tiny_job_config, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -227,10 +227,13 @@ def listening_addresses(root: psutil.Process) -> set[str]:
     return addresses
 
 
-def start_run(work: Path, config: list[str], *settings: str, session: bool = False) -> subprocess.Popen:
+def start_run(
+    work: Path, config: list[str], *settings: str, session: bool = False, env: dict | None = None
+) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "pretrain.cli", "train", *config, *settings],
         cwd=work,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -244,7 +247,7 @@ LONG_RUN = ["train.max_steps=100000", "lr_schedule.warmup_steps=1", "train.log_i
 def test_one_run_writes_a_run_folder_and_its_job_listens_on_loopback_only(base):
     work = new_folder(base, "busy")
     config = [*tiny_job_config(work, base["data"]), "tracking.run_name=busy", "launch.nproc_per_node=2"]
-    first = start_run(work, config, *LONG_RUN)
+    first = start_run(work, config, *LONG_RUN, env=os.environ | SLOW)  # trains while the test tries it
     try:
         read_until(first, "step      2/")
         addresses = listening_addresses(psutil.Process(first.pid))

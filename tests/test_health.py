@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pretrain.train.heartbeat import FINISHED, stalled_ranks
+from pretrain.train.heartbeat import FINISHED, read_beats, stalled_ranks
 from pretrain.train.resume import finished_before_this_attempt
 from pretrain.train.stragglers import StragglerWatch
 from pretrain.weights.layout_change import Layout, reshard_problem
@@ -42,6 +42,17 @@ def test_no_rank_is_blamed_while_one_has_not_started_its_loop():
     assert stalled_ranks(waiting, NOW, timeout_s=10, world_size=2) == []
     waiting[0] = beat(0, "data", 30)  # every rank in its loop, and none moves: judged as before
     assert stalled_ranks(waiting, NOW, timeout_s=10, world_size=2) == [0, 1]
+
+
+def test_after_a_restart_the_beats_of_the_attempt_before_are_not_counted(tmp_path):
+    """The restarted rank 0 opens the MLflow run again while rank 1 waits for it; rank 0's file is still the
+    one its killed process left, not moved and not written for longer than the timeout. Counted, rank 0 was
+    blamed for a hang while it started."""
+    (tmp_path / "rank_00000.json").write_text(json.dumps({"attempt": "before", **beat(5, "backward", 40, 40)}))
+    (tmp_path / "rank_00001.json").write_text(json.dumps({"attempt": "now", **beat(5, "data", 30)}))
+    beats = read_beats(tmp_path, world_size=2, attempt="now")
+    assert list(beats) == [1]
+    assert stalled_ranks(beats, NOW, timeout_s=10, world_size=2) == []
 
 
 def test_finished_ranks_are_never_blamed():

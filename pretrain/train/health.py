@@ -8,6 +8,7 @@ what they find: printing, tagging the MLflow run, rolling back.
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 
 import torch.distributed as dist
@@ -35,7 +36,11 @@ def start_heartbeat(config: Config, tracker) -> Heartbeat | None:
             tracker.finish("FAILED")
 
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    return Heartbeat(config.run_dir, rank, world_size, config.train.hang_timeout_s, report).start()
+    # Rank 0 names this start of the job, so that each rank tells this attempt's heartbeats from the files an
+    # earlier one left (a restart after a failure or a hang); a collective, as the loop's first step is anyway.
+    attempt = [uuid.uuid4().hex if rank == 0 else None]
+    dist.broadcast_object_list(attempt, src=0)
+    return Heartbeat(config.run_dir, rank, world_size, config.train.hang_timeout_s, report, attempt[0]).start()
 
 
 def straggler_metrics(stragglers: StragglerWatch, world_size: int, console: Console | None) -> dict:

@@ -51,10 +51,17 @@ class Heartbeat:
     """This rank's progress, published by a thread that also watches every other rank's."""
 
     def __init__(
-        self, run_dir: Path, rank: int, world_size: int, timeout_s: float, report: Callable[[str, Path], None]
+        self,
+        run_dir: Path,
+        rank: int,
+        world_size: int,
+        timeout_s: float,
+        report: Callable[[str, Path], None],
+        attempt: str,
     ):
         self.folder, self.hangs = run_dir / HEARTBEATS_DIR, run_dir / HANGS_DIR
         self.rank, self.world_size, self.timeout_s, self.report = rank, world_size, timeout_s, report
+        self.attempt = attempt  # the same in every rank of this start of the job (read_beats)
         self.period_s = min(MAX_PERIOD_S, timeout_s / 4)
         self.step, self.phase, self.moved_at = 0, "data", time.time()
         self._started_at = psutil.Process().create_time()
@@ -80,6 +87,7 @@ class Heartbeat:
 
     def _publish(self) -> None:
         beat = {
+            "attempt": self.attempt,
             "rank": self.rank,
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -94,7 +102,7 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             self._publish()
-            beats = read_beats(self.folder, self.world_size)
+            beats = read_beats(self.folder, self.world_size, self.attempt)
             stalled = stalled_ranks(beats, time.time(), self.timeout_s, self.world_size)
             if stalled:
                 self._stop_hung_job(beats, stalled)
@@ -127,14 +135,21 @@ class Heartbeat:
         os._exit(HANG_EXIT_CODE)
 
 
-def read_beats(folder: Path, world_size: int) -> dict[int, dict]:
-    """Every rank's last heartbeat, by rank; a rank that has not written one yet is left out."""
+def read_beats(folder: Path, world_size: int, attempt: str) -> dict[int, dict]:
+    """Every rank's last heartbeat in this attempt, by rank; a rank that has not written one yet is left out.
+
+    After a restart the folder still holds the beats of the attempt before,
+    long still, of ranks that have not started again yet: counted, they were
+    blamed for a hang while they started.
+    """
     beats = {}
     for rank in range(world_size):
         try:
-            beats[rank] = json.loads((folder / f"rank_{rank:05d}.json").read_text())
+            beat = json.loads((folder / f"rank_{rank:05d}.json").read_text())
         except (OSError, ValueError):
             continue  # not started yet, or being replaced at this moment
+        if beat.get("attempt") == attempt:
+            beats[rank] = beat
     return beats
 
 

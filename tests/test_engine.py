@@ -89,8 +89,8 @@ print(type(engine.optimizer).__name__, compiler_imported,
 
 def test_a_rank_builds_its_zero_engine_without_importing_torchinductors_compiler():
     """DeepSpeed's ZeRO optimizer imports its Muon optimizer's module to ask whether ours is one, and that module
-    wraps its kernels in torch.compile as it is imported, which imports TorchInductor's compiler: 1.1 CPU-s of
-    each rank's start-up. A rank that does not compile must not import it; Muon's kernels still compile, on
+    wraps its kernels in torch.compile as it is imported, which imports TorchInductor's compiler: 1.1 to 1.9
+    CPU-s of each rank's start-up. A rank that does not compile must not import it; Muon's kernels still compile, on
     first call."""
     alone = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
     env = os.environ | alone | {"MASTER_PORT": str(free_port())}

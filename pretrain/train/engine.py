@@ -135,9 +135,9 @@ def import_deepspeeds_muon_compiling_on_first_call() -> None:
 
     Every DeepSpeed optimizer (ZeRO, bf16) imports Muon's module to ask whether
     ours is a Muon, and that module wraps its kernels in `torch.compile` as it
-    is imported, which imports TorchInductor's compiler: 1.1 CPU-s of each
-    rank's start-up (bench/cli_startup.py), for an optimizer the project does
-    not use. Wrapped this way, a Muon of DeepSpeed's would compile the same
+    is imported, which imports TorchInductor's compiler: 1.1 to 1.9 CPU-s of
+    each rank's start-up (bench/cli_startup.py), for an optimizer the project
+    does not use. Wrapped this way, a Muon of DeepSpeed's would compile the same
     kernels, on first use as `torch.compile` does; our ranks import that
     compiler only when train.compile is on.
     """

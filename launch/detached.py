@@ -110,10 +110,12 @@ def supervise(exit_file: Path, command: list[str], ranks: bool) -> int:
 
 
 def _supervisor(record: JobRecord) -> psutil.Process | None:
-    """The job's supervisor while it runs; None once it is gone (a pid reused since is not it)."""
+    """The job's supervisor while it runs; None once it is gone (a pid reused since is not it). An exited
+    supervisor that nobody has reaped yet (a zombie: a process that asked about the job may have become its
+    parent, as a subreaper) is gone too."""
     try:
         process = psutil.Process(record.details["pid"])
-        if abs(process.create_time() - record.details["create_time"]) < 1:
+        if abs(process.create_time() - record.details["create_time"]) < 1 and process.status() != psutil.STATUS_ZOMBIE:
             return process
     except psutil.NoSuchProcess:
         pass

@@ -1,6 +1,8 @@
 """Every launch target running a real job: detached local processes, two nodes meeting through torchrun's
 c10d rendezvous, a Slurm cluster and a Ray cluster; each followed and stopped with `pretrain jobs`."""
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -15,6 +17,7 @@ import pytest
 
 from launch.jobs import find_record
 from launch.targets import target
+from pretrain.cli import main
 from pretrain.weights.checkpoint_folder import latest_tag
 from tests.helpers import (
     LAYOUT_RUN,
@@ -44,8 +47,15 @@ def work(tmp_path_factory, tiny_data):
 
 
 def jobs(work, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`pretrain jobs ...` on the test's jobs folder; `env` reaches a scheduler (a cluster's variables)."""
-    return pretrain("jobs", *args, "--jobs-dir", str(work["work"] / "jobs"), cwd=work["work"], check=check, env=env)
+    """`pretrain jobs ...` on the test's jobs folder, in this process (the CLI's main, as the command runs it: a
+    new process would spend 2.5 CPU-s on imports beside the job it asks about); `env` reaches a scheduler (a
+    cluster's variables)."""
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, env or {}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["jobs", *args, "--jobs-dir", str(work["work"] / "jobs")])
+    if check and code != 0:
+        raise AssertionError(f"pretrain jobs {' '.join(args)} failed:\n{out.getvalue()[-3000:]}\n{err.getvalue()}")
+    return subprocess.CompletedProcess(["jobs", *args], code, out.getvalue(), err.getvalue())
 
 
 def submitted_id(output: str) -> str:

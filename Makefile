@@ -37,14 +37,18 @@ install: $(STAMP) ## create .venv and install everything (skipped when up to dat
 
 demo: $(STAMP) ## the main job end to end on the embedded corpus: data, 2-process training, export, generate
 	$(VENV)/bin/pretrain data build $(DEMO)
+	$(VENV)/bin/pretrain data cloze $(DEMO) --examples 300
 	$(VENV)/bin/pretrain train $(DEMO)
 	$(VENV)/bin/pretrain export $(DEMO)
+	$(VENV)/bin/pretrain eval $(DEMO) --out outputs/runs/$(DEMO_RUN)-eval.json
 	$(VENV)/bin/pretrain generate $(DEMO) --prompt "Return the" --max-new-tokens 48
 	@echo
 	@echo "Outputs of this demo:"
 	@echo "  shards and manifest:  outputs/data/stdlib/"
 	@echo "  run folder:           outputs/runs/$(DEMO_RUN)/  (checkpoints/, config.yaml, summary.json)"
 	@echo "  exported model:       outputs/runs/$(DEMO_RUN)/export/  (a Hugging Face folder: docs/export.md)"
+	@echo "  held-out cloze task:  outputs/data/stdlib/cloze.jsonl, scored as eval/cloze/acc (docs/evaluation.md)"
+	@echo "  evaluation:           outputs/runs/$(DEMO_RUN)-eval.json  (each example's log-likelihoods)"
 	@echo "  MLflow run '$(DEMO_RUN)' in experiment 'demo' (mlflow.db): make mlflow-ui, then open the link it prints"
 
 test: $(STAMP) ## the whole test suite (installs a local Slurm first where it can: make slurm)

@@ -178,9 +178,20 @@ def tiny_data(tmp_path_factory, worker_id) -> Path:
         built = pretrain("data", "build", "--config", config, TOP_LEVEL_STDLIB, f"data.output_dir={data_dir}", cwd=work)
         (work / "build.out").write_text(built.stdout)  # what the command printed, for tests of its report
         (work / "build.err").write_text(built.stderr)
+        # Cloze tasks from its held-out text (tiny_tasks): all it makes, and a few for runs that compare scores.
+        from data_pipeline.cloze import write_cloze_task
+
+        write_cloze_task(data_dir, work / "tasks" / "cloze.jsonl", examples=1000)
+        write_cloze_task(data_dir, work / "tasks" / "small.jsonl", examples=12)
         return str(data_dir)
 
     return Path(once_for_all_workers(tmp_path_factory, worker_id, "tiny-data", build))
+
+
+@pytest.fixture(scope="session")
+def tiny_tasks(tiny_data) -> Path:
+    """The folder of tiny_data's cloze tasks: cloze.jsonl (every held-out document it can use), small.jsonl (12)."""
+    return tiny_data.parent / "tasks"
 
 
 @pytest.fixture(scope="module")

@@ -98,24 +98,26 @@ def train_losses(work: Path, config: list[str], name: str, *layout: str, env: di
 
 
 def validation_batches(run_dir: Path, data_dir: Path):
-    """The micro-batches (inputs, targets[, document ids]) of every rank that the trainer's validation ran on."""
-    from data_pipeline.loader import BatchLoader
+    """The micro-batches (inputs, targets[, document ids]) of every rank that the trainer's validation ran on; the
+    targets of padding rows (eval.batches=all) are -100, counting for nothing."""
+    from data_pipeline.shards import read_manifest
     from pretrain.config import load_config
+    from pretrain.evaluation.validation import HeldOut
 
     config = load_config(run_dir / "config.yaml")
+    train = config.train
     for rank in range(config.dp_size):
-        loader = BatchLoader(
+        held_out = HeldOut(
             data_dir,
-            "val",
-            config.train.seq_len,
-            config.train.micro_batch_size,
+            read_manifest(data_dir),
+            train.seq_len,
+            train.micro_batch_size,
             config.eval.batches,
-            rank,
-            config.dp_size,
-            config.train.seed,
-            document_ids=config.train.document_masking,
+            (rank, config.dp_size),
+            train.seed,
+            document_ids=train.document_masking,
         )
-        yield from loader.next_step()
+        yield from held_out.micro_batches(held_out.parts[0])
 
 
 def kill_rank_after_first_checkpoint(run_dir: Path, rank: int = 1, timeout_s: float = 600) -> None:

@@ -30,12 +30,15 @@ def test_a_terminal_gets_tqdms_bar_and_lines_go_above_it():
     assert console._bar is None
 
 
-def test_a_log_interval_line_shows_speed_memory_and_time():
+def test_a_log_interval_line_shows_speed_memory_time_and_what_validation_covered():
     stream = io.StringIO()
     metrics = {"loss": 2.5, "lr": 3e-4, "tokens_per_s": 12345.6, "step_time_s": 0.0834, "memory_peak_gb": 1.234}
     metrics |= {"elapsed_s": 125, "eta_s": 3725, "skipped_steps": 0, "val_loss": 2.75, "val_perplexity": 15.64}
+    metrics |= {"val_sequences": 1200, "val_tokens": 307200, "eval/web/loss": 2.5, "eval/cloze/acc": 0.4125}
+    metrics |= {"eval/cloze/acc_norm": 0.375, "eval/perplexity": 15.64}
     Console(max_steps=100, stream=stream).report(20, metrics)
     assert stream.getvalue() == (
         "step     20/100 | loss 2.5000 | lr 3.00e-04 | 12,346 tok/s | 83 ms/step | mem 1.23 GiB | elapsed 2m05s | "
-        "ETA 1h02m | val_loss 2.7500 (ppl 15.6)\n"
+        "ETA 1h02m | val_loss 2.7500 (ppl 15.6; 1,200 sequences, 307,200 tokens) | web/loss 2.500 | "
+        "cloze/acc 0.412 | cloze/acc_norm 0.375\n"
     )

@@ -12,11 +12,14 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from data_pipeline.loader import TokenSequences
+from pretrain.cli import main
 from pretrain.config import load_config
 from pretrain.layout import CHECKPOINTS_DIR
 from pretrain.train.optim import lr_multiplier
 from pretrain.weights.model_folder import load_model_folder
 from tests.helpers import (
+    logged_metric,
     pretrain,
     validation_batches,
 )
@@ -127,11 +130,16 @@ def test_export_folder_and_generation(job):
 
 
 def exported_validation_loss(run_dir: Path, data_dir: Path) -> float:
-    """The validation loss of a run's exported model, on the batches the trainer evaluated."""
+    """The validation loss of a run's exported model, on the batches the trainer evaluated: the mean over every
+    target that counts."""
     model, _ = load_model_folder(run_dir / "export")
+    total = counted = 0
     with torch.no_grad():
-        losses = [model(*map(torch.from_numpy, batch))[1] for batch in validation_batches(run_dir, data_dir)]
-    return torch.stack(losses).mean().item()
+        for batch in validation_batches(run_dir, data_dir):
+            count = int((batch[1] != -100).sum())
+            total += model(*map(torch.from_numpy, batch))[1].item() * count
+            counted += count
+    return total / counted
 
 
 def test_exported_model_reproduces_the_validation_loss(job):
@@ -141,7 +149,9 @@ def test_exported_model_reproduces_the_validation_loss(job):
     assert exported_validation_loss(run_dir, job["data_dir"]) == pytest.approx(summary["val_loss"], abs=1e-4)
 
 
-def test_single_process_without_zero_with_accumulation_and_document_masking(job):
+def test_single_process_without_zero_with_accumulation_and_document_masking(job, tiny_tasks, tmp_path):
+    """Also evaluation: every validation sequence (eval.batches=all) and a task scored in the loop, the counts
+    said in the console, summary and MLflow, and `pretrain eval` on the checkpoint giving the loop's numbers."""
     single = [
         *job["config"],
         "tracking.run_name=single",
@@ -153,12 +163,25 @@ def test_single_process_without_zero_with_accumulation_and_document_masking(job)
         "checkpoint.every_steps=1",
         "checkpoint.keep_last=2",
         "train.document_masking=true",
+        "eval.batches=all",
+        f"eval.tasks=[{tiny_tasks / 'small.jsonl'}]",
     ]
     trained = pretrain("train", *single, cwd=job["work"])
     assert "step      4/4" in trained.stdout
     run_dir = job["work"] / "runs" / "single"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["tokens_seen"] == 4 * 16 * 64
+    sequences = len(TokenSequences(job["data_dir"], "val", 64))
+    assert (summary["val_sequences"], summary["val_tokens"]) == (sequences, sequences * 64)
+    assert f"{sequences:,} sequences, {sequences * 64:,} tokens) | small/acc " in trained.stdout
+    assert logged_metric(job["work"], "single", "eval/sequences") == {0: sequences, 4: sequences}
+    in_loop = logged_metric(job["work"], "single", "eval/small/acc")[4]
+    # `pretrain eval` in one process, on the run's own tasks and whole validation split (masked as it trained).
+    assert main(["eval", *single, "--out", str(tmp_path / "eval.json")]) == 0
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["step"] == 4 and results["tasks"]["small"]["acc"] == in_loop
+    assert results["validation"]["val_loss"] == pytest.approx(summary["val_loss"], abs=1e-5)
+    assert results["validation"]["val_sequences"] == sequences
     kept = sorted(p.name for p in (run_dir / CHECKPOINTS_DIR).iterdir() if p.is_dir())
     assert kept == ["step_00000003", "step_00000004"]
     refused = pretrain("export", *single, cwd=job["work"], check=False)

@@ -1,7 +1,8 @@
 """`pretrain export` proven exact: checkpoints of both families, trained with ZeRO 1, ZeRO 3 and tensor
 parallelism, become Hugging Face folders that `transformers` loads offline and that give our logits, the
-trainer's own validation loss and our greedy tokens; registered in a real MLflow server and fetched back;
-and started from again with `--init-from`.
+trainer's own validation loss, our greedy tokens and our task scores (lm-evaluation-harness's own too);
+registered in a real MLflow server (behind a gate of scores) and fetched back; and started from again with
+`--init-from`.
 """
 
 import contextlib
@@ -12,6 +13,7 @@ import shutil
 import stat
 
 import mlflow.pyfunc
+import numpy as np
 import pandas
 import pytest
 import torch
@@ -24,11 +26,13 @@ from model import GPTConfig, generate
 from pretrain.cli import main
 from pretrain.config import load_config
 from pretrain.errors import CheckpointError, ConfigError, ExportError
+from pretrain.evaluation.tasks import load_task
 from pretrain.export.exporter import export, load_checkpoint_model
 from pretrain.train.preflight import check_job
 from pretrain.weights.checkpoint_files import load_torch_file
 from pretrain.weights.model_folder import load_model_folder
 from tests.helpers import pretrain, tiny_job_config, validation_batches
+from tests.test_evaluation import transformers_loglikelihoods
 
 pytestmark = pytest.mark.slow
 transformers = pytest.importorskip("transformers")
@@ -59,13 +63,14 @@ TOLERANCE = 1e-4
 class Runs:
     """Short training runs of each family and layout, trained and exported on first use, tracked in MLflow."""
 
-    def __init__(self, work, data_dir, tracking_uri):
-        self.work, self.data_dir, self.uri = work, data_dir, tracking_uri
+    def __init__(self, work, data_dir, tracking_uri, task):
+        self.work, self.data_dir, self.uri, self.task = work, data_dir, tracking_uri, task
         self.config = [
             *tiny_job_config(work, data_dir),
             f"tracking.uri={tracking_uri}",
             "tracking.experiment=export",
             "sample.tokens=4",
+            f"eval.tasks=[{task}]",  # scored in the loop at steps 0 and 3
         ]
         self.done = {}
 
@@ -85,8 +90,8 @@ class Runs:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_data, mlflow_server):
-    return Runs(tmp_path_factory.mktemp("export"), tiny_data, mlflow_server)
+def runs(tmp_path_factory, tiny_data, tiny_tasks, mlflow_server):
+    return Runs(tmp_path_factory.mktemp("export"), tiny_data, mlflow_server, tiny_tasks / "small.jsonl")
 
 
 @pytest.fixture(autouse=True)
@@ -279,6 +284,82 @@ def test_register_goes_to_the_tracking_uri_of_an_override_not_the_runs_own(runs,
     code, out, _ = export_command(capsys, *options, f"tracking.uri={runs.uri}")
     assert code == 0 and "registered moved-run version 1 (" in out and f"at {runs.uri}" in out
     assert MlflowClient(runs.uri).get_model_version("moved-run", "1").status == "READY"
+
+
+def loop_scores(runs, run_dir, step: int) -> list[list[float]]:
+    """The per-example log-likelihoods the training loop logged to MLflow at `step`."""
+    run_id = json.loads((run_dir / "summary.json").read_text())["mlflow_run_id"]
+    path = MlflowClient(runs.uri).download_artifacts(run_id, f"evaluations/step_{step:08d}.json", str(run_dir.parent))
+    return json.loads(open(path).read())["small"]["loglikelihoods"]
+
+
+def pretrain_eval(runs, tmp_path, *source: str) -> dict:
+    """`pretrain eval` in this process (logging to the runs' MLflow server); its results file."""
+    out = tmp_path / f"eval-{len(list(tmp_path.iterdir()))}.json"
+    assert main(["eval", *runs.config, *source, "--task", str(runs.task), "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_task_scores_agree_in_the_loop_under_zero3_and_tp2_pretrain_eval_and_transformers(runs, tmp_path):
+    """Per-example log-likelihoods: the loop's on 2 ranks (ZeRO-3; tensor-parallel 2), `pretrain eval` in one
+    process on the checkpoint, and transformers on the export, all to 1e-4; and the same weights at step 0."""
+    zero3, tp2 = runs.run_dir("llama", "zero3"), runs.run_dir("llama", "tp2")
+    assert np.allclose(loop_scores(runs, zero3, 0), loop_scores(runs, tp2, 0), atol=1e-5)  # the initial weights
+    for run_dir in (zero3, tp2):
+        in_loop = loop_scores(runs, run_dir, 3)
+        single = pretrain_eval(runs, tmp_path, "--checkpoint", str(run_dir))
+        assert single["step"] == 3
+        assert np.allclose(single["tasks"]["small"]["loglikelihoods"], in_loop, atol=TOLERANCE)
+        theirs = transformers_loglikelihoods(run_dir / "export", load_task(runs.task))
+        assert np.allclose(theirs, in_loop, atol=TOLERANCE)
+        # `pretrain eval` joined the training run at the checkpoint's step.
+        run_id = json.loads((run_dir / "summary.json").read_text())["mlflow_run_id"]
+        logged = MlflowClient(runs.uri).get_metric_history(run_id, "eval/small/acc")
+        assert [m.value for m in logged if m.step == 3][-1] == single["tasks"]["small"]["acc"]
+
+
+def test_lm_evaluation_harness_scores_an_export_as_pretrain_eval_does(runs, tmp_path, monkeypatch):
+    """lm-eval's own `hf` model on the export, reading the task as `pretrain eval --lm-eval-tasks` writes it."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    folder = runs.run_dir("gpt2", "zero1") / "export"
+    ours = pretrain_eval(runs, tmp_path, "--model", str(folder))["tasks"]["small"]
+    assert main(["eval", "--model", str(folder), "--task", str(runs.task), "--lm-eval-tasks", str(tmp_path / "t")]) == 0
+    results = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={folder},dtype=float32",
+        tasks=["small"],
+        # Only our folder's tasks: indexing lm-eval's own thousands of task files would take 15 s.
+        task_manager=TaskManager(include_path=str(tmp_path / "t"), include_defaults=False),
+        batch_size=8,
+        device="cpu",
+        log_samples=True,
+    )
+    assert results["results"]["small"]["acc,none"] == ours["acc"]
+    assert results["results"]["small"]["acc_norm,none"] == ours["acc_norm"]
+    for sample in results["samples"]["small"]:
+        theirs = [float(response[0]) for response in sample["filtered_resps"]]
+        assert np.allclose(theirs, ours["loglikelihoods"][sample["doc_id"]], atol=TOLERANCE)
+
+
+def test_register_requires_the_scores_it_is_given(runs, tmp_path, capsys):
+    """--require: a score below its bound, or none at the checkpoint's step, registers nothing."""
+    options = [*runs.config, "--checkpoint", str(runs.run_dir("gpt2", "tp2")), "--out", str(tmp_path / "out")]
+    name = "tiny-gated"
+    for requirement, refusal in (
+        ("eval/small/acc>=1.01", "eval/small/acc = "),
+        ("eval/other/acc>=0", "eval/other/acc: no value logged at step 3 of MLflow run "),
+    ):
+        code, _, err = export_command(capsys, *options, "--register", name, "--alias", "prod", "--require", requirement)
+        assert code == 1 and "not registered, and no alias moved: " in err and refusal in err
+        assert f"required {requirement}" in err or "no value logged" in err
+    assert MlflowClient(runs.uri).search_model_versions(f"name = '{name}'") == []
+    passing = ["--require", "eval/small/acc>=0", "--require", "eval/loss<=100"]
+    code, out, _ = export_command(capsys, *options, "--register", name, *passing)
+    assert code == 0 and "required score met: eval/small/acc = " in out and f"registered {name} version 1" in out
 
 
 def test_an_exported_folder_is_readable_by_whoever_may_read_the_rest_of_it(runs):

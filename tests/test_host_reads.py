@@ -80,9 +80,12 @@ def test_no_host_reads_inside_a_training_step_and_the_loss_read_at_logs_only(tmp
     assert not [read for read in reads if read.startswith("step ")], reads
     between_steps = {read: count for read, count in reads.items() if "/model/generation.py:" not in read}
     assert between_steps == {
-        # The mean loss over ranks: at the logs of steps 3 and 6, and the validations of steps 0 and 6.
-        "outside /pretrain/train/step.py:mean_over_ranks cpu": 4,
-        "outside /pretrain/train/step.py:mean_over_ranks item": 4,  # of the host copy
+        # The mean loss over ranks: at the logs of steps 3 and 6.
+        "outside /pretrain/train/step.py:mean_over_ranks cpu": 2,
+        "outside /pretrain/train/step.py:mean_over_ranks item": 2,  # of the host copy
+        # The validations of steps 0 and 6: the sums of all their batches, read once each, then the host copy.
+        "outside /pretrain/evaluation/validation.py:validation_loss cpu": 2,
+        "outside /pretrain/evaluation/validation.py:validation_loss tolist": 2,
         "outside /pretrain/train/loop.py:step_metrics __float__": 2,  # the gradient norm, at the logs
         # Every step, and twice while the job starts: whether a rank was asked to stop. The flag is a host tensor
         # on a gloo group: no device read.

@@ -97,13 +97,15 @@ def test_every_path_setting_is_marked_so_that_a_submitted_job_gets_it_absolute(t
             else:
                 yield f"{prefix}{name}", (field.json_schema_extra or {}).get("path", False)
 
-    looks_like_a_path = re.compile(r"(^|_)(dir|file|path|paths|root|hostfile|from)$")
+    looks_like_a_path = re.compile(r"(^|_)(dir|file|path|paths|root|hostfile|from|tasks)$")
     found = dict(fields(Config))
     assert {key for key, marked in found.items() if looks_like_a_path.search(key.rpartition(".")[2])} == {
         key for key, marked in found.items() if marked
     }
     settable = [key for key, marked in found.items() if marked and key not in ("data.sources.paths", "train.init_from")]
-    relative = [f"{key}=a/b" for key in settable] + ["data.sources=[{name: web, paths: [a/b]}]"]
+    lists = ("eval.tasks",)
+    relative = [f"{key}=[a/b]" if key in lists else f"{key}=a/b" for key in settable]
+    relative.append("data.sources=[{name: web, paths: [a/b]}]")
     raw = load_config(TINY, relative).to_dict()
     absolute = with_absolute_paths(Config.model_validate(raw), tmp_path).to_dict()
     for key, marked in found.items():

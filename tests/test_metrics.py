@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from pretrain.train.metrics import IntervalMeter, format_duration, perplexity, spike_ratio
+from pretrain.evaluation.validation import perplexity
+from pretrain.train.metrics import IntervalMeter, format_duration, spike_ratio
 
 
 def test_interval_metrics_from_step_times():

@@ -3,8 +3,10 @@
     pretrain data build --config configs/demo.yaml
     pretrain data inspect --config configs/demo.yaml
     pretrain data verify --dir outputs/data/stdlib
+    pretrain data cloze --config configs/demo.yaml      # a multiple-choice task from held-out text
     pretrain train      --config configs/demo.yaml optimizer.lr=3e-4
     pretrain export     --config configs/demo.yaml
+    pretrain eval       --config configs/demo.yaml --task tasks/arc_easy.jsonl   # accuracy, validation loss
     pretrain generate   --config configs/demo.yaml --prompt "Return the" --prompt "def"
     pretrain attention  --checkpoint outputs/runs/first/export --text "I love it."   # heatmaps
     pretrain submit     --config configs/demo.yaml --detach                # or --target slurm|ray|multinode

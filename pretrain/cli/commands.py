@@ -39,6 +39,14 @@ def cmd_data(args: argparse.Namespace, config: Config) -> int:
         )
         print(build_summary(manifest))
         print(f"shards, tokenizer, manifest and rejects: {data_dir.resolve()}")
+    elif args.data_command == "cloze":
+        from data_pipeline.cloze import write_cloze_task
+
+        out = args.out or data_dir / "cloze.jsonl"
+        write_cloze_task(data_dir, out, args.examples, args.choices, args.tokens, args.seed)
+        count = len(out.read_text().splitlines())
+        print(f"cloze task of {count} examples, {args.choices} choices each: {out.resolve()}")
+        print(f"  score it while training with eval.tasks=[{out}], or: pretrain eval --task {out}")
     elif args.data_command == "inspect":
         print(inspect_dataset(data_dir, read_manifest(data_dir)))
     else:
@@ -114,22 +122,59 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
         return 0
     from pretrain.export.exporter import export
 
+    if args.require and not args.register:
+        raise PretrainError("--require gates a registration: give it with --register NAME")
     path = args.checkpoint or config.run_dir
     folder, found, info = export(path, args.out, args.tag, args.format, args.dtype, args.max_shard_size)
     print(f"exported model folder: {folder.resolve()}")
     if args.register:
         from pretrain.config import tracking_uri_chosen
+        from pretrain.export.gate import check_requirements
         from pretrain.tracking import backend
         from pretrain.tracking.metric_names import VAL_LOSS
 
         # A tracking.uri the user gave (a config, an override, MLFLOW_TRACKING_URI) wins; else the run's own.
         uri = config.tracking.uri if tracking_uri_chosen(args.config, args.overrides) else found.config.tracking.uri
         store = backend(found.config.tracking.backend)
+        run = f"MLflow run {found.mlflow_run_id}"
+        met = check_requirements(
+            args.require, lambda metric: store.metric_at(uri, found.mlflow_run_id, metric, found.step), found.step, run
+        )
+        for line in met:
+            print(f"  required score met: {line}")
         val_loss = store.metric_at(uri, found.mlflow_run_id, VAL_LOSS, found.step)
         version = store.register(folder, info, args.register, args.alias, uri, val_loss)
         print(f"registered {version.name} version {version.version} ({version.source}) at {uri}")
         for alias in args.alias:
             print(f"  {version.name}@{alias}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, config: Config) -> int:
+    if args.lm_eval_tasks:
+        from pretrain.evaluation.lm_eval_tasks import lm_eval_command, write_lm_eval_tasks
+
+        if not args.task:
+            raise PretrainError("--lm-eval-tasks DIR writes the --task files for lm-eval: give at least one --task")
+        names = write_lm_eval_tasks(args.task, args.lm_eval_tasks)
+        print(f"lm-evaluation-harness tasks {', '.join(names)} in {args.lm_eval_tasks.resolve()}; score an export:")
+        print("  " + lm_eval_command(args.model or config.run_dir / EXPORT_DIR, names, args.lm_eval_tasks))
+        return 0
+    from pretrain.config import tracking_uri_chosen
+    from pretrain.tools.evaluate import describe, evaluate, log_results, write_results
+
+    scored = evaluate(config, args.model, args.checkpoint, args.tag, args.task, args.data, args.batch_tokens)
+    out = write_results(scored, args.out)
+    print(describe(scored))
+    print(f"results, with each example's log-likelihoods: {out.resolve()}")
+    if not args.no_mlflow:
+        run = (
+            scored.checkpoint.config
+            if scored.checkpoint and not tracking_uri_chosen(args.config, args.overrides)
+            else config
+        )
+        run_id = log_results(scored, config, run.tracking.uri, out, args.model)
+        print(f"logged to MLflow run {run_id} at {run.tracking.uri}")
     return 0
 
 
@@ -212,4 +257,5 @@ COMMANDS = {
     "submit": cmd_submit,
     "export": cmd_export,
     "generate": cmd_generate,
+    "eval": cmd_eval,
 }

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from launch.targets import TARGET_NAMES
+from pretrain.export.gate import parse_requirement
 
 EPILOG = (
     "Overrides: dotted key paths after the options, e.g. optimizer.lr=3e-4 model.n_layer=4. A text setting takes "
@@ -49,6 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--force", action="store_true", help="rebuild even when the dataset is up to date with its inputs and settings"
     )
+    cloze = _with_config(
+        data_commands.add_parser(
+            "cloze",
+            help="make a cloze task from the validation split, for eval.tasks and `pretrain eval`",
+            description="Each example cuts a held-out document and asks which of --choices continuations of the "
+            "same number of tokens is its own; the others come from other held-out documents. Written as a JSON "
+            "lines task (docs/evaluation.md).",
+            epilog="Reference: docs/evaluation.md. " + EPILOG,
+        )
+    )
+    cloze.add_argument("--dir", type=Path, help="dataset folder (default: data.output_dir)")
+    cloze.add_argument("--out", type=Path, help="the task file (default: <dataset folder>/cloze.jsonl)")
+    cloze.add_argument("--examples", type=int, default=500, help="examples, at most one per document (500)")
+    cloze.add_argument("--choices", type=int, default=4, help="choices per example, one of them right (4)")
+    cloze.add_argument("--tokens", type=int, default=2, help="tokens in each choice (2)")
+    cloze.add_argument("--seed", type=int, default=0)
     for action, help_text in (
         ("inspect", "totals, per-source counts, length and token-frequency summaries, decoded samples"),
         ("verify", "check every shard against the manifest: presence, size, schema and checksum"),
@@ -60,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_export(commands)
 
+    _add_eval(commands)
     _add_generate(commands)
     _add_attention(commands)
     _add_runs(commands)
@@ -218,6 +236,15 @@ def _add_export(commands) -> None:
     export.add_argument(
         "--alias", action="append", default=[], help="with --register: an alias for the new version (repeatable)"
     )
+    export.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        type=parse_requirement,
+        metavar="METRIC>=X",
+        help="with --register: register only if the run logged METRIC at the checkpoint's step and it passes, "
+        "e.g. eval/cloze/acc>=0.3 or eval/loss<=3.2 (repeatable)",
+    )
     registry.add_argument(
         "--from-nanogpt",
         metavar="CKPT",
@@ -231,6 +258,59 @@ def _add_export(commands) -> None:
         "--from-registry",
         metavar="NAME@ALIAS",
         help="fetch a registered version (NAME@ALIAS, NAME/VERSION or NAME for the latest) into --out",
+    )
+
+
+def _add_eval(commands) -> None:
+    evaluate = _with_config(
+        commands.add_parser(
+            "eval",
+            help="score a checkpoint or an exported model on tasks (accuracy) and on a validation split (loss)",
+            description="Score multiple-choice and cloze tasks (--task: JSON lines or lm-evaluation-harness YAML) "
+            "by log-likelihood, as lm-evaluation-harness does, and the loss over every sequence of a validation "
+            "split. A run's checkpoint (the latest, or --tag) is scored on its own dataset and eval.tasks unless "
+            "told otherwise, and the scores join its MLflow run at the checkpoint's step; an exported folder "
+            "(--model) gets an MLflow run of its own. Per-example log-likelihoods go to --out.",
+            epilog="Reference: docs/evaluation.md. " + EPILOG,
+        )
+    )
+    source = evaluate.add_mutually_exclusive_group()
+    source.add_argument(
+        "--checkpoint",
+        "--run-dir",
+        dest="checkpoint",
+        type=Path,
+        help="a run folder (its latest checkpoint) or one of its checkpoint folders "
+        "(default: checkpoint.root/tracking.run_name)",
+    )
+    source.add_argument("--model", type=Path, help="an exported folder (`pretrain export` output) instead of a run")
+    evaluate.add_argument("--tag", help="with a run: the checkpoint tag, e.g. step_00001000 (default: the latest)")
+    evaluate.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a task file, .jsonl or lm-eval .yaml (repeatable; default for a run: its eval.tasks)",
+    )
+    evaluate.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="a dataset whose whole validation split to score (default: a run's own; none for --model)",
+    )
+    evaluate.add_argument(
+        "--out", type=Path, default=Path("evaluation.json"), help="the results file (default: ./evaluation.json)"
+    )
+    evaluate.add_argument(
+        "--batch-tokens", type=int, default=4096, metavar="N", help="tokens per batch of task requests (4096)"
+    )
+    evaluate.add_argument("--no-mlflow", action="store_true", help="write the results file only")
+    evaluate.add_argument(
+        "--lm-eval-tasks",
+        type=Path,
+        metavar="DIR",
+        help="instead of scoring: write each --task as an lm-evaluation-harness task in DIR and print the "
+        "lm_eval command that scores an export on them",
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
 
 from data_pipeline.config import DataConfig
 from launch.config import LaunchConfig
@@ -118,13 +118,30 @@ class LRScheduleConfig(Section):
 
 
 class EvalConfig(Section):
-    """Validation while training: the loss on the val split, and prompts continued."""
+    """Evaluation while training: the loss on the val split, downstream tasks, and prompts continued."""
 
     interval: int = Field(100, ge=1, description="steps between validation runs (and one at the last step)")
-    batches: int = Field(10, ge=1, description="micro-batches per rank in one validation run")
+    batches: int | Literal["all"] = Field(
+        10,
+        description="micro-batches per rank (per source of train.mixture) in one validation run; all: every "
+        "sequence of the val split",
+    )
+    tasks: list[str] = Field(
+        default_factory=list,
+        json_schema_extra={"path": True},
+        description="downstream task files scored at every validation, JSON lines or lm-eval YAML "
+        "(docs/evaluation.md); logged as eval/<task>/acc and eval/<task>/acc_norm",
+    )
     prompts: list[str] = Field(
         default_factory=list, description="prompts continued at every validation, logged to MLflow as text"
     )
+
+    @field_validator("batches", mode="before")
+    @classmethod
+    def batches_or_all(cls, value: Any) -> Any:
+        if value == "all" or (isinstance(value, int | str) and str(value).isdigit() and int(value) >= 1):
+            return value
+        raise ValueError("must be a number of micro-batches (1 or more) or all")
 
 
 class SampleConfig(Section):

@@ -57,6 +57,19 @@ class RegisteredVersion:
 
 
 @dataclass
+class Evaluation:
+    """What `pretrain eval` logs: metrics at the evaluated checkpoint's step, and its results file."""
+
+    metrics: dict[str, float]
+    step: int
+    results: Path
+    experiment: str
+    run_id: str | None = None  # the training run the checkpoint belongs to: the scores join its metrics
+    source_run_id: str | None = None  # without run_id: the training run an exported folder came from
+    model: str = ""  # without run_id: the folder evaluated, named in the evaluation run
+
+
+@dataclass
 class SyncReport:
     """What `pretrain runs sync` sent: the run (created now or before) and how much of each kind."""
 
@@ -88,6 +101,10 @@ class TrackingBackend(Protocol):
 
     def metric_at(self, uri: str, run_id: str | None, key: str, step: int) -> float | None:
         """The value of metric `key` that run `run_id` logged last at `step`; None if it logged none."""
+
+    def log_evaluation(self, uri: str, evaluation: Evaluation) -> str:
+        """Log `pretrain eval`'s scores to the training run (run_id given) or a new evaluation run linked to the
+        training run by a tag; the run's id."""
 
     def register(
         self, folder: Path, info: dict, name: str, aliases: list[str], uri: str, val_loss: float | None

@@ -20,6 +20,8 @@ METRIC_NAMES = {
     "loss_spike": "train/loss_spike",
     "val_loss": "eval/loss",
     "val_perplexity": "eval/perplexity",
+    "val_sequences": "eval/sequences",
+    "val_tokens": "eval/tokens",
     "tokens_per_s": "perf/tokens_per_s",
     "step_time_s": "perf/step_time_s",
     "mfu": "perf/mfu",

@@ -42,7 +42,15 @@ class Console:
             if metrics["skipped_steps"]:
                 parts.append(f"skipped {metrics['skipped_steps']}")
         if "val_loss" in metrics:
-            parts.append(f"val_loss {metrics['val_loss']:.4f} (ppl {metrics['val_perplexity']:.1f})")
+            parts.append(
+                f"val_loss {metrics['val_loss']:.4f} (ppl {metrics['val_perplexity']:.1f}; "
+                f"{metrics['val_sequences']:,} sequences, {metrics['val_tokens']:,} tokens)"
+            )
+        parts += [
+            f"{key.removeprefix('eval/')} {value:.3f}"
+            for key, value in metrics.items()
+            if key.startswith("eval/") and key.endswith(("/loss", "/acc", "/acc_norm"))
+        ]
         self.line(" | ".join(parts))
         if "loss_spike" in metrics:
             self.line(f"loss spike at step {step}: {metrics['loss_spike']:.1f}x the recent median")

@@ -1,4 +1,4 @@
-"""What a training job reads of the dataset: its shards verified first, then each rank's loaders.
+"""What a training job reads of the dataset: its shards verified first, then each rank's loader.
 
 Before training reads a shard, the job checks it against the manifest
 (`data_pipeline.shards.verify_shard`): its checksum, its structure and
@@ -39,36 +39,23 @@ def verify_shards_together(data_dir: Path, manifest: dict) -> None:
         raise on_every_rank(DataError(message))
 
 
-def make_loaders(config: Config, manifest: dict) -> tuple[BatchLoader, BatchLoader]:
-    """This rank's training and validation loaders.
+def make_loader(config: Config, manifest: dict) -> BatchLoader:
+    """This rank's training loader.
 
     DeepSpeed lays ranks out as a (data-parallel, tensor-parallel) mesh: the
     ranks of one tensor-parallel group are consecutive and read the same batch.
     """
-    data_dir, train = Path(config.data.output_dir), config.train
-    dp_rank = dist.get_rank() // config.parallel.tensor_parallel_size
-    common = {"manifest": manifest, "document_ids": train.document_masking}
-    loader = BatchLoader(
-        data_dir,
+    train = config.train
+    return BatchLoader(
+        Path(config.data.output_dir),
         "train",
         train.seq_len,
         train.micro_batch_size,
         config.grad_accum_steps,
-        dp_rank,
+        dist.get_rank() // config.parallel.tensor_parallel_size,
         config.dp_size,
         train.seed,
         mixture=train.mixture,
-        **common,
+        manifest=manifest,
+        document_ids=train.document_masking,
     )
-    val = BatchLoader(
-        data_dir,
-        "val",
-        train.seq_len,
-        train.micro_batch_size,
-        config.eval.batches,
-        dp_rank,
-        config.dp_size,
-        train.seed,
-        **common,
-    )
-    return loader, val

@@ -7,7 +7,6 @@ single process). Rank 0 alone prints and talks to MLflow; collective calls
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from pathlib import Path
@@ -17,30 +16,30 @@ import torch.distributed as dist
 
 from data_pipeline.loader import BatchLoader
 from data_pipeline.locks import FolderInUse, FolderLock
-from data_pipeline.tokenizer import load_tokenizer
 from model import GPT
 from pretrain import layout
 from pretrain.config import Config
 from pretrain.errors import ConfigError, TrainingError, on_every_rank
-from pretrain.layout import CONFIG_HISTORY, MANIFEST_NAME, TOKENIZER_NAME
+from pretrain.layout import CONFIG_HISTORY, MANIFEST_NAME
 from pretrain.tracking import Tracker, backend
 from pretrain.train.console import Console
 from pretrain.train.cost import model_cost
-from pretrain.train.data import make_loaders, verify_shards_together
+from pretrain.train.data import make_loader, verify_shards_together
 from pretrain.train.deepspeed_config import deepspeed_config
 from pretrain.train.engine import build_engine, init_distributed
 from pretrain.train.health import handle_spike, start_heartbeat, straggler_metrics
-from pretrain.train.metrics import IntervalMeter, memory_metrics, perplexity
+from pretrain.train.metrics import IntervalMeter, memory_metrics
 from pretrain.train.preemption import PreemptionWatch
 from pretrain.train.preflight import check_job
 from pretrain.train.progress import Progress, export_if_due, restore, save_checkpoint, validates_at
 from pretrain.train.resume import describe_changes, finished_before_this_attempt, reported_changes
 from pretrain.train.run_files import write_run_files
-from pretrain.train.sampling import generate_text, generate_texts
+from pretrain.train.sampling import generate_text
 from pretrain.train.spikes import SpikeWatch
 from pretrain.train.stability import NonFiniteSteps
-from pretrain.train.step import evaluate, mean_over_ranks, train_step
+from pretrain.train.step import mean_over_ranks, train_step
 from pretrain.train.stragglers import StragglerWatch
+from pretrain.train.validate import LoopEvaluation, dataset_tokenizer
 from pretrain.weights.checkpoint_folder import checkpoint_dir, tag_for
 from pretrain.weights.layout_change import Layout
 from pretrain.weights.model_folder import folder_state_dict
@@ -106,7 +105,7 @@ def run_job(config: Config, manifest: dict, resume: bool, preemption: Preemption
     engine = build_engine(config, model)
     if compiles(config):
         engine.compile()
-    loader, val = make_loaders(config, manifest)
+    loader, val = make_loader(config, manifest), LoopEvaluation(config, manifest)
     run_id, saved_config = restore(config, engine, loader, progress) if resume else (None, None)
     if stopped_before_training(preemption, rank_zero):
         return progress
@@ -200,7 +199,7 @@ def train_steps(
 
     if progress.step == 0:
         # The untrained model's validation loss: the point the curve falls from.
-        report(progress, validation_metrics(config, engine, val, progress, tracker), tracker, console)
+        report(progress, validation_metrics(engine, val, progress, tracker), tracker, console)
     while progress.step < train.max_steps:
         started = time.perf_counter()
         loss, own_seconds = train_step(engine, loader, beat, spikes)
@@ -250,7 +249,7 @@ def step_metrics(config: Config, engine, val, progress: Progress, tracker, meter
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
     if validates_at(config, progress.step):
-        metrics |= validation_metrics(config, engine, val, progress, tracker)
+        metrics |= validation_metrics(engine, val, progress, tracker)
     return metrics
 
 
@@ -267,26 +266,10 @@ def stop_if_diverged(config: Config, engine, loader, progress: Progress, tracker
     )
 
 
-def validation_metrics(config: Config, engine, val: BatchLoader, progress: Progress, tracker) -> dict[str, float]:
-    progress.val_loss = evaluate(engine, val)
-    if config.eval.prompts:
-        log_eval_samples(config, engine, progress.step, tracker)
-    return {"val_loss": progress.val_loss, "val_perplexity": perplexity(progress.val_loss)}
-
-
-@functools.cache
-def dataset_tokenizer(data_dir: str):
-    """Read once per process: every validation with eval prompts and the final sample use it."""
-    return load_tokenizer(Path(data_dir) / TOKENIZER_NAME)
-
-
-def log_eval_samples(config: Config, engine, step: int, tracker) -> None:
-    """Continue the fixed evaluation prompts; every rank takes part (ZeRO-3 and TP gather weights collectively)."""
-    tokenizer = dataset_tokenizer(config.data.output_dir)
-    with torch.compiler.set_stance("force_eager"):  # a compiled model would recompile for every cache length
-        texts = generate_texts(engine.module, tokenizer, config.eval.prompts, config.sample.tokens, seed=0)
-    if tracker:
-        tracker.log_text("\n\n".join(texts) + "\n", f"samples/step_{step:08d}.txt")
+def validation_metrics(engine, val: LoopEvaluation, progress: Progress, tracker) -> dict:
+    result, metrics = val.run(engine, progress.step, tracker)
+    progress.val_loss = result.loss
+    return metrics
 
 
 def report(progress: Progress, metrics: dict, tracker, console: Console | None) -> None:
@@ -307,7 +290,7 @@ def finish(config: Config, engine, loader, val, progress: Progress, tracker, man
     if progress.resumed_at == progress.step:
         saved = checkpoint_dir(config.run_dir) / tag_for(progress.step)
         if math.isnan(progress.val_loss):
-            progress.val_loss = evaluate(engine, val)
+            progress.val_loss = val.validation_loss(engine).loss
     else:
         saved = save_checkpoint(config, engine, loader, progress, tracker)
         export_if_due(config, progress, print if tracker else None)
@@ -325,6 +308,8 @@ def finish(config: Config, engine, loader, val, progress: Progress, tracker, man
         "tokens_seen": progress.tokens_seen,
         "train_loss": progress.train_loss,
         "val_loss": progress.val_loss,
+        "val_sequences": val.held_out.sequences,
+        "val_tokens": val.held_out.sequences * config.train.seq_len,
         "checkpoint": str(saved),
         "data_fingerprint": manifest["fingerprint"],
         "sample": sample,

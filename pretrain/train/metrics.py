@@ -74,11 +74,6 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def perplexity(loss: float) -> float:
-    """exp(mean cross-entropy): the number of tokens the model is as unsure as choosing among."""
-    return math.exp(min(loss, 700.0))  # exp overflows a float beyond about 709
-
-
 def memory_metrics() -> dict[str, float]:
     """Peak memory since the last log: the GPU's allocator, or this process's resident set on CPU."""
     if torch.cuda.is_available():

@@ -15,6 +15,7 @@ from data_pipeline.shards import read_manifest
 from data_pipeline.tokenizer import file_sha256, load_tokenizer
 from pretrain.config import Config
 from pretrain.errors import ConfigError
+from pretrain.evaluation.tasks import load_tasks
 from pretrain.layout import TOKENIZER_NAME
 from pretrain.train.resume import fixed_problems, resolve_resume, saved_run
 
@@ -35,6 +36,7 @@ def check_job(config: Config, require_checkpoint: bool) -> tuple[dict, bool]:
         )
     check_tokenizer(config, manifest)
     check_split_sizes(config, manifest)
+    load_tasks(config.eval.tasks)  # every task file read and checked: a bad one is named before anything starts
     return manifest, resume
 
 
@@ -86,11 +88,13 @@ def check_split_sizes(config: Config, manifest: dict) -> None:
     needs = {
         "train": (train.global_batch_size, "lower train.global_batch_size or train.seq_len, or add data"),
         "val": (
-            train.micro_batch_size * config.eval.batches * config.dp_size,
+            1 if config.eval.batches == "all" else train.micro_batch_size * config.eval.batches * config.dp_size,
             "lower eval.batches or train.seq_len, or raise data.val_fraction",
         ),
     }
     check_mixture(train.mixture, manifest, data_dir)
+    for source in train.mixture:  # each is validated on its own sequences: it needs some (or this names it)
+        TokenSequences(data_dir, "val", train.seq_len, manifest, {source})
     for split, (needed, fix) in needs.items():
         sources = set(train.mixture) if split == "train" and train.mixture else None
         available = len(TokenSequences(data_dir, split, train.seq_len, manifest, sources))

@@ -1,4 +1,4 @@
-"""What the loop repeats on every rank: one optimizer step, and one validation pass."""
+"""What the loop repeats on every rank: one optimizer step (validation is pretrain/train/validate.py)."""
 
 from __future__ import annotations
 
@@ -25,16 +25,6 @@ def to_device(batch, device: torch.device) -> tuple[torch.Tensor, ...]:
     if device.type == "cuda":
         tensors = [tensor.pin_memory() for tensor in tensors]
     return tuple(tensor.to(device, non_blocking=True) for tensor in tensors)
-
-
-def evaluate(engine, val: BatchLoader) -> float:
-    """Mean loss over the same held-out micro-batches every time."""
-    val.consumed = 0
-    engine.eval()
-    with torch.no_grad():
-        losses = [engine(*to_device(batch, engine.device))[1] for batch in val.next_step()]
-    engine.train()
-    return mean_over_ranks(torch.stack(losses).mean())
 
 
 def train_step(

@@ -57,7 +57,7 @@ def test_a_json_lines_task_keeps_every_example_and_ignores_other_fields(tmp_path
         ({"context": "c", "choices": [" a", " b"], "gold": True}, "field 'gold'"),
         ({"context": "c", "choices": [], "gold": 0}, "field 'choices' must be a list of at least 2 strings, got []"),
         ({"context": "c", "choices": [" a", ""], "gold": 0}, "field 'choices' item 1 must be a non-empty string"),
-        ({"context": "", "choices": [" a", " b"], "gold": 0}, "field 'context' must be a non-empty string"),
+        ({"context": " ", "choices": [" a", " b"], "gold": 0}, "field 'context' must be a string with text in it"),
         ('{"context": "c", "choices": [" a"', "not JSON"),
         ("[1, 2]", "a list, not an object"),
     ],

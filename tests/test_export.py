@@ -346,7 +346,8 @@ def test_lm_evaluation_harness_scores_an_export_as_pretrain_eval_does(runs, tmp_
 
 
 def test_register_requires_the_scores_it_is_given(runs, tmp_path, capsys):
-    """--require: a score below its bound, or none at the checkpoint's step, registers nothing."""
+    """--require: a score below its bound, or none at the checkpoint's step, registers nothing (and exports
+    nothing)."""
     options = [*runs.config, "--checkpoint", str(runs.run_dir("gpt2", "tp2")), "--out", str(tmp_path / "out")]
     name = "tiny-gated"
     for requirement, refusal in (
@@ -357,6 +358,7 @@ def test_register_requires_the_scores_it_is_given(runs, tmp_path, capsys):
         assert code == 1 and "not registered, and no alias moved: " in err and refusal in err
         assert f"required {requirement}" in err or "no value logged" in err
     assert MlflowClient(runs.uri).search_model_versions(f"name = '{name}'") == []
+    assert not (tmp_path / "out").exists()  # refused before the weights were gathered and written
     passing = ["--require", "eval/small/acc>=0", "--require", "eval/loss<=100"]
     code, out, _ = export_command(capsys, *options, "--register", name, *passing)
     assert code == 0 and "required score met: eval/small/acc = " in out and f"registered {name} version 1" in out

@@ -125,29 +125,51 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
     if args.require and not args.register:
         raise PretrainError("--require gates a registration: give it with --register NAME")
     path = args.checkpoint or config.run_dir
-    folder, found, info = export(path, args.out, args.tag, args.format, args.dtype, args.max_shard_size)
+    registry = Registration(args, config) if args.register else None
+    # The scores are checked before the weights are gathered and written: a refused checkpoint costs no export.
+    gate = registry.check_requirements if registry else None
+    folder, found, info = export(path, args.out, args.tag, args.format, args.dtype, args.max_shard_size, gate)
     print(f"exported model folder: {folder.resolve()}")
-    if args.register:
+    if registry:
+        registry.register(folder, found, info)
+    return 0
+
+
+class Registration:
+    """`export --register NAME [--alias A] [--require METRIC>=X]` against the run's store, or the one given."""
+
+    def __init__(self, args: argparse.Namespace, config: Config):
+        self.args, self.config = args, config
+
+    def store(self, found):
         from pretrain.config import tracking_uri_chosen
-        from pretrain.export.gate import check_requirements
         from pretrain.tracking import backend
-        from pretrain.tracking.metric_names import VAL_LOSS
 
         # A tracking.uri the user gave (a config, an override, MLFLOW_TRACKING_URI) wins; else the run's own.
-        uri = config.tracking.uri if tracking_uri_chosen(args.config, args.overrides) else found.config.tracking.uri
-        store = backend(found.config.tracking.backend)
-        run = f"MLflow run {found.mlflow_run_id}"
+        chosen = tracking_uri_chosen(self.args.config, self.args.overrides)
+        uri = self.config.tracking.uri if chosen else found.config.tracking.uri
+        return backend(found.config.tracking.backend), uri
+
+    def check_requirements(self, found) -> None:
+        from pretrain.export.gate import check_requirements
+
+        store, uri = self.store(found)
+        run, step = found.mlflow_run_id, found.step
         met = check_requirements(
-            args.require, lambda metric: store.metric_at(uri, found.mlflow_run_id, metric, found.step), found.step, run
+            self.args.require, lambda metric: store.metric_at(uri, run, metric, step), step, f"MLflow run {run}"
         )
         for line in met:
-            print(f"  required score met: {line}")
+            print(f"required score met: {line}")
+
+    def register(self, folder: Path, found, info: dict) -> None:
+        from pretrain.tracking.metric_names import VAL_LOSS
+
+        store, uri = self.store(found)
         val_loss = store.metric_at(uri, found.mlflow_run_id, VAL_LOSS, found.step)
-        version = store.register(folder, info, args.register, args.alias, uri, val_loss)
+        version = store.register(folder, info, self.args.register, self.args.alias, uri, val_loss)
         print(f"registered {version.name} version {version.version} ({version.source}) at {uri}")
-        for alias in args.alias:
+        for alias in self.args.alias:
             print(f"  {version.name}@{alias}")
-    return 0
 
 
 def cmd_eval(args: argparse.Namespace, config: Config) -> int:

@@ -105,8 +105,8 @@ def _example(doc: Any, path: Path, line: int) -> Example:
         if field not in doc:
             raise TaskError(f"{where}: field {field!r} is missing; expected {FORMAT}")
     context, choices, gold = doc["context"], doc["choices"], doc["gold"]
-    if not isinstance(context, str) or not context:
-        raise TaskError(f"{where}: field 'context' must be a non-empty string, got {context!r}")
+    if not isinstance(context, str) or not context.strip():
+        raise TaskError(f"{where}: field 'context' must be a string with text in it, got {context!r}")
     if not isinstance(choices, list) or len(choices) < MIN_CHOICES:
         raise TaskError(f"{where}: field 'choices' must be a list of at least {MIN_CHOICES} strings, got {choices!r}")
     for index, choice in enumerate(choices):

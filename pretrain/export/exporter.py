@@ -4,6 +4,7 @@ or straight to a model in memory for `pretrain generate` and `pretrain attention
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,13 +134,17 @@ def export(
     export_format: str = "hf",
     dtype: str = "fp32",
     max_shard_size: str = "5GB",
+    gate: Callable[[Checkpoint], None] | None = None,
 ) -> tuple[Path, Checkpoint, dict]:
     """Write the exported folder of a checkpoint (default: <run folder>/export).
 
+    `gate(checkpoint)` may refuse it (by raising) before any weight is read.
     Returns the folder, the checkpoint it came from and what export_info.json says of it.
     """
     found = find_checkpoint(path, tag)
     check_exportable(found.config, export_format)
+    if gate:
+        gate(found)
     weights = consolidated_state_dict(found.config.model, found.folder)
     info = {
         "run_dir": str(found.run_dir.resolve()),

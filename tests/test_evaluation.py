@@ -268,8 +268,13 @@ def test_a_trained_model_beats_chance_on_its_held_out_cloze_task_and_an_untraine
     config = GPTConfig(vocab_size=512, max_seq_len=64, n_layer=2, n_head=2, n_embd=64)  # configs/tiny.yaml's
     scorer = TaskScorer([task], tokenizer, config.max_seq_len, budget_tokens=512)
     torch.manual_seed(0)
-    untrained = scorer.score(GPT(config).eval(), torch.device("cpu"))[0]
-    trained = scorer.score(train_in_this_process(tiny_data, config, steps=200), torch.device("cpu"))[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the suite's other workers share the cores: a second thread would wait on them
+    try:
+        untrained = scorer.score(GPT(config).eval(), torch.device("cpu"))[0]
+        trained = scorer.score(train_in_this_process(tiny_data, config, steps=200), torch.device("cpu"))[0]
+    finally:
+        torch.set_num_threads(threads)
     chance, spread = 0.25, math.sqrt(0.25 * 0.75 / untrained.n)  # four choices; the binomial spread at chance
     assert untrained.n == len(task.examples) > 150
     assert abs(untrained.acc - chance) < 3 * spread, untrained.acc

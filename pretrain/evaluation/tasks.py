@@ -145,7 +145,8 @@ class _Function:
 
 def _yaml_task(path: Path) -> Task:
     try:
-        spec = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)  # a SafeLoader
+        # yaml.SafeLoader plus one constructor: !function becomes a _Function holding its name, never imported.
+        spec = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)
     except yaml.YAMLError as err:
         raise TaskError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(spec, dict):

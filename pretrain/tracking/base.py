@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 # Imported when first asked for: MLflow takes over a second to import, which ranks that do not track never pay.
 BACKENDS = {"mlflow": "pretrain.tracking.mlflow_backend"}
+EVALUATIONS_DIR = "evaluations"  # a run's artifact folder of per-example task scores: the loop's and `pretrain eval`'s
 
 
 class Tracker(Protocol):

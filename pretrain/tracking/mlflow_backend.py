@@ -18,12 +18,11 @@ from mlflow.entities import Metric
 from pretrain.config import Config
 from pretrain.errors import TrackingError
 from pretrain.tracking import mlflow_registry
-from pretrain.tracking.base import Evaluation, RegisteredVersion, SyncReport
+from pretrain.tracking.base import EVALUATIONS_DIR, Evaluation, RegisteredVersion, SyncReport
 from pretrain.tracking.metric_names import names_to_read, tracked_name
 from pretrain.tracking.mlflow_tracker import REQUEST_ERRORS, MlflowTracker, configure_mlflow_client, sync_run_dir
 from pretrain.tracking.run_info import JOB_TAG
 
-EVALUATIONS_DIR = "evaluations"  # the artifact folder of the per-example results, in the loop and `pretrain eval`
 EVALUATED_TAG = "pretrain.evaluated_model"  # an evaluation run's folder
 SOURCE_RUN_TAG = "pretrain.source_run_id"  # and the training run that folder was exported from
 

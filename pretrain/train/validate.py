@@ -9,6 +9,7 @@ the scores are the single process's on the same weights (pretrain/evaluation/).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from pathlib import Path
@@ -22,6 +23,7 @@ from pretrain.evaluation.scoring import TaskScorer
 from pretrain.evaluation.tasks import load_tasks
 from pretrain.evaluation.validation import HeldOut, ValidationLoss, validation_loss
 from pretrain.layout import TOKENIZER_NAME
+from pretrain.tracking.base import EVALUATIONS_DIR
 from pretrain.train.sampling import generate_texts
 
 
@@ -36,6 +38,16 @@ def task_budget_tokens(config: Config) -> int:
     the logits (tokens x vocabulary, which scoring needs whole) take no more memory than in training."""
     micro_batch = config.train.micro_batch_size * config.train.seq_len
     return min(micro_batch, config.train.loss_chunk_tokens) if config.train.loss_chunk_tokens else micro_batch
+
+
+@contextlib.contextmanager
+def in_eval_mode(engine):
+    """No dropout while evaluating; back to training after, whatever happened."""
+    engine.eval()
+    try:
+        yield
+    finally:
+        engine.train()
 
 
 class LoopEvaluation:
@@ -63,27 +75,20 @@ class LoopEvaluation:
             self.scorer = TaskScorer(tasks, tokenizer, config.model.max_seq_len, task_budget_tokens(config))
 
     def validation_loss(self, engine) -> ValidationLoss:
-        engine.eval()
-        try:
+        with in_eval_mode(engine):
             return validation_loss(engine, self.held_out, engine.device)
-        finally:
-            engine.train()
 
     def run(self, engine, step: int, tracker) -> tuple[ValidationLoss, dict[str, float]]:
         """The validation loss and every metric of this evaluation; rank 0 logs the per-example scores."""
-        result = self.validation_loss(engine)
+        with in_eval_mode(engine):
+            result = validation_loss(engine, self.held_out, engine.device)
+            scores = self.scorer.score(engine, engine.device, self.dp) if self.scorer else []
         metrics = result.metrics()
-        if self.scorer:
-            engine.eval()
-            try:
-                scores = self.scorer.score(engine, engine.device, self.dp)
-            finally:
-                engine.train()
-            for score in scores:
-                metrics |= score.metrics()
-            if tracker:
-                detail = {score.name: score.to_dict() for score in scores}
-                tracker.log_text(json.dumps(detail) + "\n", f"evaluations/step_{step:08d}.json")
+        for score in scores:
+            metrics |= score.metrics()
+        if tracker and scores:
+            detail = {score.name: score.to_dict() for score in scores}
+            tracker.log_text(json.dumps(detail) + "\n", f"{EVALUATIONS_DIR}/step_{step:08d}.json")
         if self.config.eval.prompts:
             self.log_samples(engine, step, tracker)
         return result, metrics

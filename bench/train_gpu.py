@@ -1,12 +1,17 @@
-"""Training throughput on one GPU: the engine `pretrain train` builds, then a plain nanoGPT-style loop, in one process.
+"""Training throughput on one GPU: the engine `pretrain train` builds, in bf16 and in FP8, then a plain
+nanoGPT-style loop, in one process.
 
     python3 bench/train_gpu.py --preset gpt2-small --seq-len 1024 --micro-batch 16
     python3 bench/train_gpu.py --preset llama-1b --seq-len 2048 --micro-batch 8
+    python3 bench/train_gpu.py --preset llama-1b --seq-len 2048 --micro-batch 8 --precision bf16-autocast --zero-stage 0
 
 **Ours**: `pretrain.train.engine.build_engine` with the DeepSpeed JSON generated
-from the config (`--precision`, `--zero-stage`, PyTorch's fused AdamW),
-the loss in chunks of `--loss-chunk-tokens` tokens (model/loss.py), then
-`engine.compile()`, exactly as a training run would have it.
+from the config (`--precision`, `--zero-stage`, PyTorch's fused AdamW:
+without ZeRO and with fp32 weights, ours, which clips and skips on the
+device), the loss in chunks of `--loss-chunk-tokens` tokens (model/loss.py),
+then `engine.compile()`, exactly as a training run would have it.
+**Ours, FP8**: the same with `train.float8` (torchao's float8 with
+`--float8-recipe` scaling, on the layers large enough to gain).
 **Plain loop**: what nanoGPT's train.py does with the same model and batch:
 fp32 weights, bf16 autocast, `torch.compile(model)`, the whole logits
 tensor and F.cross_entropy, AdamW with the same parameter groups and
@@ -45,7 +50,7 @@ from pretrain.train.optim import param_groups
 ATTENTION_WORDS = ("flash", "fmha", "scaled_dot_product", "attention")
 
 
-def job_config(args: argparse.Namespace) -> Config:
+def job_config(args: argparse.Namespace, float8: bool = False) -> Config:
     preset = load_config(None, [f"model.preset={args.preset}"]).model
     return load_config(
         None,
@@ -61,6 +66,8 @@ def job_config(args: argparse.Namespace) -> Config:
             f"train.micro_batch_size={args.micro_batch}",
             f"train.global_batch_size={args.micro_batch}",
             "lr_schedule.warmup_steps=1",
+            f"train.float8.enabled={float8}",
+            f"train.float8.recipe={args.float8_recipe}",
         ],
     )
 
@@ -68,7 +75,7 @@ def job_config(args: argparse.Namespace) -> Config:
 class Engine:
     """Ours: forward, backward and step through DeepSpeed."""
 
-    name = "pretrain (DeepSpeed engine)"
+    name = "pretrain, bf16"
 
     def __init__(self, config: Config, model: GPT):
         self.engine = build_engine(config, model)
@@ -82,6 +89,12 @@ class Engine:
 
     def step(self):
         self.engine.step()
+
+
+class Float8Engine(Engine):
+    """Ours with train.float8: the chosen Linear layers multiply in FP8."""
+
+    name = "pretrain, fp8"
 
 
 class PlainLoop:
@@ -112,6 +125,9 @@ class PlainLoop:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+
+LOOPS = {"ours": Engine, "ours-fp8": Float8Engine, "plain": PlainLoop}
 
 
 def train_steps(loop, batch, steps: int) -> None:
@@ -187,14 +203,19 @@ def measure(loop, batch, config: Config, args: argparse.Namespace) -> dict:
 
 
 def report(name: str, result: dict) -> str:
-    parts = [f"{result['tokens_per_s']:,.0f} tokens/s"]
-    if result["mfu"] is not None:
-        parts.append(f"MFU {result['mfu']:.1%}")
-    parts.append(f"peak {result['peak_gib']:.1f} GiB")
-    parts.append(", ".join(f"{phase} {ms:.1f} ms" for phase, ms in result["breakdown_ms"].items()))
+    """The loop's details: the step's breakdown, the attention kernel and where the host waits."""
+    parts = [", ".join(f"{phase} {ms:.1f} ms" for phase, ms in result["breakdown_ms"].items())]
     parts.append(f"attention: {result['attention']}")
     parts.append(f"host waits per step: {result['host_waits']}")
     return f"  {name}: " + " | ".join(parts)
+
+
+def table_row(name: str, args: argparse.Namespace, result: dict, baseline: dict | None) -> str:
+    """A row of docs/benchmarks.md's table: loop, preset, sequence, batch, tokens/s, MFU, peak memory, ratio."""
+    mfu_text = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"
+    ratio = f"{result['tokens_per_s'] / baseline['tokens_per_s']:.3f}" if baseline else "1.000"
+    cells = [name, args.preset, args.seq_len, args.micro_batch, f"{result['tokens_per_s']:,.0f}", mfu_text]
+    return "| " + " | ".join(str(cell) for cell in [*cells, f"{result['peak_gib']:.1f} GiB", ratio]) + " |"
 
 
 def parse_args() -> argparse.Namespace:
@@ -211,7 +232,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
     parser.add_argument("--breakdown-steps", type=int, default=5)
-    parser.add_argument("--only", choices=["ours", "plain"], help="measure one loop only")
+    parser.add_argument("--float8-recipe", default="tensorwise", choices=["tensorwise", "rowwise"])
+    parser.add_argument("--only", choices=list(LOOPS), action="append", help="measure these loops only (repeatable)")
     return parser.parse_args()
 
 
@@ -225,14 +247,14 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
     print(
         f"{args.preset}: vocabulary {config.model.vocab_size:,}, batch {args.micro_batch} x {args.seq_len}, "
-        f"ours: {args.precision}, ZeRO {args.zero_stage}, loss chunks of {args.loss_chunk_tokens} tokens; "
-        f"plain: bf16 autocast, all logits at once"
+        f"ours: {args.precision}, ZeRO {args.zero_stage}, loss chunks of {args.loss_chunk_tokens} tokens, "
+        f"fp8 {args.float8_recipe}; plain: bf16 autocast, all logits at once"
     )
-    loops = {"ours": Engine, "plain": PlainLoop}
     results = {}
-    for key, loop_class in loops.items():
-        if args.only and key != args.only:
+    for key, loop_class in LOOPS.items():
+        if args.only and key not in args.only:
             continue
+        config = job_config(args, float8=loop_class is Float8Engine)
         torch.manual_seed(config.train.seed)
         with torch.device("cuda"):  # a 1B model's initialization on the host takes minutes
             model = GPT(config.model)
@@ -242,8 +264,10 @@ def main() -> None:
         del loop, model
         gc.collect()
         torch.cuda.empty_cache()
-    if len(results) == 2:
-        print(f"  ours / plain, tokens/s: {results['ours']['tokens_per_s'] / results['plain']['tokens_per_s']:.3f}")
+    print("| loop | preset | sequence | batch | tokens/s | MFU | peak memory | / plain loop |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for key, result in results.items():
+        print(table_row(LOOPS[key].name, args, result, results.get("plain")))
 
 
 if __name__ == "__main__":

@@ -96,3 +96,27 @@ def test_explicit_attention_weights_on_the_gpu():
     weights = model.attention_weights(torch.randint(0, 512, (1, 32), device="cuda"))
     assert weights[0].shape == (1, 4, 32, 32)
     torch.testing.assert_close(weights[1].sum(-1), torch.ones(1, 4, 32, device="cuda"))
+
+
+def test_our_adamw_clips_and_skips_without_making_the_host_wait():
+    """pretrain.train.optim.AdamW on the GPU: the step (norm, clipping, non-finite check, fused update) queues
+    without a single host-device synchronization, which torch's sync debug mode turns into an error; only
+    reading `overflow` afterwards waits, and a NaN gradient left the weights as they were."""
+    from pretrain.train.optim import AdamW
+
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(64, 64, device="cuda")) for _ in range(3)]
+    optimizer = AdamW(weights, lr=1e-2, max_norm=1.0)
+    for gradient in (1.0, float("nan")):
+        before = [weight.detach().clone() for weight in weights]
+        for weight in weights:
+            weight.grad = torch.full_like(weight, gradient)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            optimizer.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        changed = any(not torch.equal(weight, old) for weight, old in zip(weights, before, strict=True))
+        assert optimizer.overflow != changed
+    assert optimizer.overflow  # the NaN step, last

@@ -14,6 +14,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from pretrain.export.exporter import load_checkpoint_model
 from pretrain.weights.checkpoint_files import load_torch_file
 from pretrain.weights.checkpoint_folder import checkpoint_dir, latest_tag, tag_for
 from tests.helpers import (
@@ -83,11 +84,14 @@ def test_two_data_parallel_ranks_give_the_single_process_losses(single_process_l
         ),
         # 2 data-parallel x 2 tensor-parallel ranks (1 x 2 with ZeRO-3: continued on it, below)
         DP2_TP2,
+        # tensor parallelism without ZeRO: our AdamW steps the shards, DeepSpeed clips
+        ("launch.nproc_per_node=2", "parallel.zero_stage=0", "parallel.tensor_parallel_size=2"),
     ],
     ids=[
         "zero2-offload-whole-logits",
         "deepspeed-launcher-zero1-micro4-accum2-recompute",
         "dp2-tp2-zero1",
+        "tp2-zero0",
     ],
 )
 def test_parallel_layouts_give_the_single_process_losses(layout_losses, single_process_losses, layout):
@@ -141,9 +145,9 @@ def test_tensor_parallel_checkpoints_hold_one_shard_per_tensor_parallel_rank(job
     assert torch.equal(shards[0]["embed_tokens.weight"], shards[1]["embed_tokens.weight"])  # kept whole
 
 
-def continue_on(source: Path, run: str, job, *layout: str) -> list[float]:
-    """Run `run` of the folder `source` as it was saved at step 5, continued to step 10 on `layout` (in a copy);
-    the losses the continued run logged, steps 6 to 10."""
+def continue_on(source: Path, run: str, job, *layout: str, same_layout: bool = False) -> list[float]:
+    """Run `run` of the folder `source` as it was saved at step 5, continued to step 10 on `layout` (in a copy,
+    resharded unless `same_layout`); the losses the continued run logged, steps 6 to 10."""
     work = job["work"] / ("from-" + run + "-on-" + "-".join(part.split("=")[1] for part in layout))
     run_dir = work / "runs" / run
     shutil.copytree(source / "runs" / run, run_dir)
@@ -156,7 +160,8 @@ def continue_on(source: Path, run: str, job, *layout: str) -> list[float]:
     continued = pretrain(
         "train", *tiny_job_config(work, job["data_dir"]), f"tracking.run_name={run}", *LAYOUT_RUN, *layout, cwd=work
     )
-    assert f"checkpoint {tag_for(5)} was saved on" in continued.stdout
+    resharded = f"checkpoint {tag_for(5)} was saved on" in continued.stdout
+    assert resharded != same_layout
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny").experiment_id
     (found,) = client.search_runs([experiment], filter_string=f"attributes.run_name = '{run}'")
@@ -188,3 +193,25 @@ def test_a_data_and_tensor_parallel_run_continues_on_one_process(job, layout_los
     losses = layout_losses(*DP2_TP2)
     continued = continue_on(job["work"], "layout-4-1-2", job, "launch.nproc_per_node=1", "parallel.zero_stage=1")
     assert continued == pytest.approx(losses[5:], rel=1e-5)
+
+
+def test_float8_trains_to_the_fp32_losses_within_its_accuracy_and_continues_exactly(
+    job, layout_losses, single_process_losses
+):
+    """train.float8 (torchao's float8, emulated on the CPU) on every Linear of the blocks: the single process's
+    losses to float8's accuracy, not bit for bit (the products did run in float8); the checkpoint holds the
+    ordinary fp32 weights, continued from step 5 to the same losses, and exported as a plain model."""
+    float8 = (
+        "launch.nproc_per_node=1",
+        "parallel.zero_stage=0",
+        "train.float8.enabled=true",
+        "train.float8.layers=all",
+    )
+    losses = layout_losses(*float8)
+    assert losses == pytest.approx(single_process_losses, rel=2e-2)
+    assert losses != pytest.approx(single_process_losses, rel=1e-5)
+    assert continue_on(job["work"], "layout-1-0-true-all", job, *float8, same_layout=True) == losses[5:]
+    run_dir = job["work"] / "runs" / "layout-1-0-true-all"
+    model, found = load_checkpoint_model(run_dir)
+    module = load_torch_file(found.folder / "mp_rank_00_model_states.pt")["module"]
+    assert set(module) == set(model.state_dict()) and {tensor.dtype for tensor in module.values()} == {torch.float32}

@@ -8,7 +8,7 @@ import torch
 from model import GPT, GPTConfig
 from pretrain.config import load_config
 from pretrain.train.deepspeed_config import deepspeed_config
-from pretrain.train.optim import AdamW, lr_multiplier, param_groups
+from pretrain.train.optim import AdamW, clips_itself, lr_multiplier, param_groups
 
 
 def schedule(lr: float, max_steps: int, **lr_schedule):
@@ -94,11 +94,52 @@ def test_offload_and_fp16_in_the_deepspeed_json():
 
 
 def test_own_adamw_skips_a_step_with_non_finite_gradients():
+    """The fused kernel reads the non-finite flag on the device: weights, moments and step count stay as they
+    were, and `overflow` (which DeepSpeed reads to hold the schedule) says so."""
     weight = torch.nn.Parameter(torch.ones(3))
-    optimizer = AdamW([weight], lr=0.1, weight_decay=0.1)
+    optimizer = AdamW([weight], lr=0.1, weight_decay=0.1, max_norm=1.0)
     weight.grad = torch.tensor([1.0, float("nan"), 1.0])
     optimizer.step()
-    assert optimizer.overflow and torch.equal(weight.detach(), torch.ones(3)) and optimizer.state[weight] == {}
+    assert optimizer.overflow and torch.equal(weight.detach(), torch.ones(3))
+    state = optimizer.state[weight]
+    assert state["step"].item() == 0 and not state["exp_avg"].any() and not state["exp_avg_sq"].any()
     weight.grad = torch.tensor([1.0, 1.0, 1.0])
     optimizer.step()
-    assert not optimizer.overflow and (weight.detach() < 1).all()
+    assert not optimizer.overflow and (weight.detach() < 1).all() and state["step"].item() == 1
+
+
+def test_own_adamw_clips_as_torch_clip_grad_norm_then_adamw():
+    """Clipping on the device by the one fused norm: the weights of torch's clip_grad_norm_ followed by
+    torch's AdamW, over steps whose gradients are above and below the bound, and the norm DeepSpeed reports."""
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    reference = [torch.nn.Parameter(param.detach().clone()) for param in ours]
+    settings = {"lr": 0.05, "betas": (0.9, 0.95), "weight_decay": 0.1}
+    optimizer, expected = AdamW(ours, max_norm=1.0, **settings), torch.optim.AdamW(reference, **settings)
+    for scale in (10.0, 0.1, 3.0, 0.5):
+        grads = [torch.randn_like(param) * scale for param in ours]
+        for param, other, grad in zip(ours, reference, grads, strict=True):
+            param.grad, other.grad = grad.clone(), grad.clone()
+        norm = torch.nn.utils.clip_grad_norm_(reference, 1.0)
+        expected.step()
+        optimizer.step()
+        assert optimizer._global_grad_norm.item() == pytest.approx(norm.item(), rel=1e-6)
+        for param, other in zip(ours, reference, strict=True):
+            torch.testing.assert_close(param.detach(), other.detach(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("layout", "ours"),
+    [
+        (("parallel.zero_stage=0",), True),
+        (("parallel.zero_stage=0", "train.precision=bf16-autocast"), True),
+        (("parallel.zero_stage=0", "optimizer.grad_clip=0"), False),  # nothing to clip
+        (("parallel.zero_stage=0", "parallel.tensor_parallel_size=2", "launch.nproc_per_node=2"), False),
+        (("parallel.zero_stage=0", "train.precision=bf16"), False),  # DeepSpeed's bf16 optimizer clips
+        (("parallel.zero_stage=1",), False),
+    ],
+)
+def test_the_gradients_are_clipped_once_by_our_adamw_or_by_deepspeed(layout, ours):
+    config = load_config(overrides=["optimizer.grad_clip=1.0", *layout])
+    assert clips_itself(config) is ours
+    assert deepspeed_config(config)["gradient_clipping"] == (0.0 if ours else config.optimizer.grad_clip)

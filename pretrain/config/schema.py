@@ -39,6 +39,24 @@ class SpikeConfig(Section):
     max_rollbacks: int = Field(3, ge=1, description="rollbacks before the run stops, naming the steps that spiked")
 
 
+class Float8Config(Section):
+    """FP8 matrix products in training, through torchao's float8 (pretrain/train/float8.py)."""
+
+    enabled: bool = Field(
+        False,
+        description="the blocks' Linear layers multiply in float8 (weights and optimizer stay as train.precision "
+        "says); on a device without FP8 (before Hopper and Ada, CPUs) torchao emulates it, correct but slow",
+    )
+    recipe: Literal["tensorwise", "rowwise"] = Field(
+        "tensorwise", description="torchao's scaling: one scale per tensor (fastest) or per row (more accurate)"
+    )
+    layers: Literal["auto", "all"] = Field(
+        "auto",
+        description="auto: the Linear layers large enough to gain, by torchao's thresholds measured on H100; all: "
+        "every Linear of the blocks (sizes multiples of 16). Never the embedding or the output head",
+    )
+
+
 class TrainConfig(Section):
     """What the loop trains on and how: steps, batches, precision, the data stream and where weights start."""
 
@@ -91,6 +109,7 @@ class TrainConfig(Section):
     )
     straggler_intervals: int = Field(3, ge=1, description="log intervals in a row a rank is slow before it is named")
     spike: SpikeConfig = Field(default_factory=SpikeConfig)
+    float8: Float8Config = Field(default_factory=Float8Config)
     init_from: str | None = Field(
         None,
         json_schema_extra={"path": True},
@@ -295,6 +314,12 @@ def consistency_problems(config: Config) -> list[str]:
         problems.append(
             f"train.global_batch_size = {train.global_batch_size}: must be a multiple of "
             f"train.micro_batch_size ({train.micro_batch_size}) x data-parallel size ({config.dp_size})"
+        )
+    if train.float8.enabled and (tp > 1 or train.precision == "fp16"):
+        problems.append(
+            "train.float8.enabled = true: trains with train.precision fp32, bf16 or bf16-autocast and no tensor "
+            "parallelism (AutoTP replaces the Linear layers that float8 converts); set parallel.tensor_parallel_size=1 "
+            "and another precision, or train.float8.enabled=false"
         )
     if config.parallel.offload_optimizer and config.parallel.zero_stage == 0:
         problems.append("parallel.offload_optimizer = true: needs parallel.zero_stage 1, 2 or 3")

@@ -86,7 +86,9 @@ def own_dataset(checkpoint: Checkpoint) -> Path | None:
     data_dir = Path(checkpoint.config.data.output_dir)
     if (data_dir / MANIFEST_NAME).is_file():
         return data_dir
-    print(f"no dataset at {data_dir}, where the run trained: no validation loss (--data DIR names one)", file=sys.stderr)
+    print(
+        f"no dataset at {data_dir}, where the run trained: no validation loss (--data DIR names one)", file=sys.stderr
+    )
     return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pretrain.config import Config
+from pretrain.train.optim import clips_itself
 
 
 def deepspeed_config(config: Config) -> dict:
@@ -11,11 +12,12 @@ def deepspeed_config(config: Config) -> dict:
         "train_batch_size": train.global_batch_size,
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": config.grad_accum_steps,
-        "gradient_clipping": config.optimizer.grad_clip,
+        # Our AdamW clips on the device where it can (pretrain/train/optim.py); DeepSpeed clips otherwise.
+        "gradient_clipping": 0.0 if clips_itself(config) else config.optimizer.grad_clip,
         "zero_optimization": zero_config(config),
         "bf16": {"enabled": train.precision == "bf16"},
         # PyTorch autocast inside the engine: fp32 weights, gradients and optimizer
-        # (PyTorch's fused AdamW, no master copy); DeepSpeed autocasts the Linear layers to bf16.
+        # (our fused AdamW, no master copy); DeepSpeed autocasts the Linear layers to bf16.
         "torch_autocast": {"enabled": train.precision == "bf16-autocast", "dtype": "bfloat16"},
         # Dynamic loss scaling: fp16 gradients underflow without it. A step
         # whose gradients overflow is skipped and the scale halved.

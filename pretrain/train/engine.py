@@ -27,7 +27,8 @@ from launch.stores import bound_store, client_store
 from model import GPT
 from pretrain.config import Config
 from pretrain.train.deepspeed_config import deepspeed_config
-from pretrain.train.optim import AdamW, lr_multiplier, param_groups
+from pretrain.train.float8 import convert_to_float8
+from pretrain.train.optim import AdamW, clips_itself, lr_multiplier, param_groups, steps_directly
 from pretrain.weights.checkpoint_engine import VerifiedCheckpointEngine
 
 # DeepSpeed's ZeRO calls a torch collective that torch has renamed; the warning says nothing to our users.
@@ -108,6 +109,8 @@ def build_engine(config: Config, model: GPT):
     # How the model's forward pass runs (not what it computes), as the config says.
     model.activation_checkpointing = config.train.activation_checkpointing
     model.loss_chunk_tokens = config.train.loss_chunk_tokens
+    if config.train.float8.enabled:  # before DeepSpeed casts, shards and wraps the model
+        convert_to_float8(model, config.train.float8)
     mpu = None
     if config.parallel.tensor_parallel_size > 1:
         # The (data-parallel, tensor-parallel) process groups, made before the
@@ -124,6 +127,10 @@ def build_engine(config: Config, model: GPT):
     )
     # Every checkpoint file written through it is recorded with its checksum; every one read is loaded weights_only.
     engine.checkpoint_engine = VerifiedCheckpointEngine()
+    if config.parallel.zero_stage == 0 and engine.dp_world_size == 1:
+        # With no other data-parallel rank, DeepSpeed's gradient all-reduce
+        # is a copy of every gradient into buckets and back, for nothing.
+        engine.enable_backward_allreduce = False
     return engine
 
 
@@ -168,17 +175,16 @@ def make_optimizer(config: Config, model: GPT) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only; fused into one kernel on GPUs.
 
     ZeRO and DeepSpeed's bf16 and fp16 wrap it in DeepSpeed optimizers that
-    skip steps with non-finite gradients. Without ZeRO, in fp32 or under
-    autocast (fp32 weights), DeepSpeed steps it directly: our AdamW then
-    does that check itself.
+    clip and skip steps with non-finite gradients. Without ZeRO, in fp32 or
+    under autocast (fp32 weights), DeepSpeed steps it directly: our fused
+    AdamW then does both itself, on the device (pretrain/train/optim.py).
     """
     settings = config.optimizer
-    stepped_directly = config.parallel.zero_stage == 0 and config.train.precision in ("fp32", "bf16-autocast")
-    optimizer_class = AdamW if stepped_directly else torch.optim.AdamW
+    parameter_groups = param_groups(model, settings.weight_decay)
+    hyperparameters = {"lr": settings.lr, "betas": (settings.beta1, settings.beta2)}
+    if steps_directly(config):
+        max_norm = settings.grad_clip if clips_itself(config) else 0.0
+        sharded = config.parallel.tensor_parallel_size > 1
+        return AdamW(parameter_groups, max_norm=max_norm, sharded=sharded, **hyperparameters)
     fused = torch.cuda.is_available() and not config.parallel.offload_optimizer
-    return optimizer_class(
-        param_groups(model, settings.weight_decay),
-        lr=settings.lr,
-        betas=(settings.beta1, settings.beta2),
-        fused=fused or None,
-    )
+    return torch.optim.AdamW(parameter_groups, fused=fused or None, **hyperparameters)

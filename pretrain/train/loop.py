@@ -27,6 +27,7 @@ from pretrain.train.cost import model_cost
 from pretrain.train.data import make_loader, verify_shards_together
 from pretrain.train.deepspeed_config import deepspeed_config
 from pretrain.train.engine import build_engine, init_distributed
+from pretrain.train.float8 import float8_summary
 from pretrain.train.health import handle_spike, start_heartbeat, straggler_metrics
 from pretrain.train.metrics import IntervalMeter, memory_metrics
 from pretrain.train.preemption import PreemptionWatch
@@ -103,6 +104,8 @@ def run_job(config: Config, manifest: dict, resume: bool, preemption: Preemption
         # Continued pretraining: the weights of an export; the optimizer and schedule start afresh.
         model.load_state_dict(folder_state_dict(Path(config.train.init_from), config.model))
     engine = build_engine(config, model)
+    if config.train.float8.enabled and rank_zero:
+        print(float8_summary(model, config.train.float8), flush=True)
     if compiles(config):
         engine.compile()
     loader, val = make_loader(config, manifest), LoopEvaluation(config, manifest)

@@ -26,31 +26,69 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def steps_directly(config: Config) -> bool:
+    """Whether DeepSpeed steps our optimizer itself: without ZeRO, with fp32 weights (fp32 or bf16-autocast).
+
+    ZeRO's optimizers and DeepSpeed's bf16 and fp16 ones wrap it instead, and
+    do the clipping and the non-finite check themselves.
+    """
+    return config.parallel.zero_stage == 0 and config.train.precision in ("fp32", "bf16-autocast")
+
+
+def clips_itself(config: Config) -> bool:
+    """Whether our AdamW clips the gradients, on the device, in place of DeepSpeed's `clip_fp32_gradients`.
+
+    DeepSpeed's clipping computes one norm per parameter and reads the total
+    on the host; ours is one fused norm that stays on the device. Under
+    tensor parallelism DeepSpeed's knows which parameters are sharded and
+    which replicated, so it keeps that case.
+    """
+    return steps_directly(config) and config.parallel.tensor_parallel_size == 1 and config.optimizer.grad_clip > 0
+
+
 class AdamW(torch.optim.AdamW):
-    """PyTorch's AdamW, which skips a step whose gradients are not all finite.
+    """PyTorch's fused AdamW, which clips the gradients and skips a step whose gradients are not all finite,
+    deciding both on the device.
 
     Without ZeRO, in fp32 or under autocast, DeepSpeed steps the client
-    optimizer itself; like its own ZeRO and mixed-precision optimizers, this
-    one then sets `overflow`, which DeepSpeed reads to count the step as
-    skipped and to hold the learning-rate schedule (pretrain/train/stability.py).
-    DeepSpeed needs that answer as a Python bool before it steps the
-    schedule, so on a GPU the check waits for the gradients: one host-device
-    synchronization per optimizer step (not per micro-batch), as DeepSpeed's
-    own overflow checks make.
+    optimizer itself. The gradient norm is computed once and kept on the
+    device: the clipping scales the gradients by it, and the fused kernel
+    reads whether it is finite (`found_inf`, as under torch's GradScaler)
+    and then leaves the weights, the moments and the step count as they were.
+    So the step is queued whole without the host waiting for the gradients.
+
+    Like DeepSpeed's own ZeRO and mixed-precision optimizers, it answers
+    `overflow`, which DeepSpeed reads right after the step to count it as
+    skipped and to hold the learning-rate schedule
+    (pretrain/train/stability.py). That answer is the step's one read from
+    the device, made once all of the step's work is queued.
     """
 
-    overflow = False
+    def __init__(self, params, *, max_norm: float = 0.0, sharded: bool = False, **settings):
+        """`max_norm`: clip to it (0: DeepSpeed clips, or nobody). `sharded`: the gradients are tensor-parallel
+        shards, whose norm on one rank is not the model's, so it is neither used nor reported."""
+        super().__init__(params, fused=True, **settings)
+        self.max_norm, self.sharded = max_norm, sharded
+        self.found_inf = torch.zeros(())
+        self._global_grad_norm: torch.Tensor | None = None  # DeepSpeed's name: engine.get_global_grad_norm()
 
     @torch.no_grad()
     def step(self, closure=None):
-        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        finite = torch.isfinite(torch.nn.utils.get_total_norm(grads)).float()
-        if dist.is_initialized():  # tensor-parallel ranks hold different shards: all must agree
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        self.overflow = not finite.item()
-        if self.overflow:
-            return None
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        found_inf = (~torch.isfinite(norm)).float()
+        if self.sharded:  # each rank's shards differ, and all must agree (data-parallel gradients are equal)
+            dist.all_reduce(found_inf, op=dist.ReduceOp.MAX)
+        if self.max_norm:
+            torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, norm, foreach=True)
+        self.found_inf = found_inf
+        if not self.sharded:
+            self._global_grad_norm = norm
         return super().step(closure)
+
+    @property
+    def overflow(self) -> bool:
+        return bool(self.found_inf.item())
 
 
 def lr_multiplier(config: Config) -> Callable[[int], float]:

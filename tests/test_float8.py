@@ -1,6 +1,6 @@
 """FP8 training through torchao's float8, checked on the CPU in torchao's emulation: which layers convert, the
-gradients against bf16's, and a configuration that cannot hold it refused. Checkpoints, resumption and the
-export of a float8 run: tests/test_export.py."""
+gradients against bf16's, and a configuration that cannot hold it refused. A float8 run's losses, its checkpoint
+and its exact continuation: tests/test_layouts.py."""
 
 import pytest
 import torch

@@ -8,6 +8,30 @@ from typing import Literal
 
 
 @dataclass
+class RopeScaling:
+    """How rotary positions stretch past the context a model was trained at, as Hugging Face's `rope_parameters`
+    define each `type` (model/positions.py says what each does).
+
+    `factor`: how many times that context the model now reads. `original_max_seq_len`: the context it was
+    trained at (llama3, yarn and dynamic; linear needs none).
+    """
+
+    type: Literal["linear", "dynamic", "llama3", "yarn"]
+    factor: float
+    original_max_seq_len: int | None = None
+    low_freq_factor: float = 1.0  # llama3: wavelengths above original / this are scaled by the factor...
+    high_freq_factor: float = 4.0  # ...below original / this are kept, in between blended
+    beta_fast: float = 32.0  # yarn: the rotations per context above which a frequency is kept...
+    beta_slow: float = 1.0  # ...and below which it is scaled, in between blended
+
+    def __post_init__(self) -> None:
+        if self.factor < 1:
+            raise ValueError(f"rope_scaling.factor must be at least 1, got {self.factor}")
+        if self.type != "linear" and not self.original_max_seq_len:
+            raise ValueError(f"rope_scaling.original_max_seq_len is needed by {self.type}: the trained context")
+
+
+@dataclass
 class GPTConfig:
     vocab_size: int = 50304
     max_seq_len: int = 1024
@@ -22,6 +46,7 @@ class GPTConfig:
     dropout: float = 0.0
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None  # context extension of a rotary model: None keeps the trained context
     norm_eps: float = 1e-5
     ffn_hidden_size: int | None = None  # None: 4 x n_embd (gelu, gelu_exact), or about 8/3 x n_embd (swiglu)
 
@@ -40,6 +65,10 @@ class GPTConfig:
             )
         if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2 != 0:
             raise ValueError(f"rope needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
+        if isinstance(self.rope_scaling, dict):  # read back from JSON (an exported folder's config)
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
+        if self.rope_scaling is not None and self.pos_encoding != "rope":
+            raise ValueError(f"rope_scaling stretches rotary positions; pos_encoding is {self.pos_encoding}")
 
     @property
     def head_dim(self) -> int:

@@ -1,5 +1,6 @@
 """Config loading, `extends`, overrides, and one clear error for each kind of invalid config."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,50 @@ def test_a_shipped_config_is_found_by_name_and_a_missing_one_names_them(tmp_path
     assert load_config("demo") == load_config(CONFIGS / "demo.yaml")
     with pytest.raises(ConfigError, match=r"nonesuch: config file not found; .* shipped config: base, demo, tiny"):
         load_config("nonesuch")
+
+
+def exported_config(folder: Path, **model) -> Path:
+    """A folder holding only the config.json of an export: all the config loader reads of train.init_from."""
+    from model import GPTConfig
+    from pretrain.weights.hf_config import hf_config_dict
+
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(hf_config_dict(GPTConfig(**model))))
+    return folder
+
+
+LLAMA_64 = {"vocab_size": 512, "max_seq_len": 64, "n_layer": 2, "n_head": 2, "n_embd": 64}
+LLAMA_64 |= {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False, "tie_embeddings": False}
+
+
+def test_rope_scaling_with_init_from_extends_the_context_the_folder_was_trained_at(tmp_path):
+    """Continued pretraining at a longer sequence: the folder's model, trained at 64 tokens, reads 4 times that
+    with its positions stretched as Llama 3's are; the config's own model section (GPT-2's positions) is not it."""
+    folder = exported_config(tmp_path / "short", **LLAMA_64)
+    overrides = [f"train.init_from={folder}", "model.rope_scaling.type=llama3", "model.rope_scaling.factor=4"]
+    config = load_config("configs/tiny.yaml", [*overrides, "train.seq_len=256"])
+    assert config.model.max_seq_len == 256 and config.model.pos_encoding == "rope"
+    scaling = config.model.rope_scaling
+    assert (scaling.type, scaling.factor, scaling.original_max_seq_len) == ("llama3", 4.0, 64)
+    assert load_config("configs/tiny.yaml", [f"train.init_from={folder}"]).model.rope_scaling is None
+
+
+@pytest.mark.parametrize(
+    ("model", "overrides", "message"),
+    [
+        (
+            {**LLAMA_64, "pos_encoding": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True},
+            [],
+            "only rotary positions stretch; the folder's model has learned positions",
+        ),
+        (LLAMA_64, ["model.rope_scaling.factor=0.5"], "rope_scaling.factor must be at least 1, got 0.5"),
+        (LLAMA_64, ["model.rope_scaling.scale=4"], "no setting 'scale'; rope_scaling's settings are type, factor"),
+    ],
+    ids=["learned-positions", "factor-below-one", "unknown-key"],
+)
+def test_a_context_extension_that_cannot_be_is_named(tmp_path, model, overrides, message):
+    folder = exported_config(tmp_path / "short", **model)
+    extension = ["model.rope_scaling.type=linear", "model.rope_scaling.factor=2", *overrides]
+    with pytest.raises(ConfigError) as error:
+        load_config("configs/tiny.yaml", [f"train.init_from={folder}", *extension])
+    assert "model.rope_scaling = {" in str(error.value) and message in str(error.value)

@@ -446,3 +446,38 @@ def test_a_bf16_run_exports_its_fp32_master_weights(runs):
     ids = torch.tensor([load_tokenizer(run_dir / "tokenizer.json").encode(TEXT).ids])
     with torch.no_grad():
         assert (hf(ids).logits - model.eval()(ids)[0]).abs().max().item() <= TOLERANCE
+
+
+def test_a_short_context_export_trains_on_at_twice_its_context_and_transformers_reads_it_there(runs):
+    """Context extension end to end: the Llama run's export, trained at 64 tokens, continued at 128 with Llama
+    3's rope scaling (the config's own GPT-2 model section is not it), then exported: transformers reads the
+    scaling back and gives our logits at 128 tokens."""
+    folder = runs.run_dir("llama", "zero3") / "export"
+    extension = ["model.rope_scaling.type=llama3", "model.rope_scaling.factor=2", "train.seq_len=128"]
+    one_process = [
+        "launch.nproc_per_node=1",
+        "parallel.zero_stage=0",
+        "train.micro_batch_size=8",
+        "train.global_batch_size=8",
+    ]
+    options = [*runs.config, *SHORT_RUN, *one_process, *extension, "train.max_steps=2", "tracking.run_name=extended"]
+    trained = pretrain("train", *options, "--init-from", str(folder), cwd=runs.work)
+    assert "step      2/2" in trained.stdout
+    run_dir = runs.work / "runs" / "extended"
+    model, _ = load_checkpoint_model(run_dir)
+    assert model.config.max_seq_len == 128 and model.config.rope_scaling.original_max_seq_len == 64
+
+    exported, _, _ = export(run_dir)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(exported, local_files_only=True).eval()
+    assert hf.config.rope_parameters["rope_type"] == "llama3" and hf.config.max_position_embeddings == 128
+    written = json.loads((exported / "config.json").read_text())
+    assert written["rope_scaling"] == {  # what transformers 4.x reads
+        "rope_type": "llama3",
+        "factor": 2.0,
+        "original_max_position_embeddings": 64,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+    }
+    ids = torch.randint(0, model.config.vocab_size, (2, 128), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (hf(ids).logits - model.eval()(ids)[0]).abs().max().item() <= TOLERANCE

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.llama.modeling_llama import LlamaConfig, LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from model import GPT, GPTConfig, generate
+from model.config import RopeScaling
 from model.layers import apply_rope
 from model.positions import rope_cos_sin
 from pretrain.errors import ExportError
@@ -209,10 +210,14 @@ def test_hf_config_reads_back_as_the_same_gpt_config(name):
     [
         ({"model_type": "mistral"}, "model_type 'mistral' is not supported; supported are gpt2 and llama"),
         ({"hidden_act": "gelu"}, "hidden_act = 'gelu' is not supported; our GPT has 'silu'"),
-        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "rope_type = 'yarn' is not supported"),
+        ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}}, "rope_type = 'longrope' is not supported"),
+        (
+            {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0, "mscale": 0.7}},
+            "mscale = 0.7 is not supported",
+        ),
         ({"intermediate_size": None, "num_hidden_layers": None}, None),
     ],
-    ids=["model-type", "activation", "rope-scaling", "missing-keys"],
+    ids=["model-type", "activation", "rope-type", "yarn-temperature", "missing-keys"],
 )
 def test_unsupported_hf_configs_name_the_setting(change, message):
     hf = hf_config_dict(CONFIGS["llama-gqa-untied"]) | change
@@ -247,3 +252,32 @@ def test_weights_of_another_shape_raise_an_export_error():
     fewer_layers = GPTConfig(**{**CONFIGS["llama-gqa-untied"].__dict__, "n_layer": 2})
     with pytest.raises(ExportError, match="unexpected Hugging Face weights.*layers.2"):
         from_hf_state_dict(hf_state, fewer_layers)
+
+
+# Stretched past a trained context of 64: the scaled model read at 4 times it and below it, each type of Hugging
+# Face's rope_parameters (llama3 with Llama 3.1's own factors, and others; YaRN's temperature on the tables).
+ROPE_SCALINGS = {
+    "linear": RopeScaling("linear", factor=4.0),
+    "dynamic": RopeScaling("dynamic", factor=4.0, original_max_seq_len=64),
+    "llama3": RopeScaling("llama3", factor=8.0, original_max_seq_len=64, low_freq_factor=1.0, high_freq_factor=4.0),
+    "llama3-2": RopeScaling("llama3", factor=4.0, original_max_seq_len=64, low_freq_factor=2.0, high_freq_factor=8.0),
+    "yarn": RopeScaling("yarn", factor=4.0, original_max_seq_len=64),
+}
+
+
+@pytest.mark.parametrize("name", ROPE_SCALINGS)
+def test_rope_scaling_gives_hf_logits_past_the_trained_context(name):
+    config = dataclasses.replace(
+        CONFIGS["llama-gqa-untied"], max_seq_len=256, rope_theta=10000.0, rope_scaling=ROPE_SCALINGS[name]
+    )
+    hf = hf_model(config)
+    perturb(hf, seed=1)
+    ours = our_model_from(hf, config)
+    for seq in (48, 256):
+        assert max_logit_difference(ours, hf, config, seq) <= TOLERANCE, seq
+    plain = our_model_from(hf, dataclasses.replace(config, rope_scaling=None))
+    ids = torch.randint(0, config.vocab_size, (1, 256))
+    with torch.no_grad():  # the scaling did change the positions (dynamic only past 64)
+        assert (plain(ids)[0] - ours(ids)[0]).abs().max() > 1e-2
+    back = gpt_config_from_hf(hf_config_dict(config), "config.json")
+    assert back.rope_scaling == config.rope_scaling and back.max_seq_len == config.max_seq_len

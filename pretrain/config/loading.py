@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from model.config import GPTConfig, RopeScaling
 from pretrain.config.presets import read_model_preset, shipped_config, shipped_config_names
 from pretrain.config.schema import MOVED_KEYS, Config, consistency_problems
 from pretrain.errors import ConfigError, PretrainError
@@ -54,12 +55,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     if _uri_origin(raw, path, overrides) == FROM_ENVIRONMENT and isinstance(raw.get("tracking", {}), dict):
         raw["tracking"] = {**raw.get("tracking", {}), "uri": os.environ[TRACKING_URI_VARIABLE]}
     origin = f"{path or 'defaults'}" + (" with overrides" if overrides else "")
+    extension = _context_extension(raw)
     try:
         config = Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(f"invalid config ({origin}):\n" + "\n".join(_describe(e) for e in err.errors())) from None
     if config.train.init_from:
-        config = with_model_of_init_from(config)
+        config = with_model_of_init_from(config, extension)
     problems = consistency_problems(config)
     if problems:
         raise ConfigError(f"invalid config ({origin}):\n" + "\n".join(f"  {p}" for p in problems))
@@ -92,8 +94,21 @@ def _uri_origin(raw: dict, path: str | Path | None, overrides: list[str]) -> str
     return DEFAULT_URI_ORIGIN
 
 
-def with_model_of_init_from(config: Config) -> Config:
-    """The config with the model section of train.init_from's folder: its weights fit no other architecture."""
+def _context_extension(raw: dict) -> dict | None:
+    """With train.init_from, `model.rope_scaling` applies to the folder's model, not to the config's own model
+    section (which the folder's replaces): taken out before that section is checked."""
+    train, model = raw.get("train"), raw.get("model")
+    if isinstance(train, dict) and train.get("init_from") and isinstance(model, dict):
+        return model.pop("rope_scaling", None)
+    return None
+
+
+def with_model_of_init_from(config: Config, rope_scaling: dict | None = None) -> Config:
+    """The config with the model section of train.init_from's folder: its weights fit no other architecture.
+
+    Two settings of how it reads are the config's: `model.dropout`, and
+    `model.rope_scaling`, which extends the folder's context (`extended_context`).
+    """
     folder = config.train.init_from
     try:
         if Path(folder).is_file():  # a nanoGPT ckpt.pt (reading it needs torch: imported only for one)
@@ -104,7 +119,40 @@ def with_model_of_init_from(config: Config) -> Config:
             model = folder_model_config(Path(folder))
     except (PretrainError, ValueError, TypeError) as err:  # GPTConfig's own checks, or an unknown field
         raise ConfigError(f"train.init_from = {folder!r}: {err}") from None
-    return config.model_copy(update={"model": dataclasses.replace(model, dropout=config.model.dropout)})
+    model = dataclasses.replace(model, dropout=config.model.dropout)
+    if rope_scaling is not None:
+        try:
+            model = extended_context(model, rope_scaling)
+        except ValidationError as err:  # a ValueError too: first
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in err.errors())
+            raise ConfigError(f"model.rope_scaling = {rope_scaling!r}: {problems}") from None
+        except ValueError as err:
+            raise ConfigError(
+                f"model.rope_scaling = {rope_scaling!r} with train.init_from = {folder!r}: {err}"
+            ) from None
+    return config.model_copy(update={"model": model})
+
+
+def extended_context(model: GPTConfig, rope_scaling: dict) -> GPTConfig:
+    """`model` reading `factor` times the context it was trained at, its rotary positions stretched as
+    `rope_scaling` says (model/positions.py): continued pretraining at a longer sequence.
+
+    The trained context is the folder's `max_seq_len` (its `original_max_seq_len` if it was extended
+    before), so `original_max_seq_len` may be left out; `max_seq_len` becomes factor times it.
+    """
+    if model.pos_encoding != "rope":
+        raise ValueError(f"only rotary positions stretch; the folder's model has {model.pos_encoding} positions")
+    unknown = sorted(set(rope_scaling) - {field.name for field in dataclasses.fields(RopeScaling)})
+    if unknown:
+        known = ", ".join(field.name for field in dataclasses.fields(RopeScaling))
+        raise ValueError(f"no setting {unknown[0]!r}; rope_scaling's settings are {known}")
+    before = model.rope_scaling
+    trained = before.original_max_seq_len or round(model.max_seq_len / before.factor) if before else model.max_seq_len
+    # Checked and converted (overrides are text) as the schema checks the rest of the config.
+    scaling = TypeAdapter(RopeScaling).validate_python({"original_max_seq_len": trained, **rope_scaling})
+    return dataclasses.replace(
+        model, rope_scaling=scaling, max_seq_len=int(scaling.original_max_seq_len * scaling.factor)
+    )
 
 
 def save_config(config: Config, path: Path) -> Path:

@@ -17,7 +17,7 @@ import functools
 import json
 from pathlib import Path
 
-from model.config import GPTConfig
+from model.config import GPTConfig, RopeScaling
 from pretrain.errors import CheckpointError, ExportError
 
 HF_CONFIG_NAME = "config.json"
@@ -35,6 +35,25 @@ TITLES = {"gpt2": "GPT-2", "llama": "Llama"}
 # GPT-2's activation_function for each of our GELUs (model/layers.py): the tanh approximation, or the exact one.
 HF_GELU = {"gelu": "gelu_new", "gelu_exact": "gelu"}
 GELU_FROM_HF = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact"}
+# Llama's rope_parameters for each RopeScaling type (model/config.py): Hugging Face's name of each of our fields.
+HF_ROPE_KEYS = {
+    "linear": {"factor": "factor"},
+    "dynamic": {"factor": "factor"},
+    "llama3": {
+        "factor": "factor",
+        "original_max_seq_len": "original_max_position_embeddings",
+        "low_freq_factor": "low_freq_factor",
+        "high_freq_factor": "high_freq_factor",
+    },
+    "yarn": {
+        "factor": "factor",
+        "original_max_seq_len": "original_max_position_embeddings",
+        "beta_fast": "beta_fast",
+        "beta_slow": "beta_slow",
+    },
+}
+# Settings of Hugging Face's YaRN that ours has only at their defaults (DeepSeek's temperatures, untruncated ramps).
+HF_YARN_ONLY = {"attention_factor": (None,), "mscale": (None,), "mscale_all_dim": (None,), "truncate": (True,)}
 
 
 @functools.cache
@@ -105,14 +124,46 @@ def hf_config_dict(config: GPTConfig) -> dict:
         "num_attention_heads": config.n_head,
         "num_key_value_heads": config.kv_heads,
         "head_dim": config.head_dim,
-        "max_position_embeddings": config.max_seq_len,
+        "max_position_embeddings": hf_max_positions(config),
         "rms_norm_eps": config.norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rope_parameters": hf_rope_parameters(config),
         "attention_bias": config.bias,
         "mlp_bias": config.bias,
         "attention_dropout": config.dropout,  # Llama has no residual or embedding dropout
         "hidden_act": "silu",
     }
+
+
+def hf_rope_parameters(config: GPTConfig) -> dict:
+    """Llama's `rope_parameters`: the rotary base, and how positions stretch past the trained context."""
+    rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+    scaling = config.rope_scaling
+    if scaling is None:
+        return rope
+    keys = HF_ROPE_KEYS[scaling.type]
+    return rope | {"rope_type": scaling.type} | {theirs: getattr(scaling, ours) for ours, theirs in keys.items()}
+
+
+def hf_max_positions(config: GPTConfig) -> int:
+    """Llama's `max_position_embeddings`: our context, except under dynamic scaling, where transformers reads it
+    as the trained context that the scaling starts from."""
+    scaling = config.rope_scaling
+    return scaling.original_max_seq_len if scaling and scaling.type == "dynamic" else config.max_seq_len
+
+
+def rope_scaling_from_hf(rope: dict, max_positions: int, source: str) -> tuple[RopeScaling | None, int]:
+    """Our RopeScaling and context for a Llama's `rope_parameters` and `max_position_embeddings`."""
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    _require({"rope_type": rope_type}, source, rope_type=("default", *HF_ROPE_KEYS))
+    if rope_type == "default":
+        return None, max_positions
+    if rope_type == "yarn":
+        _require(rope, source, **HF_YARN_ONLY)
+    fields = {ours: rope[theirs] for ours, theirs in HF_ROPE_KEYS[rope_type].items() if theirs in rope}
+    if rope_type == "dynamic":  # transformers' trained context; it reads any length, ours up to factor times it
+        scaling = RopeScaling(type="dynamic", original_max_seq_len=max_positions, **fields)
+        return scaling, int(max_positions * scaling.factor)
+    return RopeScaling(type=rope_type, **fields), max_positions
 
 
 def gpt_config_from_hf(hf: dict, source: str) -> GPTConfig:
@@ -141,8 +192,8 @@ def _gpt_config_from_hf(hf: dict, source: str) -> GPTConfig:
             mlp=GELU_FROM_HF[hf.get("activation_function", "gelu_new")],
         )
     if model_type == "llama":
-        rope = hf.get("rope_parameters") or {"rope_type": "default", "rope_theta": hf.get("rope_theta", 10000.0)}
-        _require({"rope_type": rope.get("rope_type", "default")}, source, rope_type=("default",))
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        rope_scaling, max_seq_len = rope_scaling_from_hf(rope, hf["max_position_embeddings"], source)
         _require(hf, source, hidden_act=("silu",))
         if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
             raise ExportError(
@@ -150,7 +201,7 @@ def _gpt_config_from_hf(hf: dict, source: str) -> GPTConfig:
             )
         config = GPTConfig(
             vocab_size=hf["vocab_size"],
-            max_seq_len=hf["max_position_embeddings"],
+            max_seq_len=max_seq_len,
             n_layer=hf["num_hidden_layers"],
             n_head=hf["num_attention_heads"],
             n_embd=hf["hidden_size"],
@@ -160,7 +211,8 @@ def _gpt_config_from_hf(hf: dict, source: str) -> GPTConfig:
             mlp="swiglu",
             bias=hf.get("attention_bias", False),
             tie_embeddings=hf.get("tie_word_embeddings", False),
-            rope_theta=rope["rope_theta"],
+            rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+            rope_scaling=rope_scaling,
             norm_eps=hf.get("rms_norm_eps", 1e-6),
             ffn_hidden_size=hf["intermediate_size"],
             dropout=hf.get("attention_dropout", 0.0),

@@ -135,8 +135,10 @@ def _write_hf(
     tokens = {"bos_token_id": end, "eos_token_id": end, "pad_token_id": pad}
     hf_config = hf_config_dict(config) | tokens | {"dtype": HF_DTYPE_NAMES[DTYPES[dtype]]}
     if hf_config["model_type"] == "llama":
-        # transformers 4.x reads the rotary base from here; 5.x from rope_parameters.
+        # transformers 4.x reads the rotary base and its scaling from here; 5.x from rope_parameters.
         hf_config["rope_theta"] = config.rope_theta
+        if config.rope_scaling is not None:
+            hf_config["rope_scaling"] = {k: v for k, v in hf_config["rope_parameters"].items() if k != "rope_theta"}
     _write_json(out / HF_CONFIG_NAME, hf_config)
     _write_json(out / "generation_config.json", tokens)
     shutil.copyfile(tokenizer_path, out / TOKENIZER_NAME)

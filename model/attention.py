@@ -56,6 +56,10 @@ class CausalSelfAttention(nn.Module):
         self.k_proj = nn.Linear(config.n_embd, kv_width, bias=config.bias)
         self.v_proj = nn.Linear(config.n_embd, kv_width, bias=config.bias)
         self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        # softmax(Q K^T / sqrt(d)) V over whole sequences. Sequence parallelism puts
+        # its own in its place (pretrain/train/sequence_parallel.py), which gathers
+        # each slice's queries, keys and values into whole sequences of fewer heads.
+        self.core = attend
 
     def forward(
         self,
@@ -85,20 +89,21 @@ class CausalSelfAttention(nn.Module):
         if explicit:
             y, weights = attention_with_weights(q, k, v, mask)
         else:
-            # With grouped-query attention each key/value head serves n_head / kv_heads query heads.
-            y, weights = (
-                F.scaled_dot_product_attention(
-                    q,
-                    k,
-                    v,
-                    attn_mask=mask,
-                    is_causal=mask is None,
-                    dropout_p=self.dropout if self.training else 0.0,
-                    enable_gqa=q.shape[1] != k.shape[1],
-                ),
-                None,
-            )
+            y, weights = self.core(q, k, v, mask, self.dropout if self.training else 0.0), None
         return self.o_proj(y.transpose(1, 2).reshape(batch, seq, -1)), weights
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V of (batch, heads, seq, head_dim) tensors, through the fused kernel.
+
+    `mask` as CausalSelfAttention takes it; None is the plain causal mask.
+    """
+    # With grouped-query attention each key/value head serves n_head / kv_heads query heads.
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout_p, enable_gqa=q.shape[1] != k.shape[1]
+    )
 
 
 def attention_with_weights(

@@ -62,6 +62,9 @@ class GPT(nn.Module):
         # The trainer's switches: how the forward pass runs, not what it computes.
         self.activation_checkpointing = False
         self.loss_chunk_tokens = 0  # > 0: the loss in chunks of this many tokens, without logits (model/loss.py)
+        # (index, count): compute the index-th of `count` equal slices of each sequence, from the whole
+        # sequence's ids; the attention core must then see whole sequences (pretrain/train/sequence_parallel.py).
+        self.sequence_shard: tuple[int, int] | None = None
         self.apply(self._init_weights)
         # GPT-2: scale the projections that write into the residual stream by
         # 1/sqrt(2 * n_layer), so the residual's variance does not grow with depth.
@@ -107,6 +110,8 @@ class GPT(nn.Module):
         cache: keys and values of the tokens before these (generation).
         """
         x, _ = self._run(input_ids, document_ids, attention_mask, cache, explicit=False)
+        if targets is not None:
+            targets = self._own_slice(targets)
         if targets is not None and self.loss_chunk_tokens:
             return None, self.lm_head(x, targets, self.loss_chunk_tokens)
         logits = self.lm_head(x)
@@ -130,6 +135,11 @@ class GPT(nn.Module):
         if past + seq > self.config.max_seq_len:
             raise ValueError(f"sequence length {past + seq} exceeds max_seq_len {self.config.max_seq_len}")
         positions, mask = positions_and_mask(seq, past, document_ids, attention_mask, input_ids.device)
+        if self.sequence_shard is not None:
+            if cache is not None or explicit:
+                raise ValueError("a model computing a slice of each sequence neither caches nor explains attention")
+            # Positions and the mask are the whole sequence's; this rank embeds and transforms its own slice.
+            input_ids, positions = self._own_slice(input_ids), self._own_slice(positions)
         x, rope = self.embed_positions(self.embed_tokens(input_ids), positions)
         x = self.embed_dropout(x)
         all_weights = []
@@ -143,6 +153,16 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += seq
         return self.norm(x), all_weights
+
+    def _own_slice(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of the sequence (the last dimension) under `sequence_shard`; all of it otherwise."""
+        if self.sequence_shard is None:
+            return tensor
+        index, count = self.sequence_shard
+        if tensor.shape[-1] % count:
+            raise ValueError(f"a sequence of {tensor.shape[-1]} tokens does not split into {count} equal slices")
+        length = tensor.shape[-1] // count
+        return tensor[..., index * length : (index + 1) * length]
 
 
 def positions_and_mask(

@@ -9,6 +9,8 @@ from pretrain.cli.parser import EPILOG
 from pretrain.config import Config, load_config, save_config, tracking_uri_origin
 from pretrain.config.schema import MOVED_KEYS, with_moved_keys
 from pretrain.errors import ConfigError
+from pretrain.tracking.run_info import layout_tag
+from pretrain.train.deepspeed_config import deepspeed_config
 from pretrain.train.resume import differences
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -146,6 +148,45 @@ def test_tensor_parallel_must_divide_heads():
         overrides=["launch.nproc_per_node=4", "parallel.tensor_parallel_size=4", "model.n_head=6", "model.n_embd=48"]
     )
     assert "parallel.tensor_parallel_size = 4: must divide model.n_head (6)" in message
+
+
+def test_sequence_parallel_ranks_read_the_same_sequences_and_deepspeed_counts_each_rank():
+    config = load_config(
+        overrides=["launch.nproc_per_node=4", "parallel.sequence_parallel_size=2", "train.global_batch_size=16"]
+    )
+    assert (config.dp_size, config.grad_accum_steps) == (2, 1)  # 16 sequences = 8 per rank x 2 data-parallel ranks
+    assert [config.dp_rank(rank) for rank in range(4)] == [0, 0, 1, 1]
+    # To DeepSpeed all 4 ranks are data-parallel, each with a micro-batch of its own slices.
+    assert deepspeed_config(config)["train_batch_size"] == 32
+    assert layout_tag(config) == "dp2-sp2-tp1-zero1"  # the run's tag in MLflow
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["launch.nproc_per_node=3"], "parallel.sequence_parallel_size = 2: must divide the world size"),
+        (
+            ["train.seq_len=63", "model.max_seq_len=64"],
+            "parallel.sequence_parallel_size = 2: must divide train.seq_len (63)",
+        ),
+        (["model.n_head=3", "model.n_embd=48"], "parallel.sequence_parallel_size = 2: must divide model.n_head (3)"),
+        (["model.n_head=4", "model.n_kv_heads=1"], "must divide model.n_kv_heads (1)"),
+        (["parallel.tensor_parallel_size=2"], "does not combine with tensor parallelism"),
+        (
+            [
+                "model.pos_encoding=rope",
+                "model.rope_scaling.type=dynamic",
+                "model.rope_scaling.factor=2",
+                "model.rope_scaling.original_max_seq_len=64",
+            ],
+            "dynamic RoPE scaling scales by the furthest position a forward pass sees",
+        ),
+    ],
+    ids=["world", "seq-len", "heads", "kv-heads", "tensor-parallel", "dynamic-rope"],
+)
+def test_sequence_parallelism_refuses_what_does_not_split_evenly(overrides, expected):
+    base = ["launch.nproc_per_node=2", "parallel.sequence_parallel_size=2", "model.n_head=2", "train.seq_len=64"]
+    assert expected in error_of(overrides=[*base, *overrides])
 
 
 def test_batch_sizes_must_multiply_out():

@@ -215,3 +215,41 @@ def test_float8_trains_to_the_fp32_losses_within_its_accuracy_and_continues_exac
     model, found = load_checkpoint_model(run_dir)
     module = load_torch_file(found.folder / "mp_rank_00_model_states.pt")["module"]
     assert set(module) == set(model.state_dict()) and {tensor.dtype for tensor in module.values()} == {torch.float32}
+
+
+# Ulysses sequence parallelism (pretrain/train/sequence_parallel.py) with RoPE, four heads (one per rank at
+# sequence-parallel 4) and document masking: positions restart and attention stops where a document starts,
+# inside a rank's slice or in another's.
+LONG = ("model.pos_encoding=rope", "model.n_head=4", "train.document_masking=true")
+SP2_DP2 = ("launch.nproc_per_node=4", "parallel.sequence_parallel_size=2", "parallel.zero_stage=3")
+
+
+@pytest.fixture(scope="module")
+def single_process_rope_losses(job):
+    return train_layout(job, "layout-single-rope", "launch.nproc_per_node=1", "parallel.zero_stage=0", *LONG)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        # 2 data-parallel x 2 sequence-parallel ranks, ZeRO-3 sharding over all 4
+        SP2_DP2,
+        # each sequence in 4 slices of 16 tokens, ZeRO-1, 2 accumulation steps of 8 sequences
+        ("launch.nproc_per_node=4", "parallel.sequence_parallel_size=4", "parallel.zero_stage=1"),
+    ],
+    ids=["dp2-sp2-zero3", "sp4-zero1-accum2"],
+)
+def test_sequence_parallel_ranks_give_the_single_process_losses(layout_losses, single_process_rope_losses, layout):
+    losses = layout_losses(*layout, *LONG)
+    assert len(losses) == len(single_process_rope_losses) == 10
+    assert losses == pytest.approx(single_process_rope_losses, rel=1e-5)
+    assert losses[-1] < losses[0]
+
+
+def test_a_sequence_parallel_run_continues_with_whole_sequences(job, layout_losses):
+    """Saved at step 5 with sequence-parallel 2, continued with 1 (4 data-parallel ranks, the same ZeRO-3
+    shards): the losses of the run that kept its split."""
+    losses = layout_losses(*SP2_DP2, *LONG)
+    whole = ("launch.nproc_per_node=4", "parallel.zero_stage=3", "train.micro_batch_size=4", *LONG)
+    continued = continue_on(job["work"], "layout-4-2-3-rope-4-true", job, *whole, same_layout=True)
+    assert continued == pytest.approx(losses[5:], rel=1e-5)

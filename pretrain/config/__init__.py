@@ -1,6 +1,7 @@
 """Configuration: the one source of truth for a job's settings.
 
-Owns the typed schema (schema.py), loading YAML with `extends`, presets and
+Owns the typed schema (schema.py) and the checks across its sections
+(consistency.py), loading YAML with `extends`, presets and
 dotted overrides (loading.py, presets.py), and what of a config may be written
 (secrets.py). Imports model/, data_pipeline/ and launch/ for their sections,
 pretrain/errors.py and pretrain/layout.py, and pretrain/weights/ for one thing:

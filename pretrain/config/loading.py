@@ -24,8 +24,9 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from model.config import GPTConfig, RopeScaling
+from pretrain.config.consistency import consistency_problems
 from pretrain.config.presets import read_model_preset, shipped_config, shipped_config_names
-from pretrain.config.schema import MOVED_KEYS, Config, consistency_problems
+from pretrain.config.schema import MOVED_KEYS, Config
 from pretrain.errors import ConfigError, PretrainError
 from pretrain.layout import write_atomically
 from pretrain.weights.hf_config import folder_model_config

@@ -1,4 +1,4 @@
-"""The schema of a job's settings: one typed section per concern, and the checks across sections.
+"""The schema of a job's settings: one typed section per concern (the checks across sections: consistency.py).
 
 The model, data and launch sections are their own packages' schemas
 (model.GPTConfig, data_pipeline.config, launch.config). Loading YAML with
@@ -220,6 +220,11 @@ class ParallelConfig(Section):
     tensor_parallel_size: int = Field(
         1, ge=1, description="DeepSpeed AutoTP degree: ranks that split each layer's matrices"
     )
+    sequence_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Ulysses sequence parallelism: consecutive ranks that split each sequence (docs/parallelism.md)",
+    )
     offload_optimizer: bool = Field(
         False, description="ZeRO 1-3: keep optimizer state in CPU memory and step it there (saves 12 bytes/param)"
     )
@@ -277,7 +282,13 @@ class Config(Section):
 
     @property
     def dp_size(self) -> int:
-        return self.world_size // self.parallel.tensor_parallel_size
+        """Ranks that read different sequences: the ranks of a tensor- or sequence-parallel group read the same."""
+        return self.world_size // (self.parallel.tensor_parallel_size * self.parallel.sequence_parallel_size)
+
+    def dp_rank(self, rank: int) -> int:
+        """Which data-parallel rank global rank `rank` is: the ranks of a tensor- or sequence-parallel group
+        are consecutive (DeepSpeed's layout)."""
+        return rank // (self.parallel.tensor_parallel_size * self.parallel.sequence_parallel_size)
 
     @property
     def grad_accum_steps(self) -> int:
@@ -297,75 +308,3 @@ class Config(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_public_dict(), sort_keys=False)
-
-
-def consistency_problems(config: Config) -> list[str]:
-    """Values that are each valid but do not fit together."""
-    problems = []
-    train, tp = config.train, config.parallel.tensor_parallel_size
-    if config.world_size % tp:
-        problems.append(
-            f"parallel.tensor_parallel_size = {tp}: must divide the world size "
-            f"(launch.nnodes x launch.nproc_per_node = {config.world_size})"
-        )
-    elif tp > 1:
-        problems += tensor_parallel_problems(config)
-    elif train.global_batch_size % (train.micro_batch_size * config.dp_size):
-        problems.append(
-            f"train.global_batch_size = {train.global_batch_size}: must be a multiple of "
-            f"train.micro_batch_size ({train.micro_batch_size}) x data-parallel size ({config.dp_size})"
-        )
-    if train.float8.enabled and (tp > 1 or train.precision == "fp16"):
-        problems.append(
-            "train.float8.enabled = true: trains with train.precision fp32, bf16 or bf16-autocast and no tensor "
-            "parallelism (AutoTP replaces the Linear layers that float8 converts); set parallel.tensor_parallel_size=1 "
-            "and another precision, or train.float8.enabled=false"
-        )
-    if config.parallel.offload_optimizer and config.parallel.zero_stage == 0:
-        problems.append("parallel.offload_optimizer = true: needs parallel.zero_stage 1, 2 or 3")
-    if train.seq_len > config.model.max_seq_len:
-        problems.append(
-            f"train.seq_len = {train.seq_len}: must not exceed model.max_seq_len ({config.model.max_seq_len})"
-        )
-    every, export_every = config.checkpoint.every_steps, config.export.every
-    if export_every and (not every or export_every % every):
-        problems.append(
-            f"export.every = {export_every}: must be a multiple of checkpoint.every_steps ({every}), "
-            f"since each export is made from a checkpoint"
-        )
-    lr, schedule = config.optimizer.lr, config.lr_schedule
-    if schedule.min_lr > lr:
-        problems.append(f"lr_schedule.min_lr = {schedule.min_lr}: must not exceed optimizer.lr ({lr})")
-    if schedule.warmup_steps > train.max_steps:
-        problems.append(
-            f"lr_schedule.warmup_steps = {schedule.warmup_steps}: must not exceed train.max_steps ({train.max_steps})"
-        )
-    if config.data.tokenizer.path is None and config.model.vocab_size < config.data.tokenizer.vocab_size:
-        problems.append(
-            f"model.vocab_size = {config.model.vocab_size}: must be at least "
-            f"data.tokenizer.vocab_size ({config.data.tokenizer.vocab_size})"
-        )
-    return problems
-
-
-def tensor_parallel_problems(config: Config) -> list[str]:
-    """AutoTP splits heads and hidden units evenly across the tensor-parallel ranks.
-
-    With DeepSpeed 0.19.8, AutoTP training combines with ZeRO stages 0, 1, 2
-    and 3 (each tested against a single process in tests/test_end_to_end.py);
-    optimizer offload with tensor parallelism is not tested there, so it is refused.
-    """
-    tp, model, problems = config.parallel.tensor_parallel_size, config.model, []
-    for name, count in [
-        ("model.n_head", model.n_head),
-        ("model.n_kv_heads", model.kv_heads),
-        ("the FFN width", model.ffn_hidden),
-    ]:
-        if count % tp:
-            problems.append(f"parallel.tensor_parallel_size = {tp}: must divide {name} ({count})")
-    if config.parallel.offload_optimizer:
-        problems.append(
-            "parallel.offload_optimizer = true: not supported with tensor parallelism; "
-            "set parallel.tensor_parallel_size=1 or parallel.offload_optimizer=false"
-        )
-    return problems

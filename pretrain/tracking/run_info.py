@@ -45,7 +45,7 @@ def run_tags(config: Config) -> dict[str, str]:
         "mlflow.note.content": config.tracking.description or describe_run(config),
         "git.dirty": dirty,
         "world_size": str(config.world_size),
-        "layout": f"dp{config.dp_size}-tp{config.parallel.tensor_parallel_size}-zero{config.parallel.zero_stage}",
+        "layout": layout_tag(config),
         "host": socket.gethostname(),
         "version.python": platform.python_version(),
         "version.pretrain": pretrain.__version__,
@@ -57,6 +57,13 @@ def run_tags(config: Config) -> dict[str, str]:
     if job_id:  # links the run to `pretrain jobs status`
         tags[JOB_TAG] = job_id
     return tags
+
+
+def layout_tag(config: Config) -> str:
+    """dp2-tp1-zero1: how the ranks split the work; with sequence parallelism, dp1-sp2-tp1-zero1."""
+    parallel = config.parallel
+    sp = f"-sp{parallel.sequence_parallel_size}" if parallel.sequence_parallel_size > 1 else ""
+    return f"dp{config.dp_size}{sp}-tp{parallel.tensor_parallel_size}-zero{parallel.zero_stage}"
 
 
 def describe_run(config: Config) -> str:

@@ -72,6 +72,37 @@ def memory_per_rank(parameters: int, precision: str, zero_stage: int, world_size
     }
 
 
+def activation_bytes(
+    config: GPTConfig, tokens: int, value_bytes: int, loss_chunk_tokens: int = 0, sequence_parallel: int = 1
+) -> dict[str, float]:
+    """Bytes of activations a rank holds for `tokens` tokens (its micro-batch, or under sequence parallelism
+    its slice of it), without activation checkpointing: `saved`, what autograd keeps from forward to backward,
+    and `peak`, with the head's logits of one chunk at their largest (docs/parallelism.md).
+
+    Per token and layer, what autograd saves: each norm's input and output
+    (RMSNorm also its normalized fp32 copy); the queries, keys and values
+    (RoPE applied) and the attention's output, which the fused kernel
+    keeps and the output projection reads in place (under sequence
+    parallelism, gathered back into the slice, a copy of its own); GELU's
+    input and output, or SwiGLU's gate, up, activated gate and product. Then
+    the last layer's output and, from the loss in chunks, the gradients of
+    the hidden states and of the head's weight (model/loss.py), or without
+    chunks the logits and their log-softmax. The fused attention keeps no
+    seq x seq weights; a document mask adds one byte per pair of a
+    sequence's tokens, which no split divides.
+    """
+    h, f, kv = config.n_embd, config.ffn_hidden, config.kv_heads * config.head_dim
+    norm = 3 * h if config.norm == "rmsnorm" else 2 * h
+    attention = 2 * h + 2 * kv + (h if sequence_parallel > 1 else 0)
+    mlp = 4 * f if config.mlp == "swiglu" else 2 * f
+    per_token = config.n_layer * (2 * norm + attention + mlp) + 2 * h
+    logits = min(loss_chunk_tokens, tokens) if loss_chunk_tokens else tokens
+    head = config.vocab_size * h if loss_chunk_tokens else 2 * tokens * config.vocab_size
+    saved = (tokens * per_token + head) * value_bytes
+    # A chunk's logits and the softmax computed from them, alive together.
+    return {"saved": saved, "peak": saved + 2 * logits * config.vocab_size * value_bytes}
+
+
 def peak_bf16_flops(device_name: str) -> float | None:
     """The chip's dense bf16 peak, or None for a chip not in the table (no MFU rather than a wrong one)."""
     return next((peak for key, peak in PEAK_BF16_FLOPS if key in device_name), None)

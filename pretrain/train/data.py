@@ -43,7 +43,8 @@ def make_loader(config: Config, manifest: dict) -> BatchLoader:
     """This rank's training loader.
 
     DeepSpeed lays ranks out as a (data-parallel, tensor-parallel) mesh: the
-    ranks of one tensor-parallel group are consecutive and read the same batch.
+    ranks of one tensor-parallel group are consecutive and read the same batch,
+    as do those of one sequence-parallel group (each computes a slice of it).
     """
     train = config.train
     return BatchLoader(
@@ -52,7 +53,7 @@ def make_loader(config: Config, manifest: dict) -> BatchLoader:
         train.seq_len,
         train.micro_batch_size,
         config.grad_accum_steps,
-        dist.get_rank() // config.parallel.tensor_parallel_size,
+        config.dp_rank(dist.get_rank()),
         config.dp_size,
         train.seed,
         mixture=train.mixture,

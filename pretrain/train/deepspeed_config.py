@@ -9,7 +9,10 @@ from pretrain.train.optim import clips_itself
 def deepspeed_config(config: Config) -> dict:
     train = config.train
     ds = {
-        "train_batch_size": train.global_batch_size,
+        # To DeepSpeed every rank is data-parallel, the ranks of a sequence-parallel group too, each
+        # with its slice of the same sequences (pretrain/train/sequence_parallel.py): it counts them
+        # as sequences of their own.
+        "train_batch_size": train.global_batch_size * config.parallel.sequence_parallel_size,
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": config.grad_accum_steps,
         # Our AdamW clips on the device where it can (pretrain/train/optim.py); DeepSpeed clips otherwise.

@@ -29,6 +29,7 @@ from pretrain.config import Config
 from pretrain.train.deepspeed_config import deepspeed_config
 from pretrain.train.float8 import convert_to_float8
 from pretrain.train.optim import AdamW, clips_itself, lr_multiplier, param_groups, steps_directly
+from pretrain.train.sequence_parallel import sequence_groups, split_sequences
 from pretrain.weights.checkpoint_engine import VerifiedCheckpointEngine
 
 # DeepSpeed's ZeRO calls a torch collective that torch has renamed; the warning says nothing to our users.
@@ -111,6 +112,8 @@ def build_engine(config: Config, model: GPT):
     model.loss_chunk_tokens = config.train.loss_chunk_tokens
     if config.train.float8.enabled:  # before DeepSpeed casts, shards and wraps the model
         convert_to_float8(model, config.train.float8)
+    if config.parallel.sequence_parallel_size > 1:
+        split_sequences(model, sequence_groups(config.parallel.sequence_parallel_size))
     mpu = None
     if config.parallel.tensor_parallel_size > 1:
         # The (data-parallel, tensor-parallel) process groups, made before the

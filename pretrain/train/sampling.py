@@ -8,6 +8,7 @@ from tokenizers import Tokenizer
 from data_pipeline.tokenizer import end_of_text_id
 from model import GPT, generate
 from pretrain.errors import PretrainError
+from pretrain.train.sequence_parallel import whole_sequences
 
 
 def generate_texts(
@@ -37,9 +38,10 @@ def generate_texts(
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    continuations = generate(
-        model, encoded, max_new_tokens, temperature, top_k, top_p, stop_tokens=[eot], generator=generator
-    )
+    with whole_sequences(model):  # the cache grows a token at a time: no slices to split
+        continuations = generate(
+            model, encoded, max_new_tokens, temperature, top_k, top_p, stop_tokens=[eot], generator=generator
+        )
     model.train(was_training)
     return [tokenizer.decode(ids + new, skip_special_tokens=True) for ids, new in zip(encoded, continuations)]
 

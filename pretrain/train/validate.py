@@ -25,6 +25,7 @@ from pretrain.evaluation.validation import HeldOut, ValidationLoss, validation_l
 from pretrain.layout import TOKENIZER_NAME
 from pretrain.tracking.base import EVALUATIONS_DIR
 from pretrain.train.sampling import generate_texts
+from pretrain.train.sequence_parallel import whole_sequences
 
 
 @functools.cache
@@ -54,9 +55,10 @@ class LoopEvaluation:
     """This rank's part of each evaluation: its held-out sequences and task batches, prepared once."""
 
     def __init__(self, config: Config, manifest: dict):
-        train, tp = config.train, config.parallel.tensor_parallel_size
+        train = config.train
         self.config = config
-        self.dp = (dist.get_rank() // tp, config.dp_size)  # the ranks of a tensor-parallel group score alike
+        # The ranks of a tensor- or sequence-parallel group score alike.
+        self.dp = (config.dp_rank(dist.get_rank()), config.dp_size)
         self.held_out = HeldOut(
             config.data.output_dir,
             manifest,
@@ -82,7 +84,8 @@ class LoopEvaluation:
         """The validation loss and every metric of this evaluation; rank 0 logs the per-example scores."""
         with in_eval_mode(engine):
             result = validation_loss(engine, self.held_out, engine.device)
-            scores = self.scorer.score(engine, engine.device, self.dp) if self.scorer else []
+            with whole_sequences(engine.module):  # task sequences come in every length
+                scores = self.scorer.score(engine, engine.device, self.dp) if self.scorer else []
         metrics = result.metrics()
         for score in scores:
             metrics |= score.metrics()

@@ -110,7 +110,8 @@ def _add_train(commands) -> None:
             "train",
             help="train a GPT with DeepSpeed, tracked in MLflow",
             description="Train on launch.nproc_per_node processes: ZeRO (parallel.zero_stage), tensor parallelism "
-            "(parallel.tensor_parallel_size), checkpoints every checkpoint.every_steps. A run folder that holds a "
+            "(parallel.tensor_parallel_size), sequences split across ranks (parallel.sequence_parallel_size), "
+            "checkpoints every checkpoint.every_steps. A run folder that holds a "
             "checkpoint is continued from its latest intact one, exactly, with this config's learning rates, "
             "schedule and intervals; settings the checkpoint fixes (the model, the parallel layout, the batch "
             "shape) are refused before anything starts. SIGTERM saves a checkpoint and exits 0; Ctrl-C too, "

@@ -19,7 +19,7 @@ The model is unchanged but for two switches (model/gpt.py's
 whole sequence, so RoPE and document masking need nothing else. To DeepSpeed
 every rank is data-parallel: each slice's mean loss is one rank's share, and
 DeepSpeed's mean of the gradients over all ranks is the gradient of the
-mean over every token (equal slices). ZeRO 0-3 shard over all ranks as before.
+mean over every token (equal slices). ZeRO shards over all ranks as before.
 
 The project's own all-to-all rather than DeepSpeed's `DistributedAttention`:
 DeepSpeed's keeps the sequence-parallel group and the key/value head count in

@@ -10,15 +10,17 @@ train` builds (ZeRO 1, fp32, `parallel.sequence_parallel_size=P`) for the
 bench's model (4 layers, 256 wide, 8 heads, RoPE, GELU: 4.2 M parameters),
 trains one step on a sequence of 64 tokens so that the gradients and Adam's
 state exist, and then runs one forward and backward pass of one sequence of
-L tokens. The figure is the rank's peak resident set during that pass above
-its resident set just before it: what the pass adds to the weights,
-gradients and optimizer state the rank already holds, that is its
+L tokens. Two figures: the bytes autograd saved for backward in that pass
+(each storage once, the weights left out), and the rank's peak resident set
+during it above its resident set just before it: what the pass adds to the
+weights, gradients and optimizer state the rank already holds, that is its
 activations and the backward pass's working memory. Each (P, L) runs in
 processes of its own, since the peak resident set only rises.
 
-The formula is `pretrain.train.cost.activation_bytes` for the rank's L / P
-tokens (docs/parallelism.md, "Sequence parallelism"); the table gives both
-and their ratio, for the rank with the highest peak.
+Beside each, in parentheses, `pretrain.train.cost.activation_bytes` for the
+rank's L / P tokens (docs/parallelism.md, "Sequence parallelism"), for the
+rank with the highest peak; then the peak's ratio to the formula and to one
+rank's peak at the same length.
 """
 
 from __future__ import annotations

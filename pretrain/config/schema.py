@@ -281,14 +281,18 @@ class Config(Section):
         return self.launch.nnodes * self.launch.nproc_per_node
 
     @property
+    def ranks_per_batch(self) -> int:
+        """The ranks of one tensor- or sequence-parallel group: consecutive (DeepSpeed's layout), reading the same."""
+        return self.parallel.tensor_parallel_size * self.parallel.sequence_parallel_size
+
+    @property
     def dp_size(self) -> int:
-        """Ranks that read different sequences: the ranks of a tensor- or sequence-parallel group read the same."""
-        return self.world_size // (self.parallel.tensor_parallel_size * self.parallel.sequence_parallel_size)
+        """Ranks that read different sequences."""
+        return self.world_size // self.ranks_per_batch
 
     def dp_rank(self, rank: int) -> int:
-        """Which data-parallel rank global rank `rank` is: the ranks of a tensor- or sequence-parallel group
-        are consecutive (DeepSpeed's layout)."""
-        return rank // (self.parallel.tensor_parallel_size * self.parallel.sequence_parallel_size)
+        """Which data-parallel rank global rank `rank` is."""
+        return rank // self.ranks_per_batch
 
     @property
     def grad_accum_steps(self) -> int:
